@@ -1,0 +1,13 @@
+"""htagweb: the production runner for htag apps."""
+
+import logging
+
+from .appspec import AppLoadError
+from .server import WebServer, WebServerWS
+from .sessions import Session
+from .stores import MemoryStore, SessionStore, SQLiteStore
+
+__all__ = ["WebServer", "WebServerWS", "Session", "SessionStore", "SQLiteStore", "MemoryStore", "AppLoadError"]
+__version__ = "2.0.0.dev0"
+
+logging.getLogger("htagweb").addHandler(logging.NullHandler())

@@ -1,0 +1,23 @@
+"""Settings shared by the front, the fork-server and the user processes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Config:
+    #: show tracebacks to the browser (error pages, htag's error overlay)
+    debug: bool = False
+    #: force htag's pure-HTTP mode (no WebSocket, no SSE)
+    http_only: bool = False
+    #: seconds without any exchange before a user process is destroyed (0: never)
+    timeout_inactivity: float = 600.0
+    #: seconds an event handler (or the app's construction) may run before its process is killed (0: never)
+    timeout_interaction: float = 60.0
+    #: live user processes at most; beyond, new users get a 503 with Retry-After
+    max_processes: int = 500
+    #: seconds user processes get to run on_destroy at server stop before being killed
+    shutdown_grace: float = 5.0
+    #: seconds the fork-server waits for a worker to come back after the last one vanished without saying bye
+    orphan_grace: float = 10.0

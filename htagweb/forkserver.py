@@ -1,0 +1,329 @@
+"""The fork-server: the one process that creates, watches and ends user processes.
+
+Forked from the first worker that needs it (so it already holds htag, starlette
+and the app classes, even an app defined in ``__main__``), then detached into a
+session of its own: a worker that dies or a Ctrl-C in the terminal does not take
+it down. Any worker of the server talks to it through ``forkserver.sock`` with
+one JSON line per request; being a single process, it can never spawn two
+processes for one user.
+
+It ends every user process and removes every socket when the last worker says
+``bye`` (server stop), or ``orphan_grace`` seconds after the last worker
+vanished without a word.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import mmap
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from .appspec import AppSpec
+from .config import Config
+from .process import EXITING, PAGE, new_page
+from .process import run as run_user_process
+from .runtime import Runtime
+
+logger = logging.getLogger("htagweb")
+
+
+@dataclass
+class Child:
+    pid: int
+    key: str
+    app: str
+    label: str
+    page: mmap.mmap
+    kill_reason: str | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def __str__(self) -> str:
+        return f"pid {self.pid}, session {self.label}, app {self.app}"
+
+
+class ForkServer:
+    def __init__(self, runtime: Runtime, config: Config, apps: dict[str, AppSpec]) -> None:
+        self.runtime = runtime
+        self.config = config
+        self.apps = apps
+        self.classes: dict[str, type] = {}
+        self.by_key: dict[str, Child] = {}
+        self.by_pid: dict[int, Child] = {}
+        self.deaths: dict[str, str] = {}
+        self.buffers: dict[socket.socket, bytearray] = {}
+        self.presence: set[socket.socket] = set()
+        self.orphaned_since: float | None = time.monotonic()
+        self.stop_requested = False
+        self.selector = selectors.DefaultSelector()
+        self.listener: socket.socket | None = None
+
+    # --- life ------------------------------------------------------------
+
+    def run(self, ready_fd: int) -> None:
+        """Serve until the server stops; never returns."""
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        path = self.runtime.forkserver_socket
+        path.unlink(missing_ok=True)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen(256)
+        self.selector.register(self.listener, selectors.EVENT_READ)
+        gc.freeze()  # what is here now is shared copy-on-write by every user process
+        os.write(ready_fd, b"1")
+        os.close(ready_fd)
+        logger.info("fork-server %d serving %s", os.getpid(), self.runtime.path)
+        while not self.stop_requested:
+            for selected, _ in self.selector.select(timeout=0.2):
+                sock = selected.fileobj
+                if sock is self.listener:
+                    self._accept()
+                else:
+                    self._read(sock)  # type: ignore[arg-type]
+            self._reap()
+            self._watch_interactions()
+            if self.orphaned_since is not None and time.monotonic() - self.orphaned_since > self.config.orphan_grace:
+                logger.warning("fork-server: no worker left for %ss, stopping", self.config.orphan_grace)
+                self.stop_requested = True
+        self._shutdown()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stop_requested = True
+
+    def _shutdown(self) -> None:
+        children = list(self.by_pid.values())
+        logger.info("fork-server stopping: ending %d user processes", len(children))
+        for child in children:
+            self._signal(child, signal.SIGTERM)
+        deadline = time.monotonic() + self.config.shutdown_grace
+        while self.by_pid and time.monotonic() < deadline:
+            time.sleep(0.02)
+            self._reap()
+        for child in list(self.by_pid.values()):
+            child.kill_reason = "killed at server stop (shutdown_grace exceeded)"
+            self._signal(child, signal.SIGKILL)
+        while self.by_pid:
+            time.sleep(0.01)
+            self._reap()
+        self.runtime.forkserver_socket.unlink(missing_ok=True)
+        for sock in list(self.buffers):
+            sock.close()
+        os._exit(0)
+
+    # --- requests --------------------------------------------------------
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        conn, _ = self.listener.accept()
+        conn.setblocking(True)
+        self.buffers[conn] = bytearray()
+        self.selector.register(conn, selectors.EVENT_READ)
+
+    def _read(self, conn: socket.socket) -> None:
+        try:
+            data = conn.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(conn)
+            return
+        buffer = self.buffers[conn]
+        buffer += data
+        while b"\n" in buffer:
+            line, _, rest = bytes(buffer).partition(b"\n")
+            buffer[:] = rest
+            try:
+                reply = self._handle(conn, json.loads(line))
+            except Exception as exc:
+                logger.exception("fork-server: bad request")
+                reply = {"ok": False, "status": 500, "error": f"fork-server error: {exc!r}"}
+            try:
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+            except OSError:
+                self._drop(conn)
+                return
+
+    def _drop(self, conn: socket.socket) -> None:
+        self.selector.unregister(conn)
+        self.buffers.pop(conn, None)
+        if conn in self.presence:
+            self.presence.discard(conn)
+            if not self.presence:
+                self.orphaned_since = time.monotonic()
+        conn.close()
+
+    def _handle(self, conn: socket.socket, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        if op == "ensure":
+            return self._ensure(request["key"], request["app"], request["label"])
+        if op == "status":
+            child = self.by_key.get(request["key"])
+            return {"ok": True, "alive": child is not None and child.kill_reason is None, "reason": self.deaths.get(request["key"])}
+        if op == "list":
+            return {"ok": True, "processes": [{"pid": c.pid, "app": c.app, "label": c.label} for c in self.by_pid.values()]}
+        if op == "hello":
+            self.presence.add(conn)
+            self.orphaned_since = None
+            return {"ok": True, "pid": os.getpid()}
+        if op == "bye":
+            self.presence.discard(conn)
+            if not self.presence:
+                self.stop_requested = True  # the connection stays open: EOF tells the worker we are done
+            return {"ok": True, "remaining": len(self.presence)}
+        return {"ok": False, "status": 400, "error": f"unknown op {op!r}"}
+
+    # --- user processes ----------------------------------------------------
+
+    def _ensure(self, key: str, app: str, label: str) -> dict[str, Any]:
+        self._reap()
+        child = self.by_key.get(key)
+        if child is not None and child.kill_reason is None and PAGE.unpack_from(child.page)[1] != EXITING:
+            return {"ok": True, "pid": child.pid, "spawned": False}
+        if len(self.by_pid) >= self.config.max_processes:
+            logger.warning("max_processes (%d) reached: refusing a new user process for session %s", self.config.max_processes, label)
+            return {"ok": False, "status": 503, "error": "The server has reached its limit of live user sessions."}
+        try:
+            app_cls = self._load(app)
+        except Exception as exc:
+            logger.error("cannot load htag app %s: %s", app, exc)
+            return {"ok": False, "status": 500, "error": f"The application {app} could not be loaded.", "traceback": traceback.format_exc()}
+        path = self.runtime.user_socket_path(key)
+        path.unlink(missing_ok=True)  # a previous process' socket, being replaced
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(path))
+        listener.listen(128)  # connectable now: the child accepts once it is up
+        page = new_page()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                self._become_child()
+                run_user_process(listener, app_cls, self.config, page, label)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(0)
+        listener.close()
+        child = Child(pid, key, app, label, page)
+        self.by_key[key] = child
+        self.by_pid[pid] = child
+        self.deaths.pop(key, None)
+        logger.info("user process spawned: %s", child)
+        return {"ok": True, "pid": pid, "spawned": True}
+
+    def _load(self, app: str) -> type:
+        if app not in self.classes:
+            self.classes[app] = self.apps.get(app, AppSpec(app, None)).load()
+            gc.freeze()
+        return self.classes[app]
+
+    def _become_child(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        self.selector.close()
+        if self.listener is not None:
+            self.listener.close()
+        for sock in self.buffers:
+            sock.close()
+
+    def _signal(self, child: Child, sig: int) -> None:
+        try:
+            os.kill(child.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _watch_interactions(self) -> None:
+        limit = self.config.timeout_interaction
+        if not limit:
+            return
+        now = time.monotonic()
+        for child in self.by_pid.values():
+            busy_since = PAGE.unpack_from(child.page)[0]
+            if busy_since and child.kill_reason is None and now - busy_since > limit:
+                child.kill_reason = f"interaction timeout: a handler ran more than {limit:g}s"
+                logger.warning("user process killed: %s (%s)", child, child.kill_reason)
+                self._signal(child, signal.SIGKILL)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self.by_pid.pop(pid, None)
+            if child is None:
+                continue
+            if child.kill_reason:
+                reason = child.kill_reason
+            elif os.WIFSIGNALED(status):
+                reason = f"crashed (signal {os.WTERMSIG(status)})"
+                logger.warning("user process crashed: %s, %s", child, reason)
+            elif os.WEXITSTATUS(status):
+                reason = f"crashed (exit code {os.WEXITSTATUS(status)})"
+                logger.warning("user process crashed: %s, %s", child, reason)
+            else:
+                reason = "ended"
+                logger.info("user process ended: %s", child)
+            self.deaths[child.key] = reason
+            if len(self.deaths) > 10000:
+                self.deaths.pop(next(iter(self.deaths)))
+            if self.by_key.get(child.key) is child:
+                del self.by_key[child.key]
+                self.runtime.user_socket_path(child.key).unlink(missing_ok=True)
+            child.page.close()
+
+
+def start(runtime: Runtime, config: Config, apps: dict[str, AppSpec]) -> None:
+    """Fork a detached fork-server; return once its socket accepts connections."""
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(ready_r)
+            os.setsid()
+            if os.fork():
+                os._exit(0)
+            _close_inherited_fds(keep={ready_w})
+            ForkServer(runtime, config, apps).run(ready_w)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(1)
+    os.close(ready_w)
+    os.waitpid(pid, 0)
+    try:
+        if os.read(ready_r, 1) != b"1":
+            raise RuntimeError(f"htagweb fork-server failed to start in {runtime.path} (see the log above)")
+    finally:
+        os.close(ready_r)
+
+
+def _close_inherited_fds(keep: set[int]) -> None:
+    """Drop the worker's sockets (its listening port above all) and files.
+
+    Kept: stdio, ``keep``, and the streams of logging handlers.
+    """
+    keep = set(keep) | {0, 1, 2}
+    for handler in logging.root.handlers + logger.handlers + logging.getLogger("uvicorn").handlers:
+        stream = getattr(handler, "stream", None)
+        try:
+            keep.add(stream.fileno())  # type: ignore[union-attr]
+        except (AttributeError, OSError, ValueError):
+            pass
+    start = 3
+    for fd in sorted(keep | {sys.maxsize}):
+        if fd >= start:
+            os.closerange(start, min(fd, 65536))
+            start = fd + 1

@@ -1,0 +1,230 @@
+"""The front's ASGI endpoint for one htag app: route an exchange to its user process.
+
+One instance per (app, endpoint): ``page`` (the GET of the page), ``ws``,
+``stream`` (SSE) and ``event`` (POST). It finds the user process of the
+session, forwards the exchange over the bridge, applies the session changes the
+process sends back, and turns a process that died mid-exchange into a message
+the user can read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from starlette.responses import JSONResponse, Response
+from starlette.types import Message, Receive, Scope, Send
+
+from . import bridge
+from .config import Config
+from .pages import error_page
+from .pool import Connection, ProcessPool, SpawnRefused
+from .runtime import Runtime
+from .sessions import COOKIE_NAME, SCOPE_NEW, Session
+from .stores import SessionStore
+
+logger = logging.getLogger("htagweb")
+
+RETRY_AFTER = 30
+
+
+class HtagEndpoint:
+    def __init__(self, app: str, endpoint: str, runtime: Runtime, pool: ProcessPool, store: SessionStore, config: Config) -> None:
+        self.app = app
+        self.endpoint = endpoint
+        self.runtime = runtime
+        self.pool = pool
+        self.store = store
+        self.config = config
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        session: Session = scope["session"]
+        if self.endpoint != "page" and scope[SCOPE_NEW]:
+            await self._refuse(scope, receive, send, 403, "No valid session: reload the page.")
+            return
+        key = self.runtime.process_key(session.sid, self.app)
+        label = session.sid[:8]
+        try:
+            connection, spawned = await self.pool.connect(key, self.app, label)
+        except SpawnRefused as exc:
+            trace = exc.traceback if self.config.debug else None
+            await self._refuse(scope, receive, send, exc.status, str(exc), trace)
+            return
+        if self.endpoint == "page" and not spawned:
+            logger.info("user process reused: session %s, app %s", label, self.app)
+        extra = {"endpoint": self.endpoint, "session": session.snapshot()}
+        exchange = _Exchange(self, session, key, connection)
+        try:
+            if scope["type"] == "websocket":
+                await exchange.websocket(scope, receive, send, extra)
+            else:
+                await exchange.http(scope, receive, send, extra)
+        finally:
+            connection[1].close()
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, message: str, trace: str | None = None) -> None:
+        if scope["type"] == "websocket":
+            code = 1013 if status == 503 else 4403 if status == 403 else 1011
+            await send({"type": "websocket.close", "code": code, "reason": message[:120]})
+            return
+        response: Response
+        if self.endpoint == "event":
+            response = JSONResponse({"status": "error", "payloads": [_htag_error(message)]}, status_code=status)
+        else:
+            response = error_page(status, message, trace, RETRY_AFTER if status == 503 else None)
+        await response(scope, receive, send)
+
+
+def _htag_error(message: str) -> str:
+    """A payload htag's client shows in its error overlay."""
+    return json.dumps({"action": "error", "traceback": message, "callback_id": None, "result": None})
+
+
+def _forwarded_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """The request headers minus our session cookie: the user process has no use for it."""
+    headers = []
+    for name, value in scope["headers"]:
+        if name == b"cookie":
+            kept = [c for c in value.split(b";") if c.strip().partition(b"=")[0] != COOKIE_NAME.encode()]
+            if not kept:
+                continue
+            value = b";".join(kept)
+        headers.append((name, value))
+    return headers
+
+
+class _Exchange:
+    """One browser exchange relayed to one user process."""
+
+    def __init__(self, endpoint: HtagEndpoint, session: Session, key: str, connection: Connection) -> None:
+        self.endpoint = endpoint
+        self.store = endpoint.store
+        self.session = session
+        self.key = key
+        self.reader, self.writer = connection
+        self.known_version = session.version
+
+    def _open(self, scope: Scope, extra: dict[str, Any]) -> None:
+        self.writer.write(bridge.encode_scope({**scope, "headers": _forwarded_headers(scope)}, extra))
+
+    async def _apply_changes(self, body: bytes) -> None:
+        data = json.loads(body)
+        version = await self.store.update(self.session.sid, dict(data["set"]), list(data["delete"]))
+        if version == self.known_version + 1:  # nobody else wrote meanwhile
+            self.known_version = version
+
+    async def _read(self) -> Message | None:
+        """The next ASGI message from the process, session changes applied; None at EOF."""
+        while True:
+            try:
+                kind, body = await bridge.read_frame(self.reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return None
+            if kind == bridge.SESSION_CHANGES:
+                await self._apply_changes(body)
+            else:
+                return bridge.decode_outbound(kind, body)
+
+    async def _death_message(self) -> tuple[int, str]:
+        """Why the process is gone, as an HTTP status and words for the user."""
+        try:
+            reply = await self.endpoint.pool.request({"op": "status", "key": self.key})
+            reason = reply.get("reason") or "unknown"
+        except (OSError, ValueError):
+            reason = "unknown"
+        if reason == "ended":
+            return 410, "This session ended (inactivity or server restart). Reload the page to start again."
+        if reason.startswith("interaction timeout"):
+            return 504, (
+                f"The application took longer than {self.endpoint.config.timeout_interaction:g}s to answer and was stopped. "
+                "Reload the page to start again."
+            )
+        return 502, "The application stopped unexpectedly. Reload the page to start again."
+
+    async def http(self, scope: Scope, receive: Receive, send: Send, extra: dict[str, Any]) -> None:
+        body = bytearray()
+        while True:  # whole body first: the body limit applies before the process sees anything
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self._open(scope, extra)
+        self.writer.write(bridge.frame(bridge.HTTP_BODY, b"\x00" + bytes(body)))
+        watcher = asyncio.create_task(self._watch_disconnect(receive))
+        started = False
+        try:
+            while True:
+                message = await self._read()
+                if message is None:
+                    await self._died(scope, receive, send, started)
+                    return
+                if message["type"] == "http.response.start":
+                    started = True
+                await send(message)
+                if message["type"] == "http.response.body" and not message.get("more_body"):
+                    return
+        finally:
+            watcher.cancel()
+
+    async def _watch_disconnect(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.writer.write(bridge.frame(bridge.HTTP_DISCONNECT))
+
+    async def _died(self, scope: Scope, receive: Receive, send: Send, started: bool) -> None:
+        status, message = await self._death_message()
+        if started:  # an SSE stream: tell htag's client in its own format, then end
+            chunk = f"data: {_htag_error(message)}\n\n".encode()
+            await send({"type": "http.response.body", "body": chunk, "more_body": False})
+        elif self.endpoint.endpoint == "event":
+            await JSONResponse({"status": "error", "payloads": [_htag_error(message)]})(scope, receive, send)
+        else:
+            await error_page(status, message)(scope, receive, send)
+
+    async def websocket(self, scope: Scope, receive: Receive, send: Send, extra: dict[str, Any]) -> None:
+        await receive()  # websocket.connect
+        self._open(scope, extra)
+        self.writer.write(bridge.frame(bridge.WS_CONNECT))
+        first = await self._read()
+        if first is None:
+            await send({"type": "websocket.close", "code": 1011, "reason": (await self._death_message())[1][:120]})
+            return
+        await send(first)
+        if first["type"] != "websocket.accept":
+            return
+        upstream = asyncio.create_task(self._client_to_process(receive))
+        downstream = asyncio.create_task(self._process_to_client(send))
+        done, _ = await asyncio.wait({upstream, downstream}, return_when=asyncio.FIRST_COMPLETED)
+        if downstream in done and downstream.result() == "died" and upstream not in done:
+            status, message = await self._death_message()
+            if status != 410:  # an ended session closes quietly: htag's client reconnects on the next event
+                await send({"type": "websocket.send", "text": _htag_error(message)})
+            await send({"type": "websocket.close", "code": 1001 if status == 410 else 1000, "reason": message[:120]})
+        upstream.cancel()
+        downstream.cancel()
+
+    async def _client_to_process(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.receive":
+                version = await self.store.version(self.session.sid)
+                if version != self.known_version:  # a route changed the session since
+                    _, items = await self.store.load(self.session.sid)
+                    self.writer.write(bridge.json_frame(bridge.SESSION_DATA, {"version": version, "items": items}))
+                    self.known_version = version
+            self.writer.write(bridge.encode_inbound(message))
+            if message["type"] == "websocket.disconnect":
+                return
+
+    async def _process_to_client(self, send: Send) -> str:
+        while True:
+            message = await self._read()
+            if message is None:
+                return "died"
+            await send(message)
+            if message["type"] == "websocket.close":
+                return "closed"

@@ -1,0 +1,179 @@
+"""Hosts one htag App instance: the calls htag's own ``WebApp`` makes, on our wire.
+
+htag 2.0.28's ``WebApp`` cannot be built on Starlette 1.x (it calls the removed
+``Starlette.add_websocket_route``). Its per-session logic is small and lives on
+the App runner itself, so this adapter makes the same calls: build the instance
+under ``current_request``, mount it, render the page, hand WebSockets, SSE
+streams and event POSTs to the runner's own handlers. Every htag name used here
+is checked by ``tests/test_htag_contract.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import os
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from htag import current_request
+from htag.runner import AppRunner
+from htag.utils import _obf_loads
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.types import Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
+
+from .config import Config
+from .pages import error_page
+from .sessions import Session
+
+if TYPE_CHECKING:
+    from .process import Watchdog
+
+logger = logging.getLogger("htagweb")
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
+# htag's own switch to pure-HTTP mode: its page mocks WebSocket and EventSource
+PURE_HTTP_COOKIE = (b"cookie", b"htag_mode=http")
+
+
+class HtagHost:
+    def __init__(self, app_cls: type[AppRunner], session: Session, config: Config, watchdog: "Watchdog") -> None:
+        self.app_cls = app_cls
+        self.session = session
+        self.config = config
+        self.watchdog = watchdog
+        self.instance: AppRunner | None = None
+        #: the app could not be built: this process must end so the next load starts afresh
+        self.broken = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["session"] = self.session
+        endpoint = scope["htagweb"]["endpoint"]
+        if self.config.http_only:
+            scope["headers"] = [*scope["headers"], PURE_HTTP_COOKIE]
+        if endpoint == "ws":
+            await self.websocket(WebSocket(scope, self._checked(receive, send), send))
+            return
+        request = Request(scope, receive)
+        handler = {"page": self.page, "stream": self.stream, "event": self.event}[endpoint]
+        response = await handler(request)
+        await response(scope, receive, send)
+
+    def _instance(self, connection: Request | WebSocket) -> AppRunner:
+        if self.instance is None:
+            token = current_request.set(connection)
+            try:
+                with self.watchdog.interaction():
+                    instance = self.app_cls()
+                instance.debug = self.config.debug
+                instance.parano_key = None
+                instance.htag_csrf = os.urandom(16).hex()
+                if not hasattr(type(instance), "session"):
+                    instance.session = self.session
+                self._track_events(instance)
+                instance._trigger_mount()
+            finally:
+                current_request.reset(token)
+            self.instance = instance
+        self.instance.htag_request = connection
+        return self.instance
+
+    def _track_events(self, instance: AppRunner) -> None:
+        """Every event handler runs as one interaction watched by the fork-server."""
+        handle_event = instance.handle_event
+        watchdog = self.watchdog
+
+        async def watched_handle_event(msg: dict[str, Any], ws: WebSocket | None) -> None:
+            with watchdog.interaction():
+                await handle_event(msg, ws)
+
+        instance.handle_event = watched_handle_event
+
+    async def page(self, request: Request) -> Response:
+        if "n" in request.query_params and self.instance is not None:  # htag's forced reset
+            self.instance._trigger_destroy()
+            self.instance = None
+        had_instance = self.instance is not None
+        try:
+            instance = self._instance(request)
+        except Exception:
+            logger.exception("htag app %s failed to start", self.app_cls.__name__)
+            self.broken = True
+            return error_page(500, "The application failed to start.", traceback.format_exc() if self.config.debug else None)
+        if had_instance:  # F5: htag re-runs the mount lifecycle
+            instance._trigger_unmount()
+            instance._trigger_mount()
+        token = current_request.set(request)
+        try:
+            with self.watchdog.interaction():
+                return HTMLResponse(instance._render_page())
+        finally:
+            current_request.reset(token)
+
+    async def stream(self, request: Request) -> Response:
+        instance = self._instance(request)
+        return StreamingResponse(instance._handle_sse(request), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    async def event(self, request: Request) -> Response:
+        instance = self._instance(request)
+        if request.headers.get("x-htag-token") != instance.htag_csrf:
+            return PlainTextResponse("CSRF token mismatch: reload the page", status_code=403)
+        try:
+            msg = _obf_loads((await request.body()).decode(), None)
+            if not isinstance(msg, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            return PlainTextResponse(f"invalid htag event: {exc}", status_code=400)
+        token = current_request.set(request)
+        try:
+            if msg.get("fallback"):
+                await instance.handle_event(msg, None)
+                payloads, instance._fallback_queue = getattr(instance, "_fallback_queue", []), []
+                return JSONResponse({"status": "ok", "payloads": payloads})
+            asyncio.create_task(instance.handle_event(msg, None))
+            return JSONResponse({"status": "ok"})
+        finally:
+            current_request.reset(token)
+
+    async def websocket(self, websocket: WebSocket) -> None:
+        instance = self._instance(websocket)
+        token = current_request.set(websocket)
+        try:
+            await instance._handle_websocket(websocket)
+        finally:
+            current_request.reset(token)
+
+    @staticmethod
+    def _checked(receive: Receive, send: Send) -> Receive:
+        """Closes the socket (1003) on a frame htag could not read, before htag sees it."""
+
+        async def checked_receive() -> Message:
+            message = await receive()
+            if message["type"] == "websocket.receive":
+                text = message.get("text")
+                try:
+                    valid = text is not None and isinstance(json.loads(text), dict)
+                except ValueError:
+                    valid = False
+                if not valid:
+                    logger.warning("closing a WebSocket that sent an invalid htag frame")
+                    await send({"type": "websocket.close", "code": 1003, "reason": "invalid htag frame"})
+                    return {"type": "websocket.disconnect", "code": 1003}
+            return message
+
+        return checked_receive
+
+    async def destroy(self, grace: float) -> None:
+        """Run the app's on_destroy (awaited when it is async), as htag does on discard."""
+        if self.instance is None:
+            return
+        try:
+            result = self.instance.on_destroy()
+            if inspect.isawaitable(result):
+                await asyncio.wait_for(result, grace)
+        except Exception:
+            logger.exception("on_destroy of %s failed", self.app_cls.__name__)

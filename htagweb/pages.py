@@ -1,0 +1,30 @@
+"""The pages htagweb itself answers with when it cannot show the app."""
+
+from __future__ import annotations
+
+import html
+
+from starlette.responses import HTMLResponse
+
+_TEMPLATE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{{font-family:system-ui,sans-serif;max-width:46em;margin:4em auto;padding:0 1em;color:#222}}
+h1{{font-size:1.4em}}pre{{background:#f6f6f6;padding:1em;overflow:auto;font-size:.85em}}</style>
+</head><body><h1>{title}</h1><p>{message}</p>{details}</body></html>"""
+
+_TITLES = {
+    403: "Session required",
+    404: "Not found",
+    500: "Application error",
+    502: "Application unavailable",
+    503: "Server busy",
+    504: "Application timeout",
+}
+
+
+def error_page(status: int, message: str, traceback: str | None = None, retry_after: int | None = None) -> HTMLResponse:
+    details = f"<pre>{html.escape(traceback)}</pre>" if traceback else ""
+    body = _TEMPLATE.format(title=_TITLES.get(status, "Error"), message=html.escape(message), details=details)
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    return HTMLResponse(body, status_code=status, headers=headers)

@@ -1,0 +1,118 @@
+"""The front's handle on user processes: connect, spawning through the fork-server.
+
+Connecting to a user socket that exists is the common case and costs one
+``connect()``. Only when it fails is the fork-server asked to ensure the
+process, which it does at most once per user whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+from typing import Any
+
+from . import forkserver
+from .appspec import AppSpec
+from .config import Config
+from .runtime import Runtime
+
+logger = logging.getLogger("htagweb")
+
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class SpawnRefused(Exception):
+    def __init__(self, status: int, message: str, traceback: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.traceback = traceback
+
+
+class ProcessPool:
+    def __init__(self, runtime: Runtime, config: Config, apps: dict[str, AppSpec]) -> None:
+        self.runtime = runtime
+        self.config = config
+        self.apps = apps
+        self._presence: Connection | None = None
+        self._start_lock: asyncio.Lock | None = None
+
+    async def start(self) -> None:
+        """Make sure the fork-server runs and tell it this worker is alive."""
+        if self._presence is not None and not self._presence[0].at_eof():
+            return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._presence is not None and not self._presence[0].at_eof():
+                return
+            self._presence = await self._connect_forkserver()
+            await self._ask(self._presence, {"op": "hello"})
+
+    async def stop(self) -> None:
+        """Say bye; the last worker to leave waits while user processes end."""
+        if self._presence is None:
+            return
+        reader, writer = self._presence
+        self._presence = None
+        try:
+            reply = await self._ask((reader, writer), {"op": "bye"})
+            if reply.get("remaining") == 0:
+                await asyncio.wait_for(reader.read(), self.config.shutdown_grace + 5)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def connect(self, key: str, app: str, label: str) -> tuple[Connection, bool]:
+        """A bridge connection to the user process of ``key``, and whether it was just spawned."""
+        path = str(self.runtime.user_socket_path(key))
+        try:
+            return await asyncio.open_unix_connection(path), False
+        except (FileNotFoundError, ConnectionRefusedError):
+            pass
+        reply = await self.request({"op": "ensure", "key": key, "app": app, "label": label})
+        if not reply.get("ok"):
+            raise SpawnRefused(reply.get("status", 500), reply.get("error", "unknown error"), reply.get("traceback"))
+        return await asyncio.open_unix_connection(path), bool(reply.get("spawned"))
+
+    async def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        await self.start()
+        connection = await self._connect_forkserver()
+        try:
+            return await self._ask(connection, message)
+        finally:
+            connection[1].close()
+
+    @staticmethod
+    async def _ask(connection: Connection, message: dict[str, Any]) -> dict[str, Any]:
+        reader, writer = connection
+        writer.write(json.dumps(message).encode() + b"\n")
+        line = await reader.readline()
+        if not line:
+            raise ConnectionError("fork-server closed the connection")
+        return json.loads(line)
+
+    async def _connect_forkserver(self) -> Connection:
+        path = str(self.runtime.forkserver_socket)
+        try:
+            return await asyncio.open_unix_connection(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            pass
+        fd = os.open(self.runtime.forkserver_lock, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            while True:  # workers race here; polling keeps the event loop free
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(0.01)
+            try:
+                return await asyncio.open_unix_connection(path)
+            except (FileNotFoundError, ConnectionRefusedError):
+                forkserver.start(self.runtime, self.config, self.apps)
+                return await asyncio.open_unix_connection(path)
+        finally:
+            os.close(fd)

@@ -1,0 +1,172 @@
+"""The user process: one htag app instance for one session, behind a Unix socket.
+
+Forked by the fork-server with its listening socket already bound. It serves
+bridge connections (see :mod:`htagweb.bridge`) through :class:`HtagHost`,
+publishes when an interaction is running (the fork-server kills it when one
+lasts too long), and ends itself after ``timeout_inactivity`` or on SIGTERM,
+running the app's ``on_destroy`` first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import mmap
+import signal
+import socket
+import struct
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from starlette.types import Message, Scope, Send
+
+from . import bridge
+from .config import Config
+from .host import HtagHost
+from .sessions import Session
+
+logger = logging.getLogger("htagweb")
+
+#: shared with the fork-server: (monotonic start of the oldest running interaction or 0, state)
+PAGE = struct.Struct("<di")
+RUNNING, EXITING = 0, 1
+
+
+def new_page() -> mmap.mmap:
+    page = mmap.mmap(-1, PAGE.size)  # anonymous and shared: survives fork
+    PAGE.pack_into(page, 0, 0.0, RUNNING)
+    return page
+
+
+class Watchdog:
+    """Publishes to the fork-server when the oldest running interaction started."""
+
+    def __init__(self, page: mmap.mmap) -> None:
+        self.page = page
+        self._started: dict[int, float] = {}
+        self._next = 0
+        self.state = RUNNING
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._started)
+
+    @contextmanager
+    def interaction(self) -> Iterator[None]:
+        token, self._next = self._next, self._next + 1
+        self._started[token] = time.monotonic()
+        self._publish()
+        try:
+            yield
+        finally:
+            del self._started[token]
+            self._publish()
+
+    def exiting(self) -> None:
+        self.state = EXITING
+        self._publish()
+
+    def _publish(self) -> None:
+        PAGE.pack_into(self.page, 0, min(self._started.values(), default=0.0), self.state)
+
+
+class UserProcess:
+    def __init__(self, host: HtagHost, session: Session, config: Config, watchdog: Watchdog, label: str) -> None:
+        self.host = host
+        self.session = session
+        self.config = config
+        self.watchdog = watchdog
+        self.label = label
+        self.last_activity = time.monotonic()
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.stopping = asyncio.Event()
+
+    async def serve(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        server = await asyncio.start_unix_server(self._connection, sock=listener)
+        expiry = asyncio.create_task(self._expire_when_idle())
+        await self.stopping.wait()
+        self.watchdog.exiting()
+        server.close()
+        expiry.cancel()
+        await self.host.destroy(self.config.shutdown_grace)
+        for writer in list(self.writers):
+            writer.close()
+
+    async def _expire_when_idle(self) -> None:
+        timeout = self.config.timeout_inactivity
+        if not timeout:
+            return
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            if not self.watchdog.busy and time.monotonic() - self.last_activity >= timeout:
+                logger.info("user process expired: session %s after %ss of inactivity", self.label, timeout)
+                self.stopping.set()
+                return
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
+        self.last_activity = time.monotonic()
+        inbox: asyncio.Queue[Message] = asyncio.Queue()
+        pump: asyncio.Task[None] | None = None
+        try:
+            kind, body = await bridge.read_frame(reader)
+            if kind != bridge.SCOPE:
+                raise bridge.BridgeError("connection did not start with a scope")
+            scope = bridge.decode_scope(body)
+            data = scope["htagweb"].pop("session")
+            self.session.merge(data["version"], data["items"])
+            pump = asyncio.create_task(self._pump(reader, inbox, scope["type"]))
+            await self.host(scope, inbox.get, self._sender(writer, scope))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except Exception:
+            logger.exception("bridge connection failed in user process of session %s", self.label)
+        finally:
+            if pump:
+                pump.cancel()
+            self.writers.discard(writer)
+            writer.close()
+            if self.host.broken:
+                self.stopping.set()
+
+    async def _pump(self, reader: asyncio.StreamReader, inbox: "asyncio.Queue[Message]", kind: str) -> None:
+        try:
+            while True:
+                frame_kind, body = await bridge.read_frame(reader)
+                self.last_activity = time.monotonic()
+                if frame_kind == bridge.SESSION_DATA:
+                    data = json.loads(body)
+                    self.session.merge(data["version"], data["items"])
+                else:
+                    inbox.put_nowait(bridge.decode_inbound(frame_kind, body))
+        except (asyncio.IncompleteReadError, ConnectionError, bridge.BridgeError):
+            inbox.put_nowait({"type": "http.disconnect"} if kind == "http" else {"type": "websocket.disconnect", "code": 1006})
+
+    def _sender(self, writer: asyncio.StreamWriter, scope: Scope) -> Send:
+        session = self.session
+
+        async def send(message: Message) -> None:
+            self.last_activity = time.monotonic()
+            changed, deleted = session.changes()
+            if changed or deleted:
+                # saved before any byte of the answer leaves: a route the browser calls next sees it
+                session.mark_synced(changed, deleted, session.version)
+                writer.write(bridge.json_frame(bridge.SESSION_CHANGES, {"set": changed, "delete": deleted}))
+            writer.write(bridge.encode_outbound(message))
+            await writer.drain()
+
+        return send
+
+
+def run(listener: socket.socket, app_cls: type, config: Config, page: mmap.mmap, label: str) -> None:
+    """Entry point in the forked child; never returns."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    watchdog = Watchdog(page)
+    session = Session(label)
+    host = HtagHost(app_cls, session, config, watchdog)
+    loop.run_until_complete(UserProcess(host, session, config, watchdog, label).serve(listener))

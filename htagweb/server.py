@@ -1,0 +1,137 @@
+"""``WebServer`` and ``WebServerWS``: Starlette apps that serve htag apps, one
+OS process per user."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from htag.logo import LOGO_PNG_B64
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+
+from .appspec import AppSpec
+from .config import Config
+from .front import HtagEndpoint
+from .pool import ProcessPool
+from .runtime import Runtime, default_runtime_dir
+from .sessions import SessionMiddleware
+from .stores import SessionStore, make_store
+
+logger = logging.getLogger("htagweb")
+
+_LOGO = base64.b64decode(LOGO_PNG_B64)
+
+
+class WebServer(Starlette):
+    """Serves an htag app over plain HTTP only (htag's pure-HTTP mode).
+
+    ``app`` is a ``Tag.App`` subclass, a component class, a ``"module:Class"``
+    string or a module with an ``App``. The object is a Starlette app: add your
+    own routes, serve other htag apps with :meth:`add_app`, run it with
+    :meth:`run` or any ASGI server.
+    """
+
+    http_only = True
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        debug: bool = False,
+        timeout_inactivity: float = Config.timeout_inactivity,
+        timeout_interaction: float = Config.timeout_interaction,
+        max_processes: int = Config.max_processes,
+        max_body_size: int = 1024 * 1024,
+        session_store: SessionStore | str | None = None,
+        secret: str | bytes | None = None,
+        runtime_dir: str | None = None,
+        https_only: bool = False,
+        trust_proxy_headers: bool = False,
+        shutdown_grace: float = Config.shutdown_grace,
+        routes: Sequence[BaseRoute] | None = None,
+        middleware: Sequence[Middleware] | None = None,
+    ) -> None:
+        spec = AppSpec.of(app)
+        self.config = Config(
+            debug=debug,
+            http_only=self.http_only,
+            timeout_inactivity=timeout_inactivity,
+            timeout_interaction=timeout_interaction,
+            max_processes=max_processes,
+            shutdown_grace=shutdown_grace,
+        )
+        self.runtime = Runtime(runtime_dir or default_runtime_dir(spec.name), secret)
+        self.store = make_store(session_store, self.runtime.sqlite_path)
+        self.apps: dict[str, AppSpec] = {}
+        self.pool = ProcessPool(self.runtime, self.config, self.apps)
+        self.trust_proxy_headers = trust_proxy_headers
+        session = Middleware(
+            SessionMiddleware,
+            store=self.store,
+            secret=self.runtime.secret,
+            https_only=https_only,
+            trust_proxy_headers=trust_proxy_headers,
+        )
+        super().__init__(
+            debug=debug,
+            routes=list(routes or []),
+            middleware=[session, *(middleware or [])],
+            lifespan=self._lifespan,
+            max_body_size=max_body_size,
+        )
+        self.add_app("/", spec)
+        self.add_route("/logo.png", _logo)
+        self.add_route("/favicon.ico", _logo)
+
+    def add_app(self, path: str, app: Any) -> None:
+        """Serve another htag app at ``path`` (its own process per user)."""
+        spec = AppSpec.of(app)
+        self.apps[spec.name] = spec
+        base = path.rstrip("/")
+
+        def endpoint(kind: str) -> HtagEndpoint:
+            return HtagEndpoint(spec.name, kind, self.runtime, self.pool, self.store, self.config)
+
+        routes: list[BaseRoute] = [
+            Route(path, endpoint("page"), methods=["GET", "HEAD"]),
+            Route(f"{base}/event", endpoint("event"), methods=["POST"]),
+        ]
+        if not self.http_only:
+            routes += [Route(f"{base}/stream", endpoint("stream"), methods=["GET"]), WebSocketRoute(f"{base}/ws", endpoint("ws"))]
+        self.router.routes.extend(routes)
+
+    @asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.pool.start()
+        try:
+            yield
+        finally:
+            await self.pool.stop()
+            await self.store.close()
+
+    def run(self, host: str = "127.0.0.1", port: int = 8000, **uvicorn_options: Any) -> None:
+        """Serve with uvicorn (``uvicorn_options`` are passed on)."""
+        import uvicorn
+
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+        uvicorn_options.setdefault("proxy_headers", self.trust_proxy_headers)
+        uvicorn.run(self, host=host, port=port, **uvicorn_options)
+
+
+class WebServerWS(WebServer):
+    """Serves an htag app: first render over HTTP, then WebSocket, falling back
+    to SSE and then plain HTTP exactly as htag's client does."""
+
+    http_only = False
+
+
+async def _logo(request: Request) -> Response:
+    return Response(_LOGO, media_type="image/png", headers={"Cache-Control": "max-age=86400"})

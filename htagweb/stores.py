@@ -1,0 +1,146 @@
+"""Server-side session stores.
+
+A session is a set of keys, each holding a JSON text. Stores merge writes key by
+key, so a Starlette route and the htag app writing different keys of one session
+at the same moment both keep their write. Every write bumps a version number:
+the front compares versions to know when a long-lived WebSocket must be sent
+fresh session data.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+Items = dict[str, str]  # key -> JSON text
+
+
+class SessionStore(ABC):
+    """What htagweb needs from a session store. Used by the front only: user
+    processes never see the store, only their own session's data."""
+
+    max_age: float = 14 * 24 * 3600
+
+    @abstractmethod
+    async def load(self, sid: str) -> tuple[int, Items]:
+        """(version, items); (0, {}) for an unknown session."""
+
+    @abstractmethod
+    async def version(self, sid: str) -> int: ...
+
+    @abstractmethod
+    async def update(self, sid: str, set_items: Items, delete: list[str]) -> int:
+        """Apply a diff atomically; return the new version."""
+
+    async def close(self) -> None:
+        return None
+
+
+class MemoryStore(SessionStore):
+    """Sessions in the memory of one worker process: for tests and single-worker
+    development servers. Lost at restart and not shared between workers."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, tuple[int, Items]] = {}
+
+    async def load(self, sid: str) -> tuple[int, Items]:
+        version, items = self._sessions.get(sid, (0, {}))
+        return version, dict(items)
+
+    async def version(self, sid: str) -> int:
+        return self._sessions.get(sid, (0, {}))[0]
+
+    async def update(self, sid: str, set_items: Items, delete: list[str]) -> int:
+        version, items = self._sessions.get(sid, (0, {}))
+        items = {**items, **set_items}
+        for key in delete:
+            items.pop(key, None)
+        self._sessions[sid] = (version + 1, items)
+        return version + 1
+
+
+class SQLiteStore(SessionStore):
+    """Sessions in a SQLite file, shared by every worker of one machine and kept
+    across restarts. Each process opens its own connection (never across fork)."""
+
+    _SCHEMA = """
+    CREATE TABLE IF NOT EXISTS sessions (sid TEXT PRIMARY KEY, version INTEGER NOT NULL, touched REAL NOT NULL);
+    CREATE TABLE IF NOT EXISTS items (sid TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (sid, key));
+    """
+
+    def __init__(self, path: Path | str, max_age: float | None = None) -> None:
+        self.path = str(path)
+        if max_age is not None:
+            self.max_age = max_age
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():
+            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(self._SCHEMA)
+            self._purge(conn)
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    def _purge(self, conn: sqlite3.Connection) -> None:
+        cutoff = time.time() - self.max_age
+        with conn:
+            conn.execute("DELETE FROM items WHERE sid IN (SELECT sid FROM sessions WHERE touched < ?)", (cutoff,))
+            conn.execute("DELETE FROM sessions WHERE touched < ?", (cutoff,))
+
+    async def load(self, sid: str) -> tuple[int, Items]:
+        conn = self.conn
+        row = conn.execute("SELECT version FROM sessions WHERE sid=?", (sid,)).fetchone()
+        if row is None:
+            return 0, {}
+        items = dict(conn.execute("SELECT key, value FROM items WHERE sid=?", (sid,)).fetchall())
+        return row[0], items
+
+    async def version(self, sid: str) -> int:
+        row = self.conn.execute("SELECT version FROM sessions WHERE sid=?", (sid,)).fetchone()
+        return row[0] if row else 0
+
+    async def update(self, sid: str, set_items: Items, delete: list[str]) -> int:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT INTO items (sid, key, value) VALUES (?, ?, ?) ON CONFLICT(sid, key) DO UPDATE SET value=excluded.value",
+                [(sid, k, v) for k, v in set_items.items()],
+            )
+            conn.executemany("DELETE FROM items WHERE sid=? AND key=?", [(sid, k) for k in delete])
+            conn.execute(
+                "INSERT INTO sessions (sid, version, touched) VALUES (?, 1, ?) "
+                "ON CONFLICT(sid) DO UPDATE SET version=version+1, touched=excluded.touched",
+                (sid, time.time()),
+            )
+            version = conn.execute("SELECT version FROM sessions WHERE sid=?", (sid,)).fetchone()[0]
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return version
+
+    async def close(self) -> None:
+        if self._conn is not None and self._pid == os.getpid():
+            self._conn.close()
+        self._conn = None
+
+
+def make_store(spec: "SessionStore | str | None", default_path: Path) -> SessionStore:
+    if isinstance(spec, SessionStore):
+        return spec
+    if spec is None or spec == "sqlite":
+        return SQLiteStore(default_path)
+    if spec == "memory":
+        return MemoryStore()
+    if spec.startswith("sqlite:///"):
+        return SQLiteStore(spec[len("sqlite:///"):])
+    raise ValueError(f"unknown session store {spec!r} (want 'sqlite', 'sqlite:///PATH', 'memory' or a SessionStore)")
