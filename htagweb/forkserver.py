@@ -168,8 +168,7 @@ class ForkServer:
         if op == "ensure":
             return self._ensure(request["key"], request["app"], request["label"])
         if op == "status":
-            child = self.by_key.get(request["key"])
-            return {"ok": True, "alive": child is not None and child.kill_reason is None, "reason": self.deaths.get(request["key"])}
+            return self._status(request["key"])
         if op == "list":
             return {"ok": True, "processes": [{"pid": c.pid, "app": c.app, "label": c.label} for c in self.by_pid.values()]}
         if op == "hello":
@@ -182,6 +181,19 @@ class ForkServer:
                 self.stop_requested = True  # the connection stays open: EOF tells the worker we are done
             return {"ok": True, "remaining": len(self.presence)}
         return {"ok": False, "status": 400, "error": f"unknown op {op!r}"}
+
+    def _status(self, key: str) -> dict[str, Any]:
+        """Why the process of ``key`` is gone. Asked when a front saw its connection end,
+        so a process still listed is given a moment to be reaped."""
+        deadline = time.monotonic() + 1.0
+        self._reap()
+        while key in self.by_key and self.by_key[key].kill_reason is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+            self._reap()
+        child = self.by_key.get(key)
+        if child is not None:
+            return {"ok": True, "alive": child.kill_reason is None, "reason": child.kill_reason}
+        return {"ok": True, "alive": False, "reason": self.deaths.get(key)}
 
     # --- user processes ----------------------------------------------------
 

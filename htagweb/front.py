@@ -106,8 +106,9 @@ class _Exchange:
         self.reader, self.writer = connection
         self.known_version = session.version
 
-    def _open(self, scope: Scope, extra: dict[str, Any]) -> None:
-        self.writer.write(bridge.encode_scope({**scope, "headers": _forwarded_headers(scope)}, extra))
+    def _open(self, scope: Scope, extra: dict[str, Any], first: bytes) -> None:
+        """Send the scope and the first message in one write."""
+        self.writer.write(bridge.encode_scope({**scope, "headers": _forwarded_headers(scope)}, extra) + first)
 
     async def _apply_changes(self, body: bytes) -> None:
         data = json.loads(body)
@@ -152,8 +153,7 @@ class _Exchange:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        self._open(scope, extra)
-        self.writer.write(bridge.frame(bridge.HTTP_BODY, b"\x00" + bytes(body)))
+        self._open(scope, extra, bridge.frame(bridge.HTTP_BODY, b"\x00" + bytes(body)))
         watcher = asyncio.create_task(self._watch_disconnect(receive))
         started = False
         try:
@@ -187,8 +187,7 @@ class _Exchange:
 
     async def websocket(self, scope: Scope, receive: Receive, send: Send, extra: dict[str, Any]) -> None:
         await receive()  # websocket.connect
-        self._open(scope, extra)
-        self.writer.write(bridge.frame(bridge.WS_CONNECT))
+        self._open(scope, extra, bridge.frame(bridge.WS_CONNECT))
         first = await self._read()
         if first is None:
             await send({"type": "websocket.close", "code": 1011, "reason": (await self._death_message())[1][:120]})

@@ -121,7 +121,9 @@ class UserProcess:
             self.session.merge(data["version"], data["items"])
             pump = asyncio.create_task(self._pump(reader, inbox, scope["type"]))
             await self.host(scope, inbox.get, self._sender(writer, scope))
-        except (asyncio.IncompleteReadError, ConnectionError):
+            # the front closes first: closing with its bytes unread would reset the connection under them
+            await asyncio.wait_for(pump, self.config.shutdown_grace)
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
             pass
         except Exception:
             logger.exception("bridge connection failed in user process of session %s", self.label)

@@ -109,6 +109,7 @@ class WebServer(Starlette):
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        _share_uvicorn_logging()
         await self.pool.start()
         try:
             yield
@@ -131,6 +132,17 @@ class WebServerWS(WebServer):
     to SSE and then plain HTTP exactly as htag's client does."""
 
     http_only = False
+
+
+def _share_uvicorn_logging() -> None:
+    """Under a bare ``uvicorn server:app`` only uvicorn's loggers have handlers:
+    print htagweb's lines through them, unless the user configured logging."""
+    if logging.getLogger().handlers or any(not isinstance(h, logging.NullHandler) for h in logger.handlers):
+        return
+    for handler in logging.getLogger("uvicorn").handlers:
+        logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
 
 
 async def _logo(request: Request) -> Response:

@@ -1,0 +1,140 @@
+"""Shared test harness: real servers in real subprocesses on free loopback ports.
+
+Every server is started with a marker in its environment; every process that
+carries the marker (workers, fork-server, user processes all inherit it) must be
+gone when the test ends, or the test fails and the leftovers are killed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+
+
+def marked_processes(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("HTAGWEB_TEST_MARKER") == marker:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return found
+
+
+class ServerProcess:
+    """``uvicorn srv:app`` in a subprocess, ``srv.py`` written from ``source``.
+
+    In ``source``, ``RUNTIME_DIR`` names a fresh private runtime directory.
+    """
+
+    def __init__(self, source: str, workdir: Path, extra_files: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.runtime_dir = Path(tempfile.mkdtemp(prefix="hw-"))  # short: Unix socket paths are limited
+        self.runtime_dir.rmdir()  # htagweb creates it, private
+        header = f"RUNTIME_DIR = {str(self.runtime_dir)!r}\n"
+        (workdir / "srv.py").write_text(header + textwrap.dedent(source))
+        for name, text in (extra_files or {}).items():
+            (workdir / name).write_text(textwrap.dedent(text))
+        self.marker = uuid.uuid4().hex
+        self.lines: list[str] = []
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def start(self, *uvicorn_args: str) -> "ServerProcess":
+        env = {**os.environ, "HTAGWEB_TEST_MARKER": self.marker, "PYTHONPATH": f"{ROOT}{os.pathsep}{self.workdir}"}
+        cmd = [sys.executable, "-m", "uvicorn", "srv:app", "--host", "127.0.0.1", "--port", "0", "--no-proxy-headers", *uvicorn_args]
+        self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        ready = threading.Event()
+
+        def read() -> None:
+            assert self.proc and self.proc.stdout
+            for line in self.proc.stdout:
+                self.lines.append(line.rstrip("\n"))
+                match = READY.search(line)
+                if match:
+                    self.port = int(match.group(1))
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not ready.wait(60) or not self.port:
+            self.stop()
+            raise RuntimeError("server did not start:\n" + self.log)
+        return self
+
+    def wait_log(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+        """Wait for a log line (the server's own account of an event, not a timing assertion)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(pattern, self.log)
+            if match:
+                return match
+            time.sleep(0.05)
+        raise AssertionError(f"no log line matching {pattern!r}:\n{self.log}")
+
+    def stop(self) -> None:
+        """Ctrl-C, as a user would; then nothing of ours may be left."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        deadline = time.monotonic() + 15
+        while marked_processes(self.marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        leftovers = marked_processes(self.marker)
+        for proc in leftovers:
+            proc.kill()
+        sockets = list(self.runtime_dir.rglob("*.sock")) if self.runtime_dir.exists() else []
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        assert not leftovers, f"processes left after stop: {leftovers}\n{self.log}"
+        assert not sockets, f"sockets left after stop: {sockets}"
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    """``server(source, *uvicorn_args, files={...})`` starts one; all are stopped at teardown."""
+    started: list[ServerProcess] = []
+
+    def start(source: str, *args: str, files: dict[str, str] | None = None) -> ServerProcess:
+        workdir = tmp_path / f"srv{len(started)}"
+        workdir.mkdir()
+        srv = ServerProcess(source, workdir, files)
+        started.append(srv)
+        return srv.start(*args)
+
+    yield start
+    errors = []
+    for srv in started:
+        print(f"--- log of server {srv.workdir.name} ---\n{srv.log}")  # shown by pytest when the test fails
+        try:
+            srv.stop()
+        except AssertionError as exc:
+            errors.append(str(exc))
+    assert not errors, "\n".join(errors)

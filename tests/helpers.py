@@ -1,0 +1,125 @@
+"""A test app exercising every runtime path, and a small protocol-level client."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import httpx
+import websockets
+
+APP = '''
+import asyncio, json, os, time
+from pathlib import Path
+from htag import Tag, State
+from starlette.responses import JSONResponse, PlainTextResponse
+from htagweb import WebServer, WebServerWS
+
+DESTROYED = Path(__file__).with_name("destroyed.log")
+
+
+class App(Tag.App):
+    def init(self):
+        self.count = State(0)
+        Tag.p(f"pid={os.getpid()}", _id="pid")
+        Tag.p(lambda: f"Count: {self.count.value}", _id="count")
+        Tag.button("+1", _id="inc", _onclick=self.inc)
+        Tag.button("hang", _id="hang", _onclick=self.hang)
+        Tag.button("crash", _id="crash", _onclick=self.crash)
+        Tag.button("session", _id="session", _onclick=self.session_event)
+
+    def inc(self, event):
+        self.count.value += 1
+
+    def hang(self, event):
+        time.sleep(3600)
+
+    def crash(self, event):
+        os._exit(3)
+
+    def session_event(self, event):
+        value = event.value.get("value") if isinstance(event.value, dict) else event.value
+        if value:
+            self.session["from_app"] = value
+        return dict(self.session)
+
+    def on_destroy(self):
+        with DESTROYED.open("a") as f:
+            f.write(f"{os.getpid()}\\n")
+
+
+async def set_value(request):
+    request.session["from_route"] = request.query_params["v"]
+    return PlainTextResponse("ok")
+
+
+async def get_values(request):
+    return JSONResponse(dict(request.session))
+'''
+
+
+def server_source(factory: str = "WebServerWS", **options: Any) -> str:
+    opts = "".join(f", {k}={v!r}" for k, v in options.items())
+    return APP + f'''
+app = {factory}(App, runtime_dir=RUNTIME_DIR{opts})
+app.add_route("/set", set_value)
+app.add_route("/get", get_values)
+'''
+
+
+def count(text: str) -> int:
+    return int(re.search(r"Count: (\d+)", text).group(1))
+
+
+def pid(text: str) -> int:
+    return int(re.search(r"pid=(\d+)", text).group(1))
+
+
+class User:
+    """One browser: a cookie jar, the page, WebSockets and event POSTs."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = httpx.AsyncClient(base_url=url, timeout=30)
+        self.csrf = ""
+
+    async def __aenter__(self) -> "User":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.http.aclose()
+
+    @property
+    def cookie_header(self) -> str:
+        return "; ".join(f"{k}={v}" for k, v in self.http.cookies.items())
+
+    async def page(self, path: str = "/") -> httpx.Response:
+        response = await self.http.get(path)
+        match = re.search(r'HTAG_CSRF = "([0-9a-f]+)"', response.text)
+        if match:
+            self.csrf = match.group(1)
+        return response
+
+    def ws(self, path: str = "/ws") -> Any:
+        ws_url = self.url.replace("http://", "ws://") + path
+        return websockets.connect(ws_url, additional_headers={"Cookie": self.cookie_header}, max_size=None)
+
+    async def post_event(self, tag_id: str, value: Any = None, fallback: bool = True, path: str = "/event") -> httpx.Response:
+        data: dict[str, Any] = {"callback_id": "cb"}
+        if value is not None:
+            data["value"] = value
+        msg = {"id": tag_id, "event": "click", "data": data, "fallback": fallback}
+        return await self.http.post(path, content=json.dumps(msg), headers={"X-HTAG-TOKEN": self.csrf})
+
+
+async def click(ws: Any, tag_id: str, value: Any = None, callback_id: str = "cb") -> dict[str, Any]:
+    """Send an htag click; return the reply that answers it."""
+    data: dict[str, Any] = {"callback_id": callback_id}
+    if value is not None:
+        data["value"] = value
+    await ws.send(json.dumps({"id": tag_id, "event": "click", "data": data}))
+    while True:
+        message = json.loads(await ws.recv())
+        if message.get("callback_id") == callback_id or message.get("action") == "error":
+            return message

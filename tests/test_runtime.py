@@ -1,0 +1,371 @@
+"""Protocol-level tests of the runtime against real servers (HTTP + WebSocket)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import pytest
+import websockets
+
+from helpers import User, click, count, pid, server_source
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_ws_counter_keeps_state_across_reload(server):
+    srv = server(server_source("WebServerWS"))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            first = await user.page()
+            assert "Count: 0" in first.text
+            async with user.ws() as ws:
+                initial = json.loads(await ws.recv())
+                assert initial["action"] == "update"
+                for n in range(1, 4):
+                    reply = await click(ws, "inc", callback_id=str(n))
+                    assert reply["updates"]["count"] == f'<p id="count">Count: {n}</p>'
+            again = await user.page()
+            assert count(again.text) == 3
+            assert pid(again.text) == pid(first.text)
+
+    run(scenario())
+    srv.wait_log(r"user process spawned: pid \d+, session \S{8}, app srv:App")
+    srv.wait_log(r"user process reused: session \S{8}, app srv:App")
+
+
+def test_http_only_server_uses_pure_http_mode(server):
+    srv = server(server_source("WebServer"))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            page = await user.page()
+            assert "window.WebSocket=window.EventSource=" in page.text  # htag's pure-HTTP switch
+            assert (await user.http.get("/stream")).status_code == 404
+            response = await user.post_event("inc")
+            assert response.status_code == 200
+            payloads = [json.loads(p) for p in response.json()["payloads"]]
+            assert payloads[-1]["updates"]["count"] == '<p id="count">Count: 1</p>'
+            assert count((await user.page()).text) == 1
+
+    run(scenario())
+
+
+def test_sse_stream_and_background_post(server):
+    srv = server(server_source("WebServerWS"))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            await user.page()
+            async with user.http.stream("GET", "/stream") as stream:
+                lines = stream.aiter_lines()
+                first = await anext(lines)
+                assert first.startswith("data: ") and json.loads(first[6:])["action"] == "update"
+                assert (await user.post_event("inc", fallback=False)).json() == {"status": "ok"}
+                async for line in lines:
+                    if line.startswith("data: ") and "Count: 1" in line:
+                        break
+
+    run(scenario())
+
+
+def test_users_get_own_process_tabs_share_one(server):
+    srv = server(server_source("WebServerWS"))
+
+    async def scenario():
+        async with User(srv.url) as alice, User(srv.url) as bob:
+            alice_pid = pid((await alice.page()).text)
+            bob_pid = pid((await bob.page()).text)
+            assert alice_pid != bob_pid
+            async with alice.ws() as tab1, alice.ws() as tab2:
+                await tab1.recv(), await tab2.recv()
+                await click(tab1, "inc")
+                reply = json.loads(await tab2.recv())  # the other tab is told too
+                assert "Count: 1" in reply["updates"]["count"]
+            assert pid((await alice.page()).text) == alice_pid
+            assert count((await bob.page()).text) == 0
+
+    run(scenario())
+
+
+def test_simultaneous_first_requests_spawn_one_process(server):
+    srv = server(server_source("WebServerWS"))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            assert (await user.http.get("/get")).json() == {}  # a cookie, no process yet
+            pages = await asyncio.gather(*(user.page() for _ in range(20)))
+            assert len({pid(p.text) for p in pages}) == 1
+
+    run(scenario())
+    assert len(re.findall(r"user process spawned", srv.log)) == 1
+
+
+def test_session_shared_between_route_and_app(server):
+    srv = server(server_source("WebServerWS"))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            await user.page()
+            async with user.ws() as ws:
+                await ws.recv()
+                assert (await user.http.get("/set", params={"v": "r1"})).text == "ok"
+                reply = await click(ws, "session")  # route's value, in the app's next event
+                assert reply["result"] == {"from_route": "r1"}
+                reply = await click(ws, "session", value="a1")
+                assert reply["result"] == {"from_route": "r1", "from_app": "a1"}
+                assert (await user.http.get("/get")).json() == {"from_route": "r1", "from_app": "a1"}
+            await user.http.get("/set", params={"v": "r2"})
+            await user.page()  # reload
+            async with user.ws() as ws:
+                await ws.recv()
+                assert (await click(ws, "session"))["result"] == {"from_route": "r2", "from_app": "a1"}
+
+    run(scenario())
+
+
+def test_session_survives_in_pure_http_mode(server):
+    srv = server(server_source("WebServer"))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            await user.page()
+            await user.http.get("/set", params={"v": "r"})
+            response = await user.post_event("session", value="a")
+            payload = json.loads(response.json()["payloads"][-1])
+            assert payload["result"] == {"from_route": "r", "from_app": "a"}
+            assert (await user.http.get("/get")).json() == {"from_route": "r", "from_app": "a"}
+
+    run(scenario())
+
+
+def test_forged_cookie_gets_a_new_session(server):
+    srv = server(server_source("WebServerWS"))
+
+    async def scenario():
+        async with User(srv.url) as victim, User(srv.url) as attacker:
+            await victim.page()
+            await victim.http.get("/set", params={"v": "secret"})
+            signed = victim.http.cookies["htagweb_session"]
+            sid, _, signature = signed.rpartition(".")
+            forged = sid + "." + ("A" if signature[0] != "A" else "B") + signature[1:]
+            attacker.http.cookies.set("htagweb_session", forged)
+            response = await attacker.http.get("/get")
+            assert response.json() == {}
+            assert "htagweb_session=" in response.headers["set-cookie"]
+            assert response.cookies["htagweb_session"] != signed
+            unsigned = User(srv.url)
+            unsigned.http.cookies.set("htagweb_session", sid)
+            assert (await unsigned.http.get("/get")).json() == {}
+            await unsigned.http.aclose()
+
+    run(scenario())
+    srv.wait_log(r"WARNING.*forged or tampered session cookie")
+
+
+def test_cookie_flags(server):
+    plain = server(server_source("WebServerWS"))
+    proxied = server(server_source("WebServerWS", trust_proxy_headers=True))
+
+    async def scenario():
+        async with User(plain.url) as user:
+            cookie = (await user.http.get("/get", headers={"X-Forwarded-Proto": "https"})).headers["set-cookie"]
+            assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+        async with User(proxied.url) as user:
+            cookie = (await user.http.get("/get", headers={"X-Forwarded-Proto": "https"})).headers["set-cookie"]
+            assert "Secure" in cookie
+        async with User(proxied.url) as user:
+            assert "Secure" not in (await user.http.get("/get")).headers["set-cookie"]
+
+    run(scenario())
+
+
+def test_ws_and_event_need_a_session(server):
+    srv = server(server_source("WebServerWS"))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            response = await user.http.post("/event", content="{}")
+            assert response.status_code == 403
+            assert "reload the page" in json.loads(response.json()["payloads"][0])["traceback"]
+        async with User(srv.url) as user:
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with user.ws():
+                    pass
+            assert refused.value.response.status_code == 403
+
+    run(scenario())
+
+
+def test_inactivity_destroys_process_and_runs_on_destroy(server):
+    srv = server(server_source("WebServerWS", timeout_inactivity=1))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            first = pid((await user.page()).text)
+            srv.wait_log(rf"user process expired: session \S{{8}} after 1s of inactivity")
+            srv.wait_log(rf"user process ended: pid {first}")
+            assert (srv.workdir / "destroyed.log").read_text().split() == [str(first)]
+            again = await user.page()
+            assert pid(again.text) != first and count(again.text) == 0
+
+    run(scenario())
+
+
+def test_hanging_handler_is_killed_others_unaffected(server):
+    srv = server(server_source("WebServerWS", timeout_interaction=1))
+
+    async def scenario():
+        async with User(srv.url) as victim, User(srv.url) as other:
+            victim_pid = pid((await victim.page()).text)
+            await other.page()
+            async with victim.ws() as ws, other.ws() as other_ws:
+                await ws.recv(), await other_ws.recv()
+                await ws.send(json.dumps({"id": "hang", "event": "click", "data": {"callback_id": "h"}}))
+                for n in range(1, 6):  # the other user goes on meanwhile
+                    assert f"Count: {n}" in (await click(other_ws, "inc", callback_id=str(n)))["updates"]["count"]
+                message = json.loads(await ws.recv())
+                assert message["action"] == "error"
+                assert "took longer than 1s" in message["traceback"] and "Reload" in message["traceback"]
+                await ws.wait_closed()
+            again = await victim.page()
+            assert pid(again.text) != victim_pid and count(again.text) == 0
+
+    run(scenario())
+    srv.wait_log(r"user process killed: pid \d+, session \S{8}, app srv:App \(interaction timeout")
+
+
+def test_hanging_event_post_gets_readable_message(server):
+    srv = server(server_source("WebServer", timeout_interaction=1))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            await user.page()
+            response = await user.post_event("hang")
+            payload = json.loads(response.json()["payloads"][0])
+            assert payload["action"] == "error" and "took longer than 1s" in payload["traceback"]
+
+    run(scenario())
+
+
+def test_crashed_process_is_replaced(server):
+    srv = server(server_source("WebServerWS"))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            first = pid((await user.page()).text)
+            async with user.ws() as ws:
+                await ws.recv()
+                message = await click(ws, "crash")
+                assert message["action"] == "error" and "stopped unexpectedly" in message["traceback"]
+            again = await user.page()
+            assert pid(again.text) != first
+
+    run(scenario())
+    srv.wait_log(r"user process crashed: pid \d+, session \S{8}, app srv:App, crashed \(exit code 3\)")
+
+
+def test_max_processes_gives_503_with_retry_after(server):
+    srv = server(server_source("WebServerWS", max_processes=2))
+
+    async def scenario():
+        users = [User(srv.url) for _ in range(3)]
+        responses = [await u.page() for u in users]
+        assert [r.status_code for r in responses] == [200, 200, 503]
+        assert responses[2].headers["retry-after"] == "30"
+        assert "limit of live user sessions" in responses[2].text
+        assert count((await users[0].page()).text) == 0  # existing users still served
+        for u in users:
+            await u.http.aclose()
+
+    run(scenario())
+
+
+def test_bad_input(server):
+    srv = server(server_source("WebServerWS", max_body_size=1000))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            assert (await user.http.get("/nowhere")).status_code == 404
+            await user.page()
+            big = await user.http.post("/event", content="x" * 5000, headers={"X-HTAG-TOKEN": user.csrf})
+            assert big.status_code == 413
+            garbage = await user.http.post("/event", content="not json", headers={"X-HTAG-TOKEN": user.csrf})
+            assert garbage.status_code == 400 and "invalid htag event" in garbage.text
+            wrong_token = await user.http.post("/event", content="{}", headers={"X-HTAG-TOKEN": "nope"})
+            assert wrong_token.status_code == 403
+            async with user.ws() as bad, user.ws() as good:
+                await bad.recv(), await good.recv()
+                await bad.send("\x00garbage{")
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await bad.recv()
+                assert closed.value.rcvd.code == 1003
+                await bad.close()
+                assert "Count: 1" in (await click(good, "inc"))["updates"]["count"]
+
+    run(scenario())
+
+
+BROKEN = "import htag\nraise RuntimeError('boom at import')\n"
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_broken_app_module_gives_readable_page(server, debug):
+    source = f"from htagweb import WebServerWS\napp = WebServerWS('broken:App', runtime_dir=RUNTIME_DIR, debug={debug})\n"
+    srv = server(source, files={"broken.py": BROKEN})
+
+    async def scenario():
+        async with User(srv.url) as user:
+            response = await user.page()
+            assert response.status_code == 500
+            assert "could not be loaded" in response.text
+            assert ("boom at import" in response.text) is debug
+            assert ("Traceback" in response.text) is debug
+
+    run(scenario())
+
+
+def test_app_forms(server):
+    files = {
+        "component.py": "from htag import Tag\nclass App(Tag.div):\n    def init(self):\n        self.add('plain component')\n",
+        "modapp.py": "from htag import Tag\nclass App(Tag.App):\n    def init(self):\n        Tag.p('module app')\n",
+    }
+    source = """
+    import component, modapp
+    from htagweb import WebServerWS
+    app = WebServerWS(component.App, runtime_dir=RUNTIME_DIR)
+    app.add_app("/str", "modapp:App")
+    app.add_app("/mod", modapp)
+    """
+    srv = server(source, files=files)
+
+    async def scenario():
+        async with User(srv.url) as user:
+            assert "plain component" in (await user.page("/")).text
+            assert "module app" in (await user.page("/str")).text
+            assert "module app" in (await user.page("/mod")).text
+            async with user.ws("/str/ws") as ws:
+                initial = json.loads(await ws.recv())
+                assert "module app" in next(iter(initial["updates"].values()))
+
+    run(scenario())
+    assert len(re.findall(r"user process spawned", srv.log)) == 3  # one process per (user, app)
+
+
+def test_stop_ends_processes_and_runs_on_destroy(server):
+    srv = server(server_source("WebServerWS"))
+
+    async def scenario():
+        pids = []
+        for _ in range(3):
+            async with User(srv.url) as user:
+                pids.append(pid((await user.page()).text))
+        return pids
+
+    pids = run(scenario())
+    srv.stop()  # asserts no process and no socket left
+    assert sorted(map(int, (srv.workdir / "destroyed.log").read_text().split())) == sorted(pids)
