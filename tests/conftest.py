@@ -85,6 +85,8 @@ class ServerProcess:
         if not ready.wait(60) or not self.port:
             self.stop()
             raise RuntimeError("server did not start:\n" + self.log)
+        workers = int(uvicorn_args[uvicorn_args.index("--workers") + 1]) if "--workers" in uvicorn_args else 1
+        self.wait_log(r"(Application startup complete[\s\S]*){%d}" % workers, timeout=60)
         return self
 
     def wait_log(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
