@@ -28,7 +28,7 @@ class AppSpec:
     target: Any  # a class, a module, or None when ``name`` is an import string
 
     @classmethod
-    def of(cls, app: Any) -> "AppSpec":
+    def of(cls, app: Any) -> AppSpec:
         if isinstance(app, AppSpec):
             return app
         if isinstance(app, str):

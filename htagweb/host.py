@@ -41,7 +41,7 @@ PURE_HTTP_COOKIE = (b"cookie", b"htag_mode=http")
 
 
 class HtagHost:
-    def __init__(self, app_cls: type[AppRunner], session: Session, config: Config, watchdog: "Watchdog") -> None:
+    def __init__(self, app_cls: type[AppRunner], session: Session, config: Config, watchdog: Watchdog) -> None:
         self.app_cls = app_cls
         self.session = session
         self.config = config

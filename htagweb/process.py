@@ -17,8 +17,8 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from starlette.types import Message, Scope, Send
 
@@ -135,7 +135,7 @@ class UserProcess:
             if self.host.broken:
                 self.stopping.set()
 
-    async def _pump(self, reader: asyncio.StreamReader, inbox: "asyncio.Queue[Message]", kind: str) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, inbox: asyncio.Queue[Message], kind: str) -> None:
         try:
             while True:
                 frame_kind, body = await bridge.read_frame(reader)

@@ -134,7 +134,7 @@ class SQLiteStore(SessionStore):
         self._conn = None
 
 
-def make_store(spec: "SessionStore | str | None", default_path: Path) -> SessionStore:
+def make_store(spec: SessionStore | str | None, default_path: Path) -> SessionStore:
     if isinstance(spec, SessionStore):
         return spec
     if spec is None or spec == "sqlite":

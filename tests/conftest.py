@@ -65,7 +65,7 @@ class ServerProcess:
     def log(self) -> str:
         return "\n".join(self.lines)
 
-    def start(self, *uvicorn_args: str) -> "ServerProcess":
+    def start(self, *uvicorn_args: str) -> ServerProcess:
         env = {**os.environ, "HTAGWEB_TEST_MARKER": self.marker, "PYTHONPATH": f"{ROOT}{os.pathsep}{self.workdir}"}
         cmd = [sys.executable, "-m", "uvicorn", "srv:app", "--host", "127.0.0.1", "--port", "0", "--no-proxy-headers", *uvicorn_args]
         self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -86,7 +86,7 @@ class ServerProcess:
             self.stop()
             raise RuntimeError("server did not start:\n" + self.log)
         workers = int(uvicorn_args[uvicorn_args.index("--workers") + 1]) if "--workers" in uvicorn_args else 1
-        self.wait_log(r"(Application startup complete[\s\S]*){%d}" % workers, timeout=60)
+        self.wait_log(rf"(Application startup complete[\s\S]*){{{workers}}}", timeout=60)
         return self
 
     def wait_log(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:

@@ -84,7 +84,7 @@ class User:
         self.http = httpx.AsyncClient(base_url=url, timeout=30)
         self.csrf = ""
 
-    async def __aenter__(self) -> "User":
+    async def __aenter__(self) -> User:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:

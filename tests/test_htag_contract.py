@@ -50,8 +50,8 @@ def test_tag_app_is_the_runner_and_client_speaks_our_endpoints():
         assert fragment in CLIENT_JS
 
 
-def host_client(config: Config = Config()) -> tuple[TestClient, HtagHost]:
-    host = HtagHost(Counter, Session("contract"), config, Watchdog(new_page()))
+def host_client(config: Config | None = None) -> tuple[TestClient, HtagHost]:
+    host = HtagHost(Counter, Session("contract"), config or Config(), Watchdog(new_page()))
 
     async def app(scope, receive, send):
         endpoint = {"/": "page", "/ws": "ws", "/event": "event", "/stream": "stream"}[scope["path"]]

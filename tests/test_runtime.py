@@ -8,7 +8,6 @@ import re
 
 import pytest
 import websockets
-
 from helpers import User, click, count, pid, server_source
 
 
@@ -16,8 +15,9 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def test_ws_counter_keeps_state_across_reload(server):
-    srv = server(server_source("WebServerWS"))
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_ws_counter_keeps_state_across_reload(server, loop):
+    srv = server(server_source("WebServerWS"), "--loop", loop)
 
     async def scenario():
         async with User(srv.url) as user:
@@ -207,7 +207,7 @@ def test_inactivity_destroys_process_and_runs_on_destroy(server):
     async def scenario():
         async with User(srv.url) as user:
             first = pid((await user.page()).text)
-            srv.wait_log(rf"user process expired: session \S{{8}} after 1s of inactivity")
+            srv.wait_log(r"user process expired: session \S{8} after 1s of inactivity")
             srv.wait_log(rf"user process ended: pid {first}")
             assert (srv.workdir / "destroyed.log").read_text().split() == [str(first)]
             again = await user.page()
