@@ -19,5 +19,7 @@ class Config:
     max_processes: int = 500
     #: seconds user processes get to run on_destroy at server stop before being killed
     shutdown_grace: float = 5.0
+    #: every exchange encrypted (crypto/PROTOCOL.md); plaintext htag exchanges refused
+    parano: bool = False
     #: seconds the fork-server waits for a worker to come back after the last one vanished without saying bye
     orphan_grace: float = 10.0

@@ -22,7 +22,7 @@ from .config import Config
 from .pages import error_page
 from .pool import Connection, ProcessPool, SpawnRefused
 from .runtime import Runtime
-from .sessions import COOKIE_NAME, SCOPE_NEW, Session
+from .sessions import COOKIE_NAME, SCOPE_NEW, SCOPE_PARANO, Session
 from .stores import SessionStore
 
 logger = logging.getLogger("htagweb")
@@ -31,20 +31,39 @@ RETRY_AFTER = 30
 
 
 class HtagEndpoint:
-    def __init__(self, app: str, endpoint: str, runtime: Runtime, pool: ProcessPool, store: SessionStore, config: Config) -> None:
+    def __init__(
+        self,
+        app: str,
+        endpoint: str,
+        runtime: Runtime,
+        pool: ProcessPool,
+        store: SessionStore,
+        config: Config,
+        bootstrap: Response | None = None,
+    ) -> None:
         self.app = app
         self.endpoint = endpoint
         self.runtime = runtime
         self.pool = pool
         self.store = store
         self.config = config
+        self.bootstrap = bootstrap
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         session: Session = scope["session"]
+        parano = scope.get(SCOPE_PARANO)
+        if self.config.parano and parano is None:  # plaintext never reaches a parano app
+            if self.endpoint == "page" and self.bootstrap is not None:
+                await self.bootstrap(scope, receive, send)
+            else:
+                await self._refuse(scope, receive, send, 403, "This server accepts only encrypted (parano) exchanges.")
+            return
         if self.endpoint != "page" and scope[SCOPE_NEW]:
             await self._refuse(scope, receive, send, 403, "No valid session: reload the page.")
             return
-        key = self.runtime.process_key(session.sid, self.app)
+        # in parano mode the process belongs to one key exchange: a stolen cookie does not reach it
+        owner = f"{session.sid}\0{parano['kx_id']}" if parano else session.sid
+        key = self.runtime.process_key(owner, self.app)
         label = session.sid[:8]
         try:
             connection, spawned = await self.pool.connect(key, self.app, label)

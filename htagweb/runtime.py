@@ -44,7 +44,9 @@ class Runtime:
         self._ensure_private_dir(self.path)
         self.users_dir = self.path / "u"
         self._ensure_private_dir(self.users_dir)
-        self.secret = self._load_secret(secret)
+        #: the current secret first, then older ones still accepted (rotation)
+        self.secrets = [part.strip() for part in self._load_secret(secret).split(b",") if part.strip()]
+        self.secret = self.secrets[0]
         if len(str(self.user_socket_path("x" * 32))) > _UNIX_PATH_MAX:
             raise RuntimeDirError(f"runtime directory path too long for Unix sockets: {self.path}")
 
@@ -55,6 +57,10 @@ class Runtime:
     @property
     def forkserver_lock(self) -> Path:
         return self.path / "forkserver.lock"
+
+    @property
+    def identity_path(self) -> Path:
+        return self.path / "identity.pem"
 
     @property
     def sqlite_path(self) -> Path:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
+from pathlib import Path
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,14 +19,19 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from .appspec import AppSpec
+from .cipher import IdentityKey, TicketSealer
 from .config import Config
 from .front import HtagEndpoint
+from .pages import bootstrap_page
+from .parano import ParanoMiddleware
 from .pool import ProcessPool
 from .runtime import Runtime, default_runtime_dir
-from .sessions import SessionMiddleware
+from .sessions import SessionMiddleware, make_signer
 from .stores import SessionStore, make_store
 
 logger = logging.getLogger("htagweb")
+
+IDENTITY_ENV = "HTAGWEB_IDENTITY_KEY"
 
 _LOGO = base64.b64decode(LOGO_PNG_B64)
 
@@ -55,6 +62,9 @@ class WebServer(Starlette):
         https_only: bool = False,
         trust_proxy_headers: bool = False,
         shutdown_grace: float = Config.shutdown_grace,
+        parano: bool = False,
+        parano_identity: str | None = None,
+        parano_ticket_lifetime: float = 24 * 3600,
         routes: Sequence[BaseRoute] | None = None,
         middleware: Sequence[Middleware] | None = None,
     ) -> None:
@@ -66,23 +76,35 @@ class WebServer(Starlette):
             timeout_interaction=timeout_interaction,
             max_processes=max_processes,
             shutdown_grace=shutdown_grace,
+            parano=parano,
         )
         self.runtime = Runtime(runtime_dir or default_runtime_dir(spec.name), secret)
         self.store = make_store(session_store, self.runtime.sqlite_path)
         self.apps: dict[str, AppSpec] = {}
         self.pool = ProcessPool(self.runtime, self.config, self.apps)
         self.trust_proxy_headers = trust_proxy_headers
-        session = Middleware(
-            SessionMiddleware,
-            store=self.store,
-            secret=self.runtime.secret,
-            https_only=https_only,
-            trust_proxy_headers=trust_proxy_headers,
-        )
+        signer = make_signer(self.runtime.secrets)
+        layers = [
+            Middleware(SessionMiddleware, store=self.store, signer=signer, https_only=https_only, trust_proxy_headers=trust_proxy_headers)
+        ]
+        self.identity: IdentityKey | None = None
+        if parano:
+            identity_path = parano_identity or os.environ.get(IDENTITY_ENV) or self.runtime.identity_path
+            self.identity = IdentityKey.load_or_create(Path(identity_path))
+            paranoid = Middleware(
+                ParanoMiddleware,
+                identity=self.identity,
+                sealer=TicketSealer(self.runtime.secrets),
+                store=self.store,
+                signer=signer,
+                ticket_lifetime=parano_ticket_lifetime,
+                max_body_size=max_body_size,
+            )
+            layers.insert(0, paranoid)
         super().__init__(
             debug=debug,
             routes=list(routes or []),
-            middleware=[session, *(middleware or [])],
+            middleware=[*layers, *(middleware or [])],
             lifespan=self._lifespan,
             max_body_size=max_body_size,
         )
@@ -96,8 +118,10 @@ class WebServer(Starlette):
         self.apps[spec.name] = spec
         base = path.rstrip("/")
 
+        bootstrap = bootstrap_page(self.identity) if self.identity else None
+
         def endpoint(kind: str) -> HtagEndpoint:
-            return HtagEndpoint(spec.name, kind, self.runtime, self.pool, self.store, self.config)
+            return HtagEndpoint(spec.name, kind, self.runtime, self.pool, self.store, self.config, bootstrap)
 
         routes: list[BaseRoute] = [
             Route(path, endpoint("page"), methods=["GET", "HEAD"]),
@@ -110,6 +134,8 @@ class WebServer(Starlette):
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         _share_uvicorn_logging()
+        if self.identity:
+            logger.info("parano mode: server identity fingerprint %s", self.identity.fingerprint)
         await self.pool.start()
         try:
             yield

@@ -25,6 +25,26 @@ logger = logging.getLogger("htagweb")
 
 COOKIE_NAME = "htagweb_session"
 SCOPE_NEW = "htagweb.new_session"
+#: set by the parano layer: the decrypted exchange's session comes from its ticket
+SCOPE_PARANO = "htagweb.parano"
+
+
+def make_signer(secrets: list[bytes]) -> Signer:
+    """Signs with the first secret, still accepts the others (rotation)."""
+    return Signer(list(reversed(secrets)), salt="htagweb.session")
+
+
+def cookie_session_id(signer: Signer, connection: HTTPConnection) -> str | None:
+    """The session id of a verified cookie; None if absent; logs a forged one."""
+    cookie = connection.cookies.get(COOKIE_NAME)
+    if not cookie:
+        return None
+    try:
+        return signer.unsign(cookie).decode()
+    except BadSignature:
+        client = connection.client.host if connection.client else "?"
+        logger.warning("rejected a forged or tampered session cookie from %s: new session", client)
+        return None
 
 
 class Session(MutableMapping[str, Any]):
@@ -103,14 +123,14 @@ class SessionMiddleware:
         self,
         app: ASGIApp,
         store: SessionStore,
-        secret: bytes,
+        signer: Signer,
         *,
         https_only: bool = False,
         trust_proxy_headers: bool = False,
     ) -> None:
         self.app = app
         self.store = store
-        self.signer = Signer(secret, salt="htagweb.session")
+        self.signer = signer
         self.https_only = https_only
         self.trust_proxy_headers = trust_proxy_headers
 
@@ -119,7 +139,8 @@ class SessionMiddleware:
             await self.app(scope, receive, send)
             return
         connection = HTTPConnection(scope)
-        sid = self._verify(connection.cookies.get(COOKIE_NAME), connection)
+        parano = scope.get(SCOPE_PARANO)
+        sid = parano["sid"] if parano else cookie_session_id(self.signer, connection)
         is_new = sid is None
         if sid is None:
             sid = secrets.token_urlsafe(24)
@@ -139,16 +160,6 @@ class SessionMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_wrapper)
-
-    def _verify(self, cookie: str | None, connection: HTTPConnection) -> str | None:
-        if not cookie:
-            return None
-        try:
-            return self.signer.unsign(cookie).decode()
-        except BadSignature:
-            client = connection.client.host if connection.client else "?"
-            logger.warning("rejected a forged or tampered session cookie from %s: new session", client)
-            return None
 
     def _cookie(self, sid: str, connection: HTTPConnection) -> str:
         value = self.signer.sign(sid).decode()

@@ -35,6 +35,11 @@ class SessionStore(ABC):
     async def update(self, sid: str, set_items: Items, delete: list[str]) -> int:
         """Apply a diff atomically; return the new version."""
 
+    @abstractmethod
+    async def claim(self, sid: str, token: str, expires: float) -> bool:
+        """Record ``token`` for ``sid`` until ``expires``; False if it was already
+        recorded. Parano mode claims each channel id, so a replayed channel is refused."""
+
     async def close(self) -> None:
         return None
 
@@ -45,6 +50,7 @@ class MemoryStore(SessionStore):
 
     def __init__(self) -> None:
         self._sessions: dict[str, tuple[int, Items]] = {}
+        self._claims: dict[tuple[str, str], float] = {}
 
     async def load(self, sid: str) -> tuple[int, Items]:
         version, items = self._sessions.get(sid, (0, {}))
@@ -61,6 +67,14 @@ class MemoryStore(SessionStore):
         self._sessions[sid] = (version + 1, items)
         return version + 1
 
+    async def claim(self, sid: str, token: str, expires: float) -> bool:
+        now = time.time()
+        if self._claims.get((sid, token), 0) > now:
+            return False
+        self._claims = {k: v for k, v in self._claims.items() if v > now} if len(self._claims) > 10000 else self._claims
+        self._claims[(sid, token)] = expires
+        return True
+
 
 class SQLiteStore(SessionStore):
     """Sessions in a SQLite file, shared by every worker of one machine and kept
@@ -69,6 +83,7 @@ class SQLiteStore(SessionStore):
     _SCHEMA = """
     CREATE TABLE IF NOT EXISTS sessions (sid TEXT PRIMARY KEY, version INTEGER NOT NULL, touched REAL NOT NULL);
     CREATE TABLE IF NOT EXISTS items (sid TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (sid, key));
+    CREATE TABLE IF NOT EXISTS claims (sid TEXT NOT NULL, token TEXT NOT NULL, expires REAL NOT NULL, PRIMARY KEY (sid, token));
     """
 
     def __init__(self, path: Path | str, max_age: float | None = None) -> None:
@@ -94,6 +109,7 @@ class SQLiteStore(SessionStore):
         with conn:
             conn.execute("DELETE FROM items WHERE sid IN (SELECT sid FROM sessions WHERE touched < ?)", (cutoff,))
             conn.execute("DELETE FROM sessions WHERE touched < ?", (cutoff,))
+            conn.execute("DELETE FROM claims WHERE expires < ?", (time.time(),))
 
     async def load(self, sid: str) -> tuple[int, Items]:
         conn = self.conn
@@ -127,6 +143,14 @@ class SQLiteStore(SessionStore):
             conn.execute("ROLLBACK")
             raise
         return version
+
+    async def claim(self, sid: str, token: str, expires: float) -> bool:
+        conn = self.conn
+        now = time.time()
+        with conn:
+            conn.execute("DELETE FROM claims WHERE sid=? AND token=? AND expires < ?", (sid, token, now))
+            inserted = conn.execute("INSERT OR IGNORE INTO claims (sid, token, expires) VALUES (?, ?, ?)", (sid, token, expires)).rowcount
+        return inserted == 1
 
     async def close(self) -> None:
         if self._conn is not None and self._pid == os.getpid():

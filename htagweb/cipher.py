@@ -1,0 +1,274 @@
+"""Parano mode cryptography: key exchange, tickets, channel boxes.
+
+Exactly what ``crypto/PROTOCOL.md`` specifies, with pycryptodome's primitives;
+section numbers below refer to it. Randomness is injectable only so that
+``crypto/vectors.json`` can be reproduced.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from Crypto.Cipher import AES
+from Crypto.Hash import SHA256
+from Crypto.Protocol.DH import key_agreement
+from Crypto.Protocol.KDF import HKDF
+from Crypto.PublicKey import ECC
+from Crypto.Signature import DSS
+
+LABEL = b"htagweb-parano/1"
+VERSION = 0x01
+HELLO, SERVER_HELLO, OPEN, DATA = 0x01, 0x02, 0x10, 0x11
+KINDS = (b"H", b"W", b"S")
+C2S, S2C = b">", b"<"
+POINT_SIZE = 65
+MAX_ORIGIN = 256
+
+
+class ParanoError(Exception):
+    """A message refused by the protocol (§6); ``code`` says which check failed."""
+
+    HTTP_STATUS = {"malformed": 400, "ticket": 401, "session": 403, "replay": 409, "integrity": 422}
+    WS_CODE = {"malformed": 4400, "ticket": 4401, "session": 4403, "replay": 4409, "integrity": 4422}
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+    @property
+    def http_status(self) -> int:
+        return self.HTTP_STATUS[self.code]
+
+    @property
+    def ws_code(self) -> int:
+        return self.WS_CODE[self.code]
+
+
+def hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
+    return HKDF(ikm, 32, salt, SHA256, context=info)
+
+
+# --- identity key (§1) -------------------------------------------------------
+
+
+class IdentityKey:
+    def __init__(self, key: ECC.EccKey) -> None:
+        if key.curve != "NIST P-256" or not key.has_private():
+            raise ValueError("the parano identity key must be a private ECDSA P-256 key")
+        self.key = key
+        self.spki = key.public_key().export_key(format="DER")
+        digest = hashlib.sha256(self.spki).digest()
+        self.fingerprint = "SHA256:" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> IdentityKey:
+        if not path.exists():
+            pem = ECC.generate(curve="P-256").export_key(format="PEM")
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(pem)
+            try:
+                os.link(tmp, path)  # concurrent workers: the first link wins, all read it
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        return cls(ECC.import_key(path.read_text()))
+
+    def sign(self, th: bytes) -> bytes:
+        return DSS.new(self.key, "deterministic-rfc6979", encoding="binary").sign(SHA256.new(LABEL + b" signature" + th))
+
+
+# --- tickets (§3) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ticket:
+    expires: int
+    sid: str
+    kx_id: bytes
+    k_c2s: bytes
+    k_s2c: bytes
+
+
+class TicketSealer:
+    def __init__(self, secrets: list[bytes]) -> None:
+        if not secrets:
+            raise ValueError("at least one secret is needed")
+        self.keys = [hkdf(secret, b"", LABEL + b" ticket") for secret in secrets]
+        self.by_id = {hashlib.sha256(k).digest()[:4]: k for k in reversed(self.keys)}
+
+    def seal(self, ticket: Ticket, nonce: bytes | None = None) -> bytes:
+        key = self.keys[0]
+        key_id = hashlib.sha256(key).digest()[:4]
+        sid = ticket.sid.encode()
+        plaintext = struct.pack(">BQB", VERSION, ticket.expires, len(sid)) + sid + ticket.kx_id + ticket.k_c2s + ticket.k_s2c
+        nonce = nonce or os.urandom(12)
+        cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
+        cipher.update(LABEL + b" ticket" + key_id)
+        ciphertext, tag = cipher.encrypt_and_digest(plaintext)
+        return key_id + nonce + ciphertext + tag
+
+    def open(self, sealed: bytes, now: float | None = None) -> Ticket:
+        key = self.by_id.get(sealed[:4])
+        if key is None or len(sealed) < 4 + 12 + 16:
+            raise ParanoError("ticket", "unknown or truncated ticket")
+        cipher = AES.new(key, AES.MODE_GCM, nonce=sealed[4:16])
+        cipher.update(LABEL + b" ticket" + sealed[:4])
+        try:
+            plaintext = cipher.decrypt_and_verify(sealed[16:-16], sealed[-16:])
+            version, expires, sid_len = struct.unpack_from(">BQB", plaintext)
+            sid = plaintext[10 : 10 + sid_len].decode()
+            rest = plaintext[10 + sid_len :]
+        except (ValueError, struct.error, UnicodeDecodeError):
+            raise ParanoError("ticket", "ticket does not open") from None
+        if version != VERSION or len(rest) != 80:
+            raise ParanoError("ticket", "ticket of another version")
+        if expires <= (time.time() if now is None else now):
+            raise ParanoError("ticket", "ticket expired")
+        return Ticket(expires, sid, rest[:16], rest[16:48], rest[48:80])
+
+
+# --- key exchange (§2) -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientHello:
+    raw: bytes
+    client_pub: ECC.EccKey
+    origin: str
+
+    @classmethod
+    def parse(cls, data: bytes) -> ClientHello:
+        if len(data) < 2 + POINT_SIZE + 1 or data[0] != VERSION or data[1] != HELLO:
+            raise ParanoError("malformed", "not a version 1 client hello")
+        if len(data) > 2 + POINT_SIZE + MAX_ORIGIN:
+            raise ParanoError("malformed", "origin too long")
+        try:
+            client_pub = ECC.import_key(data[2 : 2 + POINT_SIZE], curve_name="P-256")
+            origin = data[2 + POINT_SIZE :].decode()
+        except (ValueError, UnicodeDecodeError):
+            raise ParanoError("malformed", "client key is not a P-256 point") from None
+        return cls(data, client_pub, origin)
+
+
+def transcript_hash(client_hello: bytes, server_pub: bytes, expires: int) -> bytes:
+    return hashlib.sha256(LABEL + client_hello + server_pub + struct.pack(">Q", expires)).digest()
+
+
+def session_keys(z: bytes, th: bytes) -> tuple[bytes, bytes]:
+    return hkdf(z, th, LABEL + b" c2s"), hkdf(z, th, LABEL + b" s2c")
+
+
+def key_exchange(
+    hello: ClientHello,
+    identity: IdentityKey,
+    sealer: TicketSealer,
+    sid: str,
+    lifetime: float,
+    *,
+    now: float | None = None,
+    server_key: ECC.EccKey | None = None,
+    kx_id: bytes | None = None,
+    ticket_nonce: bytes | None = None,
+) -> tuple[bytes, Ticket]:
+    """Answer a client hello: (ServerHello bytes, the ticket it carries)."""
+    server_key = server_key or ECC.generate(curve="P-256")
+    server_pub = server_key.public_key().export_key(format="SEC1", compress=False)
+    expires = int((time.time() if now is None else now) + lifetime)
+    th = transcript_hash(hello.raw, server_pub, expires)
+    z = key_agreement(eph_priv=server_key, eph_pub=hello.client_pub, kdf=lambda x: x)
+    k_c2s, k_s2c = session_keys(z, th)
+    ticket = Ticket(expires, sid, kx_id or os.urandom(16), k_c2s, k_s2c)
+    sealed = sealer.seal(ticket, ticket_nonce)
+    server_hello = bytes([VERSION, SERVER_HELLO]) + server_pub + struct.pack(">Q", expires) + identity.sign(th) + sealed
+    return server_hello, ticket
+
+
+# --- channels (§4) -----------------------------------------------------------
+
+
+def channel_key(session_key: bytes, channel_id: bytes, kind: bytes) -> bytes:
+    return hkdf(session_key, channel_id, LABEL + b" channel " + kind)
+
+
+def _aad(kind: bytes, direction: bytes, channel_id: bytes, counter: int) -> bytes:
+    return LABEL + kind + direction + channel_id + struct.pack(">Q", counter)
+
+
+def seal_box(key: bytes, kind: bytes, direction: bytes, channel_id: bytes, counter: int, plaintext: bytes) -> bytes:
+    cipher = AES.new(key, AES.MODE_GCM, nonce=struct.pack(">IQ", 0, counter))
+    cipher.update(_aad(kind, direction, channel_id, counter))
+    ciphertext, tag = cipher.encrypt_and_digest(plaintext)
+    return struct.pack(">Q", counter) + ciphertext + tag
+
+
+def open_box(key: bytes, kind: bytes, direction: bytes, channel_id: bytes, expected: int, box: bytes) -> bytes:
+    if len(box) < 8 + 16:
+        raise ParanoError("malformed", "box too short")
+    (counter,) = struct.unpack_from(">Q", box)
+    if counter != expected:
+        raise ParanoError("integrity", f"message {counter} where {expected} was due (replayed, reordered or dropped)")
+    cipher = AES.new(key, AES.MODE_GCM, nonce=struct.pack(">IQ", 0, counter))
+    cipher.update(_aad(kind, direction, channel_id, counter))
+    try:
+        return cipher.decrypt_and_verify(box[8:-16], box[-16:])
+    except ValueError:
+        raise ParanoError("integrity", "authentication failed") from None
+
+
+@dataclass(frozen=True)
+class OpenMessage:
+    kind: bytes
+    channel_id: bytes
+    ticket: bytes
+    box: bytes
+
+    @classmethod
+    def parse(cls, data: bytes) -> OpenMessage:
+        if len(data) < 3 + 16 + 2 or data[0] != VERSION or data[1] != OPEN or data[2:3] not in KINDS:
+            raise ParanoError("malformed", "not a version 1 channel open")
+        (ticket_len,) = struct.unpack_from(">H", data, 19)
+        if len(data) < 21 + ticket_len + 24:
+            raise ParanoError("malformed", "truncated channel open")
+        return cls(data[2:3], data[3:19], data[21 : 21 + ticket_len], data[21 + ticket_len :])
+
+
+def data_message(box: bytes) -> bytes:
+    return bytes([VERSION, DATA]) + box
+
+
+def data_box(message: bytes) -> bytes:
+    if len(message) < 2 or message[0] != VERSION or message[1] != DATA:
+        raise ParanoError("malformed", "not a version 1 data message")
+    return message[2:]
+
+
+class Channel:
+    """Both directions of one channel, with their counters."""
+
+    def __init__(self, ticket: Ticket, kind: bytes, channel_id: bytes) -> None:
+        self.kind = kind
+        self.channel_id = channel_id
+        self.inbound_key = channel_key(ticket.k_c2s, channel_id, kind)
+        self.outbound_key = channel_key(ticket.k_s2c, channel_id, kind)
+        self.received = 0
+        self.sent = 0
+
+    def open(self, box: bytes) -> bytes:
+        plaintext = open_box(self.inbound_key, self.kind, C2S, self.channel_id, self.received, box)
+        self.received += 1
+        return plaintext
+
+    def seal(self, plaintext: bytes) -> bytes:
+        box = seal_box(self.outbound_key, self.kind, S2C, self.channel_id, self.sent, plaintext)
+        self.sent += 1
+        return data_message(box)
