@@ -35,8 +35,15 @@ def main() -> None:
     client_hello = bytes([cipher.VERSION, cipher.HELLO]) + client_pub + origin.encode()
     kx_id, ticket_nonce, sid = bytes(range(16)), bytes(range(100, 112)), "vector-session-id"
     server_hello, ticket = cipher.key_exchange(
-        cipher.ClientHello.parse(client_hello), identity, sealer, sid, lifetime,
-        now=now, server_key=server, kx_id=kx_id, ticket_nonce=ticket_nonce,
+        cipher.ClientHello.parse(client_hello),
+        identity,
+        sealer,
+        sid,
+        lifetime,
+        now=now,
+        server_key=server,
+        kx_id=kx_id,
+        ticket_nonce=ticket_nonce,
     )
     server_pub = server.public_key().export_key(format="SEC1", compress=False)
     expires = int(now + lifetime)
@@ -53,12 +60,17 @@ def main() -> None:
         c2s_boxes = [cipher.seal_box(kc, kind, cipher.C2S, channel_id, n, p) for n, p in enumerate(c2s)]
         s2c_boxes = [cipher.seal_box(ks, kind, cipher.S2C, channel_id, n, p) for n, p in enumerate(s2c)]
         open_message = bytes([cipher.VERSION, cipher.OPEN]) + kind + channel_id + struct.pack(">H", len(sealed)) + sealed + c2s_boxes[0]
-        channels.append({
-            "kind": kind.decode(), "channel_id": channel_id.hex(), "kc": kc.hex(), "ks": ks.hex(),
-            "c2s": [{"counter": n, "plaintext": p.hex(), "box": b.hex()} for n, (p, b) in enumerate(zip(c2s, c2s_boxes))],
-            "s2c": [{"counter": n, "plaintext": p.hex(), "box": b.hex()} for n, (p, b) in enumerate(zip(s2c, s2c_boxes))],
-            "open_message": open_message.hex(),
-        })
+        channels.append(
+            {
+                "kind": kind.decode(),
+                "channel_id": channel_id.hex(),
+                "kc": kc.hex(),
+                "ks": ks.hex(),
+                "c2s": [{"counter": n, "plaintext": p.hex(), "box": b.hex()} for n, (p, b) in enumerate(zip(c2s, c2s_boxes))],
+                "s2c": [{"counter": n, "plaintext": p.hex(), "box": b.hex()} for n, (p, b) in enumerate(zip(s2c, s2c_boxes))],
+                "open_message": open_message.hex(),
+            }
+        )
 
     vectors = {
         "description": "htagweb parano protocol version 1 test vectors (crypto/PROTOCOL.md); hex unless noted",

@@ -10,7 +10,9 @@ from pathlib import Path
 def kiosk(argv: list[str]) -> int:
     from .kiosk import KioskError, write_kiosk
 
-    parser = argparse.ArgumentParser(prog="python -m htagweb kiosk", description="Write a kiosk bootstrap file pinning a parano server's identity key.")
+    parser = argparse.ArgumentParser(
+        prog="python -m htagweb kiosk", description="Write a kiosk bootstrap file pinning a parano server's identity key."
+    )
     parser.add_argument("url", help="the app's URL on the parano server, e.g. http://192.168.1.10:8000/")
     parser.add_argument("--out", required=True, type=Path, help="the HTML file to write (open it from the kiosk's disk)")
     parser.add_argument("--fingerprint", help="the identity fingerprint the server logged at start-up (SHA256:...): checked before pinning")

@@ -20,7 +20,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .cipher import Channel, ClientHello, IdentityKey, OpenMessage, ParanoError, TicketSealer, Ticket, data_box, key_exchange
+from .cipher import Channel, ClientHello, IdentityKey, OpenMessage, ParanoError, Ticket, TicketSealer, data_box, key_exchange
 from .sessions import SCOPE_PARANO, cookie_session_id
 from .stores import SessionStore
 
@@ -189,7 +189,9 @@ class ParanoMiddleware:
             pending.extend(message.get("body", b""))
             events, _, rest = bytes(pending).rpartition(b"\n\n")
             pending[:] = rest
-            out = b"".join(b"data: " + base64.b64encode(channel.seal(_sse_data(event))) + b"\n\n" for event in events.split(b"\n\n") if events)
+            out = b"".join(
+                b"data: " + base64.b64encode(channel.seal(_sse_data(event))) + b"\n\n" for event in events.split(b"\n\n") if events
+            )
             await send({"type": "http.response.body", "body": out, "more_body": message.get("more_body", False)})
 
         first = True

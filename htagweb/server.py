@@ -6,9 +6,9 @@ from __future__ import annotations
 import base64
 import logging
 import os
-from pathlib import Path
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from htag.logo import LOGO_PNG_B64

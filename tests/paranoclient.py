@@ -36,7 +36,9 @@ class ClientChannel:
         return box
 
     def open_message(self, plaintext: bytes) -> bytes:
-        return bytes([1, cipher.OPEN]) + self.kind + self.channel_id + struct.pack(">H", len(self.ticket)) + self.ticket + self.seal(plaintext)
+        return (
+            bytes([1, cipher.OPEN]) + self.kind + self.channel_id + struct.pack(">H", len(self.ticket)) + self.ticket + self.seal(plaintext)
+        )
 
     def data(self, plaintext: bytes) -> bytes:
         return cipher.data_message(self.seal(plaintext))

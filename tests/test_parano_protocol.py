@@ -10,11 +10,11 @@ import time
 import httpx
 import pytest
 import websockets
+from helpers import count, pid, server_source
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from paranoclient import ParanoUser, click_message, head
 
-from helpers import count, pid, server_source
 from htagweb import cipher
 
 

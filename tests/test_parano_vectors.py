@@ -64,7 +64,11 @@ def test_key_exchange_recomputed_independently():
     assert independent_hkdf(z, th, LABEL + b" s2c").hex() == KX["k_s2c"]
     identity = serialization.load_der_public_key(h(V["identity"]["public_spki"]))
     sig = h(KX["signature"])
-    identity.verify(encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")), LABEL + b" signature" + th, ec.ECDSA(hashes.SHA256()))
+    identity.verify(
+        encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")),
+        LABEL + b" signature" + th,
+        ec.ECDSA(hashes.SHA256()),
+    )
     hello = h(KX["server_hello"])
     assert hello[:2] == b"\x01\x02" and hello[2:67] == h(KX["server_pub"]) and hello[67:75] == struct.pack(">Q", KX["expires"])
     assert hello[75:139] == sig and hello[139:] == h(KX["ticket"])
