@@ -66,8 +66,8 @@ def main() -> None:
                 "channel_id": channel_id.hex(),
                 "kc": kc.hex(),
                 "ks": ks.hex(),
-                "c2s": [{"counter": n, "plaintext": p.hex(), "box": b.hex()} for n, (p, b) in enumerate(zip(c2s, c2s_boxes))],
-                "s2c": [{"counter": n, "plaintext": p.hex(), "box": b.hex()} for n, (p, b) in enumerate(zip(s2c, s2c_boxes))],
+                "c2s": [{"counter": n, "plaintext": p.hex(), "box": b.hex()} for n, (p, b) in enumerate(zip(c2s, c2s_boxes, strict=True))],
+                "s2c": [{"counter": n, "plaintext": p.hex(), "box": b.hex()} for n, (p, b) in enumerate(zip(s2c, s2c_boxes, strict=True))],
                 "open_message": open_message.hex(),
             }
         )
