@@ -3,11 +3,12 @@
 import logging
 
 from .appspec import AppLoadError
+from .devserver import HtagServer
 from .server import WebServer, WebServerWS
 from .sessions import Session
 from .stores import MemoryStore, SessionStore, SQLiteStore
 
-__all__ = ["WebServer", "WebServerWS", "Session", "SessionStore", "SQLiteStore", "MemoryStore", "AppLoadError"]
+__all__ = ["WebServer", "WebServerWS", "HtagServer", "Session", "SessionStore", "SQLiteStore", "MemoryStore", "AppLoadError"]
 __version__ = "2.0.0.dev0"
 
 logging.getLogger("htagweb").addHandler(logging.NullHandler())

@@ -26,10 +26,13 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from . import folder
 from .appspec import AppSpec
 from .config import Config
+from .devindex import index_app
 from .process import EXITING, PAGE, new_page
 from .process import run as run_user_process
 from .runtime import Runtime
@@ -166,7 +169,7 @@ class ForkServer:
     def _handle(self, conn: socket.socket, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         if op == "ensure":
-            return self._ensure(request["key"], request["app"], request["label"])
+            return self._ensure(request["key"], request["app"], request["label"], request.get("source"))
         if op == "status":
             return self._status(request["key"])
         if op == "list":
@@ -197,19 +200,44 @@ class ForkServer:
 
     # --- user processes ----------------------------------------------------
 
-    def _ensure(self, key: str, app: str, label: str) -> dict[str, Any]:
+    def _ensure(self, key: str, app: str, label: str, source: dict[str, str] | None = None) -> dict[str, Any]:
+        """The user process of ``key``, spawned if needed. ``source`` describes an app of
+        a development folder: a file app is imported in its process, and replaced when
+        a file it imported changed."""
         self._reap()
+        fresh = source is not None and source["kind"] == "file"
+        deps_file = self.runtime.users_dir / f"{key}.deps"
         child = self.by_key.get(key)
         if child is not None and child.kill_reason is None and PAGE.unpack_from(child.page)[1] != EXITING:
-            return {"ok": True, "pid": child.pid, "spawned": False}
+            if not (fresh and folder.changed(deps_file)):
+                return {"ok": True, "pid": child.pid, "spawned": False}
+            child.kill_reason = "reloaded: its source changed"
+            logger.info("user process reloaded: %s (its source changed)", child)
+            self._signal(child, signal.SIGTERM)
         if len(self.by_pid) >= self.config.max_processes:
             logger.warning("max_processes (%d) reached: refusing a new user process for session %s", self.config.max_processes, label)
             return {"ok": False, "status": 503, "error": "The server has reached its limit of live user sessions."}
-        try:
-            app_cls = self._load(app)
-        except Exception as exc:
-            logger.error("cannot load htag app %s: %s", app, exc)
-            return {"ok": False, "status": 500, "error": f"The application {app} could not be loaded.", "traceback": traceback.format_exc()}
+        if fresh:
+            assert source is not None
+            root = Path(source["root"])
+
+            def load() -> type:
+                return folder.load_file_app(root, source["rel"], source["class"], deps_file)
+        else:
+            try:
+                app_cls = self._load(app, source)
+            except Exception as exc:
+                logger.error("cannot load htag app %s: %s", app, exc)
+                return {
+                    "ok": False,
+                    "status": 500,
+                    "error": f"The application {app} could not be loaded.",
+                    "traceback": traceback.format_exc(),
+                }
+
+            def load() -> type:
+                return app_cls
+
         path = self.runtime.user_socket_path(key)
         path.unlink(missing_ok=True)  # a previous process' socket, being replaced
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -220,7 +248,7 @@ class ForkServer:
         if pid == 0:
             try:
                 self._become_child()
-                run_user_process(listener, app_cls, self.config, page, label)
+                run_user_process(listener, load, self.config, page, label)
             except BaseException:
                 traceback.print_exc()
             finally:
@@ -233,9 +261,12 @@ class ForkServer:
         logger.info("user process spawned: %s", child)
         return {"ok": True, "pid": pid, "spawned": True}
 
-    def _load(self, app: str) -> type:
+    def _load(self, app: str, source: dict[str, str] | None) -> type:
         if app not in self.classes:
-            self.classes[app] = self.apps.get(app, AppSpec(app, None)).load()
+            if source is not None:  # a folder index: our own code, loaded once
+                self.classes[app] = index_app(Path(source["root"]), source["rel"])
+            else:
+                self.classes[app] = self.apps.get(app, AppSpec(app, None)).load()
             gc.freeze()
         return self.classes[app]
 
@@ -294,6 +325,7 @@ class ForkServer:
             if self.by_key.get(child.key) is child:
                 del self.by_key[child.key]
                 self.runtime.user_socket_path(child.key).unlink(missing_ok=True)
+                (self.runtime.users_dir / f"{child.key}.deps").unlink(missing_ok=True)
             child.page.close()
 
 

@@ -40,6 +40,7 @@ class HtagEndpoint:
         store: SessionStore,
         config: Config,
         bootstrap: Response | None = None,
+        source: dict[str, str] | None = None,
     ) -> None:
         self.app = app
         self.endpoint = endpoint
@@ -48,6 +49,9 @@ class HtagEndpoint:
         self.store = store
         self.config = config
         self.bootstrap = bootstrap
+        self.source = source
+        #: a development file app is checked for changed source at each page load
+        self.recheck = endpoint == "page" and source is not None and source["kind"] == "file"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         session: Session = scope["session"]
@@ -66,7 +70,7 @@ class HtagEndpoint:
         key = self.runtime.process_key(owner, self.app)
         label = session.sid[:8]
         try:
-            connection, spawned = await self.pool.connect(key, self.app, label)
+            connection, spawned = await self.pool.connect(key, self.app, label, self.source, self.recheck)
         except SpawnRefused as exc:
             trace = exc.traceback if self.config.debug else None
             await self._refuse(scope, receive, send, exc.status, str(exc), trace)

@@ -41,11 +41,14 @@ PURE_HTTP_COOKIE = (b"cookie", b"htag_mode=http")
 
 
 class HtagHost:
-    def __init__(self, app_cls: type[AppRunner], session: Session, config: Config, watchdog: Watchdog) -> None:
+    def __init__(
+        self, app_cls: type[AppRunner] | None, session: Session, config: Config, watchdog: Watchdog, load_error: str | None = None
+    ) -> None:
         self.app_cls = app_cls
         self.session = session
         self.config = config
         self.watchdog = watchdog
+        self.load_error = load_error
         self.instance: AppRunner | None = None
         #: the app could not be built: this process must end so the next load starts afresh
         self.broken = False
@@ -55,6 +58,14 @@ class HtagHost:
         endpoint = scope["htagweb"]["endpoint"]
         if self.config.http_only:
             scope["headers"] = [*scope["headers"], PURE_HTTP_COOKIE]
+        if self.app_cls is None:  # its import failed: say so, then end
+            self.broken = True
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1011, "reason": "the application could not be loaded"})
+            else:
+                trace = self.load_error if self.config.debug else None
+                await error_page(500, "The application could not be loaded.", trace)(scope, receive, send)
+            return
         if endpoint == "ws":
             await self.websocket(WebSocket(scope, self._checked(receive, send), send))
             return

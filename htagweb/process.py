@@ -17,7 +17,8 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from starlette.types import Message, Scope, Send
@@ -164,11 +165,17 @@ class UserProcess:
         return send
 
 
-def run(listener: socket.socket, app_cls: type, config: Config, page: mmap.mmap, label: str) -> None:
-    """Entry point in the forked child; never returns."""
+def run(listener: socket.socket, load: Callable[[], type], config: Config, page: mmap.mmap, label: str) -> None:
+    """Entry point in the forked child; returns when the process must end."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     watchdog = Watchdog(page)
     session = Session(label)
-    host = HtagHost(app_cls, session, config, watchdog)
+    try:
+        with watchdog.interaction():
+            app_cls, load_error = load(), None
+    except Exception:
+        logger.exception("user process of session %s could not load its app", label)
+        app_cls, load_error = None, traceback.format_exc()
+    host = HtagHost(app_cls, session, config, watchdog, load_error)
     loop.run_until_complete(UserProcess(host, session, config, watchdog, label).serve(listener))

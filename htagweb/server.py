@@ -68,7 +68,6 @@ class WebServer(Starlette):
         routes: Sequence[BaseRoute] | None = None,
         middleware: Sequence[Middleware] | None = None,
     ) -> None:
-        spec = AppSpec.of(app)
         self.config = Config(
             debug=debug,
             http_only=self.http_only,
@@ -78,7 +77,7 @@ class WebServer(Starlette):
             shutdown_grace=shutdown_grace,
             parano=parano,
         )
-        self.runtime = Runtime(runtime_dir or default_runtime_dir(spec.name), secret)
+        self.runtime = Runtime(runtime_dir or default_runtime_dir(self._identity(app)), secret)
         self.store = make_store(session_store, self.runtime.sqlite_path)
         self.apps: dict[str, AppSpec] = {}
         self.pool = ProcessPool(self.runtime, self.config, self.apps)
@@ -108,9 +107,20 @@ class WebServer(Starlette):
             lifespan=self._lifespan,
             max_body_size=max_body_size,
         )
-        self.add_app("/", spec)
         self.add_route("/logo.png", _logo)
         self.add_route("/favicon.ico", _logo)
+        self._install(app)
+
+    def _identity(self, app: Any) -> str:
+        """What names this server for its default runtime directory."""
+        return AppSpec.of(app).name
+
+    def _install(self, app: Any) -> None:
+        self.add_app("/", app)
+
+    def _endpoint(self, app: str, kind: str, source: dict[str, str] | None = None) -> HtagEndpoint:
+        bootstrap = bootstrap_page(self.identity) if self.identity else None
+        return HtagEndpoint(app, kind, self.runtime, self.pool, self.store, self.config, bootstrap, source)
 
     def add_app(self, path: str, app: Any) -> None:
         """Serve another htag app at ``path`` (its own process per user)."""
@@ -118,17 +128,15 @@ class WebServer(Starlette):
         self.apps[spec.name] = spec
         base = path.rstrip("/")
 
-        bootstrap = bootstrap_page(self.identity) if self.identity else None
-
-        def endpoint(kind: str) -> HtagEndpoint:
-            return HtagEndpoint(spec.name, kind, self.runtime, self.pool, self.store, self.config, bootstrap)
-
         routes: list[BaseRoute] = [
-            Route(path, endpoint("page"), methods=["GET", "HEAD"]),
-            Route(f"{base}/event", endpoint("event"), methods=["POST"]),
+            Route(path, self._endpoint(spec.name, "page"), methods=["GET", "HEAD"]),
+            Route(f"{base}/event", self._endpoint(spec.name, "event"), methods=["POST"]),
         ]
         if not self.http_only:
-            routes += [Route(f"{base}/stream", endpoint("stream"), methods=["GET"]), WebSocketRoute(f"{base}/ws", endpoint("ws"))]
+            routes += [
+                Route(f"{base}/stream", self._endpoint(spec.name, "stream"), methods=["GET"]),
+                WebSocketRoute(f"{base}/ws", self._endpoint(spec.name, "ws")),
+            ]
         self.router.routes.extend(routes)
 
     @asynccontextmanager
