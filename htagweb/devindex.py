@@ -25,10 +25,15 @@ ul.entries li small { display: block; color: #627d98; margin-top: .3em; }
 ul.entries li.no-app { opacity: .65; }
 ul.entries li.error { border-left: 4px solid #d64545; }
 ul.entries li.error small { color: #a61b1b; }
-.icon { margin-right: .4em; }
+.badge { display: inline-block; min-width: 2.6em; text-align: center; margin-right: .6em; padding: .1em .4em;
+         border-radius: 4px; font-size: .7em; font-weight: 700; letter-spacing: .05em; vertical-align: middle; }
+li.folder .badge { background: #fce588; color: #8d2b0b; }
+li.app .badge { background: #c6f7e2; color: #014d40; }
+li.no-app .badge { background: #e4e7eb; color: #52606d; }
+li.error .badge { background: #ffbdbd; color: #610404; }
 p.empty { margin: 0 2em; color: #627d98; }
 """
-ICONS = {"folder": "📁", "app": "🚀", "no-app": "📄", "error": "⚠️"}
+BADGES = {"folder": "DIR", "app": "APP", "no-app": "PY", "error": "ERROR"}
 
 
 def index_app(root: Path, rel: str) -> type[AppRunner]:
@@ -44,7 +49,7 @@ def index_app(root: Path, rel: str) -> type[AppRunner]:
                 Tag.h1(f"htag apps in {title}")
                 Tag.p(f"{root} — served by htagweb, one process per user and app; edit a file and press F5")
             with Tag.nav():
-                Tag.a("/", _href="/")
+                Tag.a("home", _href="/")
                 path = ""
                 for part in [p for p in rel.split("/") if p]:
                     path += "/" + part
@@ -62,7 +67,7 @@ def index_app(root: Path, rel: str) -> type[AppRunner]:
             items = Tag.ul(_class="entries")
             for entry in entries:
                 item = Tag.li(_class=entry.kind)
-                item.add(Tag.span(ICONS[entry.kind], _class="icon"))
+                item.add(Tag.span(BADGES[entry.kind], _class="badge"))
                 item.add(Tag.a(entry.name, _href=entry.url) if entry.kind in ("folder", "app", "error") else Tag.span(entry.name))
                 item.add(Tag.small({"folder": "folder", "app": f"htag app: {entry.detail}"}.get(entry.kind, entry.detail)))
                 items.add(item)

@@ -39,7 +39,7 @@ def marked_processes(marker: str) -> list[psutil.Process]:
 
 
 class ServerProcess:
-    """``uvicorn srv:app`` in a subprocess, ``srv.py`` written from ``source``.
+    """A server in a subprocess, ``srv.py`` written from ``source`` in its work folder.
 
     In ``source``, ``RUNTIME_DIR`` names a fresh private runtime directory.
     """
@@ -51,6 +51,7 @@ class ServerProcess:
         header = f"RUNTIME_DIR = {str(self.runtime_dir)!r}\n"
         (workdir / "srv.py").write_text(header + textwrap.dedent(source))
         for name, text in (extra_files or {}).items():
+            (workdir / name).parent.mkdir(parents=True, exist_ok=True)
             (workdir / name).write_text(textwrap.dedent(text))
         self.marker = uuid.uuid4().hex
         self.lines: list[str] = []
@@ -65,9 +66,18 @@ class ServerProcess:
     def log(self) -> str:
         return "\n".join(self.lines)
 
-    def start(self, *uvicorn_args: str) -> ServerProcess:
-        env = {**os.environ, "HTAGWEB_TEST_MARKER": self.marker, "PYTHONPATH": f"{ROOT}{os.pathsep}{self.workdir}"}
-        cmd = [sys.executable, "-m", "uvicorn", "srv:app", "--host", "127.0.0.1", "--port", "0", "--no-proxy-headers", *uvicorn_args]
+    def start(self, *uvicorn_args: str, command: list[str] | None = None) -> ServerProcess:
+        """``uvicorn srv:app`` with ``uvicorn_args``, or ``python -m htagweb`` with ``command``."""
+        env = {
+            **os.environ,
+            "HTAGWEB_TEST_MARKER": self.marker,
+            "HTAGWEB_RUNTIME_DIR": str(self.runtime_dir),
+            "PYTHONPATH": f"{ROOT}{os.pathsep}{self.workdir}",
+        }
+        if command is not None:
+            cmd = [sys.executable, "-m", "htagweb", *command, "--port", "0"]
+        else:
+            cmd = [sys.executable, "-m", "uvicorn", "srv:app", "--host", "127.0.0.1", "--port", "0", "--no-proxy-headers", *uvicorn_args]
         self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         ready = threading.Event()
 
@@ -124,12 +134,12 @@ def server(tmp_path: Path):
     """``server(source, *uvicorn_args, files={...})`` starts one; all are stopped at teardown."""
     started: list[ServerProcess] = []
 
-    def start(source: str, *args: str, files: dict[str, str] | None = None) -> ServerProcess:
+    def start(source: str, *args: str, files: dict[str, str] | None = None, command: list[str] | None = None) -> ServerProcess:
         workdir = tmp_path / f"srv{len(started)}"
         workdir.mkdir()
         srv = ServerProcess(source, workdir, files)
         started.append(srv)
-        return srv.start(*args)
+        return srv.start(*args, command=command)
 
     yield start
     errors = []
