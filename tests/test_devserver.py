@@ -229,3 +229,15 @@ def test_in_the_browser_index_open_click_edit_reload(folder_server):
             expect(page.locator("#count")).to_have_text("VERSION-2 count 1")
         finally:
             browser.close()
+
+
+def test_parano_option_serves_the_bootstrap(server):
+    srv = server("", files={"counter.py": COUNTER}, command=[".", "--parano"])
+
+    async def scenario():
+        async with User(srv.url) as user:
+            page = (await user.page("/counter")).text
+            assert "Connecting securely" in page and "VERSION-1" not in page
+            assert (await user.http.get("/_htagweb/identity")).json()["fingerprint"].startswith("SHA256:")
+
+    run(scenario())
