@@ -141,7 +141,8 @@ class HtagHost:
             return PlainTextResponse(f"invalid htag event: {exc}", status_code=400)
         token = current_request.set(request)
         try:
-            if msg.get("fallback"):
+            # HTTP-only: answer in the response even before htag's client has noticed it has no SSE
+            if msg.get("fallback") or self.config.http_only:
                 await instance.handle_event(msg, None)
                 payloads, instance._fallback_queue = getattr(instance, "_fallback_queue", []), []
                 return JSONResponse({"status": "ok", "payloads": payloads})

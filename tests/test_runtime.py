@@ -387,3 +387,16 @@ def test_workers_share_user_processes(server):
     run(scenario())
     assert len(re.findall(r"user process spawned", srv.log)) == 1
     assert len(re.findall(r"fork-server \d+ serving", srv.log)) == 1
+
+
+def test_http_only_answers_the_first_click_in_its_response(server):
+    srv = server(server_source("WebServer"))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            await user.page()
+            response = await user.post_event("inc", fallback=False)  # htag's client before it switched to pure HTTP
+            payloads = [json.loads(p) for p in response.json()["payloads"]]
+            assert payloads[-1]["updates"]["count"] == '<p id="count">Count: 1</p>'
+
+    run(scenario())
