@@ -39,6 +39,8 @@ from .runtime import Runtime
 
 logger = logging.getLogger("htagweb")
 
+COUNTERS = ("spawns", "expiries", "kills", "interaction_timeouts", "crashes", "bridge_errors", "parano_rejections")
+
 
 @dataclass
 class Child:
@@ -67,6 +69,8 @@ class ForkServer:
         self.presence: set[socket.socket] = set()
         self.orphaned_since: float | None = time.monotonic()
         self.stop_requested = False
+        #: what /_htagweb/metrics reports, for the whole server (fronts add theirs with the "count" op)
+        self.counters = dict.fromkeys(COUNTERS, 0)
         self.selector = selectors.DefaultSelector()
         self.listener: socket.socket | None = None
 
@@ -172,6 +176,12 @@ class ForkServer:
             return self._ensure(request["key"], request["app"], request["label"], request.get("source"))
         if op == "status":
             return self._status(request["key"])
+        if op == "stats":
+            return {"ok": True, "processes": len(self.by_pid), "max_processes": self.config.max_processes, "counters": self.counters}
+        if op == "count":
+            if request.get("counter") in ("bridge_errors", "parano_rejections"):
+                self.counters[request["counter"]] += 1
+            return {"ok": True}
         if op == "list":
             return {"ok": True, "processes": [{"pid": c.pid, "app": c.app, "label": c.label} for c in self.by_pid.values()]}
         if op == "hello":
@@ -258,6 +268,7 @@ class ForkServer:
         self.by_key[key] = child
         self.by_pid[pid] = child
         self.deaths.pop(key, None)
+        self.counters["spawns"] += 1
         logger.info("user process spawned: %s", child)
         return {"ok": True, "pid": pid, "spawned": True}
 
@@ -294,6 +305,7 @@ class ForkServer:
             busy_since = PAGE.unpack_from(child.page)[0]
             if busy_since and child.kill_reason is None and now - busy_since > limit:
                 child.kill_reason = f"interaction timeout: a handler ran more than {limit:g}s"
+                self.counters["interaction_timeouts"] += 1
                 logger.warning("user process killed: %s (%s)", child, child.kill_reason)
                 self._signal(child, signal.SIGKILL)
 
@@ -310,14 +322,16 @@ class ForkServer:
                 continue
             if child.kill_reason:
                 reason = child.kill_reason
-            elif os.WIFSIGNALED(status):
-                reason = f"crashed (signal {os.WTERMSIG(status)})"
-                logger.warning("user process crashed: %s, %s", child, reason)
-            elif os.WEXITSTATUS(status):
-                reason = f"crashed (exit code {os.WEXITSTATUS(status)})"
+                self.counters["kills"] += 1
+            elif os.WIFSIGNALED(status) or os.WEXITSTATUS(status):
+                reason = (
+                    f"crashed (signal {os.WTERMSIG(status)})" if os.WIFSIGNALED(status) else f"crashed (exit code {os.WEXITSTATUS(status)})"
+                )
+                self.counters["crashes"] += 1
                 logger.warning("user process crashed: %s, %s", child, reason)
             else:
                 reason = "ended"
+                self.counters["expiries"] += 0 if self.stop_requested else 1
                 logger.info("user process ended: %s", child)
             self.deaths[child.key] = reason
             if len(self.deaths) > 10000:

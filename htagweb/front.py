@@ -160,6 +160,7 @@ class _Exchange:
             reason = "unknown"
         if reason == "ended":
             return 410, "This session ended (inactivity or server restart). Reload the page to start again."
+        await self.endpoint.pool.count("bridge_errors")
         if reason.startswith("interaction timeout"):
             return 504, (
                 f"The application took longer than {self.endpoint.config.timeout_interaction:g}s to answer and was stopped. "

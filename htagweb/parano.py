@@ -49,6 +49,7 @@ class ParanoMiddleware:
         signer: Signer,
         ticket_lifetime: float,
         max_body_size: int,
+        on_rejection: Callable[[], Awaitable[None]],
     ) -> None:
         self.app = app
         self.identity = identity
@@ -56,6 +57,7 @@ class ParanoMiddleware:
         self.store = store
         self.signer = signer
         self.ticket_lifetime = ticket_lifetime
+        self.on_rejection = on_rejection
         self.max_message = max(max_body_size, 4096) + 1024
         self.routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
             ("http", "/_htagweb/kx"): self.key_exchange,
@@ -75,12 +77,17 @@ class ParanoMiddleware:
         else:
             await handler(scope, receive, send)
 
+    async def _refused(self, what: str, exc: ParanoError) -> None:
+        logger.warning("parano: refused %s: %s", what, exc)
+        await self.on_rejection()
+
     # --- key exchange (§2) ----------------------------------------------------
 
     async def key_exchange(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             hello = ClientHello.parse(await _read_body(receive, MAX_HELLO))
         except ParanoError as exc:
+            await self._refused("a key exchange", exc)
             await _error(exc)(scope, receive, send)
             return
         sid = cookie_session_id(self.signer, HTTPConnection(scope)) or secrets.token_urlsafe(24)
@@ -134,7 +141,7 @@ class ParanoMiddleware:
         try:
             channel, ticket, head, body = await self._open(scope, await _read_body(receive, self.max_message), b"H")
         except ParanoError as exc:
-            logger.warning("parano: refused an HTTP channel: %s", exc)
+            await self._refused("an HTTP channel", exc)
             await _error(exc)(scope, receive, send)
             return
         start: Message = {}
@@ -169,7 +176,7 @@ class ParanoMiddleware:
                 raise ParanoError("malformed", "open is not base64url") from None
             channel, ticket, head, _ = await self._open(scope, message, b"S")
         except ParanoError as exc:
-            logger.warning("parano: refused an SSE channel: %s", exc)
+            await self._refused("an SSE channel", exc)
             await _error(exc)(scope, receive, send)
             return
         head["method"] = "GET"
@@ -220,7 +227,7 @@ class ParanoMiddleware:
                 raise ParanoError("malformed", "message too large")
             channel, ticket, head, _ = await self._open(scope, first["bytes"], b"W")
         except ParanoError as exc:
-            logger.warning("parano: refused a WebSocket channel: %s", exc)
+            await self._refused("a WebSocket channel", exc)
             await send({"type": "websocket.close", "code": exc.ws_code, "reason": exc.reason[:120]})
             return
         state = {"connected": False, "closed": False}
@@ -238,7 +245,7 @@ class ParanoMiddleware:
                 text = channel.open(data_box(message.get("bytes") or b"")).decode()
             except (ParanoError, UnicodeDecodeError) as exc:
                 error = exc if isinstance(exc, ParanoError) else ParanoError("malformed", "not UTF-8 text")
-                logger.warning("parano: closed a WebSocket channel: %s", error)
+                await self._refused("a WebSocket message", error)
                 await inner_send({"type": "websocket.close", "code": error.ws_code, "reason": error.reason[:120]})
                 return {"type": "websocket.disconnect", "code": error.ws_code}
             return {"type": "websocket.receive", "text": text}

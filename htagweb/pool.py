@@ -83,6 +83,13 @@ class ProcessPool:
             raise SpawnRefused(reply.get("status", 500), reply.get("error", "unknown error"), reply.get("traceback"))
         return await asyncio.open_unix_connection(path), bool(reply.get("spawned"))
 
+    async def count(self, counter: str) -> None:
+        """Add one to a server-wide counter of /_htagweb/metrics (on error paths only)."""
+        try:
+            await self.request({"op": "count", "counter": counter})
+        except (OSError, ValueError):
+            logger.warning("could not count %s: fork-server unreachable", counter)
+
     async def request(self, message: dict[str, Any]) -> dict[str, Any]:
         await self.start()
         connection = await self._connect_forkserver()

@@ -8,6 +8,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from .appspec import AppSpec
 from .cipher import IdentityKey, TicketSealer
 from .config import Config
 from .front import HtagEndpoint
+from .observe import Observability
 from .pages import bootstrap_page
 from .parano import ParanoMiddleware
 from .pool import ProcessPool
@@ -65,6 +67,7 @@ class WebServer(Starlette):
         parano: bool = False,
         parano_identity: str | None = None,
         parano_ticket_lifetime: float = 24 * 3600,
+        metrics: bool = False,
         routes: Sequence[BaseRoute] | None = None,
         middleware: Sequence[Middleware] | None = None,
     ) -> None:
@@ -98,6 +101,7 @@ class WebServer(Starlette):
                 signer=signer,
                 ticket_lifetime=parano_ticket_lifetime,
                 max_body_size=max_body_size,
+                on_rejection=partial(self.pool.count, "parano_rejections"),
             )
             layers.insert(0, paranoid)
         super().__init__(
@@ -109,6 +113,10 @@ class WebServer(Starlette):
         )
         self.add_route("/logo.png", _logo)
         self.add_route("/favicon.ico", _logo)
+        observability = Observability(self.pool)
+        self.add_route("/_htagweb/health", observability.health)
+        if metrics:
+            self.add_route("/_htagweb/metrics", observability.metrics)
         self._install(app)
 
     def _identity(self, app: Any) -> str:

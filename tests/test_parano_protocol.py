@@ -242,3 +242,11 @@ def test_fuzzed_messages_get_protocol_errors_and_server_keeps_working(parano_ser
             assert await click_http(user) == 1
 
     run(still_working())
+
+
+def test_rejections_are_counted(server):
+    srv = server(server_source("WebServerWS", parano=True, metrics=True))
+    with httpx.Client(base_url=srv.url) as http:
+        for body in (b"", b"\x01\x10garbage", b"\x01\x01" + bytes(65)):
+            http.post("/_htagweb/p/http" if body[1:2] == b"\x10" else "/_htagweb/kx", content=body)
+        assert "htagweb_parano_rejections_total 3" in http.get("/_htagweb/metrics").text

@@ -400,3 +400,28 @@ def test_http_only_answers_the_first_click_in_its_response(server):
             assert payloads[-1]["updates"]["count"] == '<p id="count">Count: 1</p>'
 
     run(scenario())
+
+
+def test_health_and_metrics_count_without_naming_sessions(server):
+    srv = server(server_source("WebServerWS", metrics=True, timeout_interaction=1))
+    plain = server(server_source("WebServerWS"))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            await user.page()
+            async with user.ws() as ws:
+                await ws.recv()
+                message = await click(ws, "hang")
+                assert message["action"] == "error"
+            health = (await user.http.get("/_htagweb/health")).json()
+            assert health["status"] == "ok"
+            metrics = (await user.http.get("/_htagweb/metrics")).text
+            assert "htagweb_spawns_total 1" in metrics
+            assert "htagweb_interaction_timeouts_total 1" in metrics and "htagweb_kills_total 1" in metrics
+            assert "htagweb_bridge_errors_total 1" in metrics
+            assert user.http.cookies["htagweb_session"].split(".")[0][:8] not in metrics
+        async with User(plain.url) as user:
+            assert (await user.http.get("/_htagweb/metrics")).status_code == 404
+            assert (await user.http.get("/_htagweb/health")).json() == {"status": "ok", "user_processes": 0}
+
+    run(scenario())

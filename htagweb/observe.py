@@ -1,0 +1,48 @@
+"""``/_htagweb/health`` for load balancers and ``/_htagweb/metrics`` for Prometheus.
+
+Both ask the fork-server, the one place that sees every user process and every
+worker's counts; neither says anything about a particular session.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from .pool import ProcessPool
+
+HELP = {
+    "spawns": "User processes created.",
+    "expiries": "User processes ended after timeout_inactivity.",
+    "kills": "User processes killed (interaction timeout, source reloaded, shutdown grace exceeded).",
+    "interaction_timeouts": "Handlers that ran longer than timeout_interaction.",
+    "crashes": "User processes that died on their own.",
+    "bridge_errors": "Exchanges cut because their user process died.",
+    "parano_rejections": "Parano messages refused (tampered, replayed, malformed, expired ticket...).",
+}
+
+
+class Observability:
+    def __init__(self, pool: ProcessPool) -> None:
+        self.pool = pool
+
+    async def health(self, request: Request) -> Response:
+        try:
+            stats = await self.pool.request({"op": "stats"})
+        except (OSError, ValueError) as exc:
+            return JSONResponse({"status": "unavailable", "reason": f"fork-server: {exc}"}, status_code=503)
+        return JSONResponse({"status": "ok", "user_processes": stats["processes"]})
+
+    async def metrics(self, request: Request) -> Response:
+        stats = await self.pool.request({"op": "stats"})
+        lines = [
+            "# HELP htagweb_user_processes Live user processes.",
+            "# TYPE htagweb_user_processes gauge",
+            f"htagweb_user_processes {stats['processes']}",
+            "# HELP htagweb_max_processes The max_processes setting.",
+            "# TYPE htagweb_max_processes gauge",
+            f"htagweb_max_processes {stats['max_processes']}",
+        ]
+        for name, value in stats["counters"].items():
+            lines += [f"# HELP htagweb_{name}_total {HELP[name]}", f"# TYPE htagweb_{name}_total counter", f"htagweb_{name}_total {value}"]
+        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
