@@ -14,6 +14,7 @@ import sqlite3
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Any
 
 Items = dict[str, str]  # key -> JSON text
 
@@ -158,6 +159,58 @@ class SQLiteStore(SessionStore):
         self._conn = None
 
 
+class RedisStore(SessionStore):
+    """Sessions in Redis, shared by several machines (``pip install htagweb[redis]``).
+
+    Per session: a hash of its items and a version counter, both expiring
+    ``max_age`` after the last write; channel claims expire with their ticket.
+    """
+
+    def __init__(self, url: str, max_age: float | None = None, prefix: str = "htagweb:") -> None:
+        if max_age is not None:
+            self.max_age = max_age
+        self.url = url
+        self.prefix = prefix
+        self._client: Any = None
+        self._pid = 0
+
+    @property
+    def client(self) -> Any:
+        import redis.asyncio
+
+        if self._client is None or self._pid != os.getpid():  # never share a connection pool across fork
+            self._client, self._pid = redis.asyncio.Redis.from_url(self.url, decode_responses=True), os.getpid()
+        return self._client
+
+    async def load(self, sid: str) -> tuple[int, Items]:
+        async with self.client.pipeline(transaction=True) as pipe:
+            version, items = await pipe.get(self.prefix + "v:" + sid).hgetall(self.prefix + "s:" + sid).execute()
+        return int(version or 0), items
+
+    async def version(self, sid: str) -> int:
+        return int(await self.client.get(self.prefix + "v:" + sid) or 0)
+
+    async def update(self, sid: str, set_items: Items, delete: list[str]) -> int:
+        items_key, version_key, ttl = self.prefix + "s:" + sid, self.prefix + "v:" + sid, int(self.max_age)
+        async with self.client.pipeline(transaction=True) as pipe:
+            if set_items:
+                pipe.hset(items_key, mapping=set_items)
+            if delete:
+                pipe.hdel(items_key, *delete)
+            pipe.incr(version_key).expire(items_key, ttl).expire(version_key, ttl)
+            results = await pipe.execute()
+        return int(results[-3])
+
+    async def claim(self, sid: str, token: str, expires: float) -> bool:
+        ttl = max(1, int(expires - time.time()))
+        return bool(await self.client.set(self.prefix + "c:" + sid + ":" + token, "1", nx=True, ex=ttl))
+
+    async def close(self) -> None:
+        if self._client is not None and self._pid == os.getpid():
+            await self._client.aclose()
+        self._client = None
+
+
 def make_store(spec: SessionStore | str | None, default_path: Path) -> SessionStore:
     if isinstance(spec, SessionStore):
         return spec
@@ -166,5 +219,7 @@ def make_store(spec: SessionStore | str | None, default_path: Path) -> SessionSt
     if spec == "memory":
         return MemoryStore()
     if spec.startswith("sqlite:///"):
-        return SQLiteStore(spec[len("sqlite:///"):])
-    raise ValueError(f"unknown session store {spec!r} (want 'sqlite', 'sqlite:///PATH', 'memory' or a SessionStore)")
+        return SQLiteStore(spec[len("sqlite:///") :])
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        return RedisStore(spec)
+    raise ValueError(f"unknown session store {spec!r} (want 'sqlite', 'sqlite:///PATH', 'memory', 'redis://...' or a SessionStore)")

@@ -150,3 +150,24 @@ def server(tmp_path: Path):
         except AssertionError as exc:
             errors.append(str(exc))
     assert not errors, "\n".join(errors)
+
+
+@pytest.fixture
+def redis_url():
+    """A real redis-server on a private Unix socket, stopped at teardown."""
+    folder = Path(tempfile.mkdtemp(prefix="hwr-"))
+    sock = folder / "redis.sock"
+    proc = subprocess.Popen(
+        ["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no", "--dir", str(folder)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+        yield f"unix://{sock}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
