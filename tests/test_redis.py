@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from paranoclient import ParanoUser, head
-
 from helpers import User, click, server_source
+from paranoclient import ParanoUser, head
 
 SECRET = "shared-secret-for-two-instances"
 
