@@ -22,7 +22,6 @@ import os
 import selectors
 import signal
 import socket
-import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -67,6 +66,8 @@ class ForkServer:
         self.deaths: dict[str, str] = {}
         self.buffers: dict[socket.socket, bytearray] = {}
         self.presence: set[socket.socket] = set()
+        #: the workers that said hello, and their parents (a gunicorn or uvicorn master)
+        self.server_pids: set[int] = set()
         self.orphaned_since: float | None = time.monotonic()
         self.stop_requested = False
         #: what /_htagweb/metrics reports, for the whole server (fronts add theirs with the "count" op)
@@ -100,10 +101,20 @@ class ForkServer:
                     self._read(sock)  # type: ignore[arg-type]
             self._reap()
             self._watch_interactions()
-            if self.orphaned_since is not None and time.monotonic() - self.orphaned_since > self.config.orphan_grace:
-                logger.warning("fork-server: no worker left for %ss, stopping", self.config.orphan_grace)
-                self.stop_requested = True
+            if self.orphaned_since is not None:
+                self._check_orphaned()
         self._shutdown()
+
+    def _check_orphaned(self) -> None:
+        """No worker is connected. Stop at once if the server is gone (killed, or a
+        quick shutdown that skipped the goodbyes); else give a restarting worker time."""
+        assert self.orphaned_since is not None
+        if self.server_pids and not any(_alive(pid) for pid in self.server_pids):
+            logger.info("fork-server: the server is gone, stopping")
+            self.stop_requested = True
+        elif time.monotonic() - self.orphaned_since > self.config.orphan_grace:
+            logger.warning("fork-server: no worker for %ss, stopping", self.config.orphan_grace)
+            self.stop_requested = True
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
@@ -186,6 +197,7 @@ class ForkServer:
             return {"ok": True, "processes": [{"pid": c.pid, "app": c.app, "label": c.label} for c in self.by_pid.values()]}
         if op == "hello":
             self.presence.add(conn)
+            self.server_pids |= {pid for pid in (request.get("pid"), request.get("ppid")) if isinstance(pid, int) and pid > 1}
             self.orphaned_since = None
             return {"ok": True, "pid": os.getpid()}
         if op == "bye":
@@ -343,6 +355,16 @@ class ForkServer:
             child.page.close()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def start(runtime: Runtime, config: Config, apps: dict[str, AppSpec]) -> None:
     """Fork a detached fork-server; return once its socket accepts connections."""
     ready_r, ready_w = os.pipe()
@@ -353,7 +375,7 @@ def start(runtime: Runtime, config: Config, apps: dict[str, AppSpec]) -> None:
             os.setsid()
             if os.fork():
                 os._exit(0)
-            _close_inherited_fds(keep={ready_w})
+            _release_inherited_fds(keep={ready_w})
             ForkServer(runtime, config, apps).run(ready_w)
         except BaseException:
             traceback.print_exc()
@@ -368,10 +390,13 @@ def start(runtime: Runtime, config: Config, apps: dict[str, AppSpec]) -> None:
         os.close(ready_r)
 
 
-def _close_inherited_fds(keep: set[int]) -> None:
-    """Drop the worker's sockets (its listening port above all) and files.
+def _release_inherited_fds(keep: set[int]) -> None:
+    """Let go of the worker's sockets (its listening port above all) and files.
 
-    Kept: stdio, ``keep``, and the streams of logging handlers.
+    Each inherited descriptor is pointed at /dev/null rather than closed: the
+    worker's objects still alive here (servers, event loops, temp files) may
+    close their descriptor number when collected, and that number must never be
+    one of ours. Kept: stdio, ``keep``, and the streams of logging handlers.
     """
     keep = set(keep) | {0, 1, 2}
     for handler in logging.root.handlers + logger.handlers + logging.getLogger("uvicorn").handlers:
@@ -380,8 +405,14 @@ def _close_inherited_fds(keep: set[int]) -> None:
             keep.add(stream.fileno())  # type: ignore[union-attr]
         except (AttributeError, OSError, ValueError):
             pass
-    start = 3
-    for fd in sorted(keep | {sys.maxsize}):
-        if fd >= start:
-            os.closerange(start, min(fd, 65536))
-            start = fd + 1
+    try:
+        inherited = [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:
+        inherited = list(range(3, 4096))
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in inherited:
+        if fd not in keep and fd != devnull:
+            try:
+                os.dup2(devnull, fd)
+            except OSError:
+                pass  # not open (any more)

@@ -49,7 +49,7 @@ class ProcessPool:
             if self._presence is not None and not self._presence[0].at_eof():
                 return
             self._presence = await self._connect_forkserver()
-            await self._ask(self._presence, {"op": "hello"})
+            await self._ask(self._presence, {"op": "hello", "pid": os.getpid(), "ppid": os.getppid()})
 
     async def stop(self) -> None:
         """Say bye; the last worker to leave waits while user processes end."""

@@ -86,7 +86,8 @@ class UserProcess:
 
     async def serve(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        for sig in (signal.SIGTERM, signal.SIGINT):  # both: a stray Ctrl-C still runs on_destroy
+            loop.add_signal_handler(sig, self.stopping.set)
         server = await asyncio.start_unix_server(self._connection, sock=listener)
         expiry = asyncio.create_task(self._expire_when_idle())
         await self.stopping.wait()

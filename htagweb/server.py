@@ -177,11 +177,11 @@ class WebServerWS(WebServer):
 
 
 def _share_uvicorn_logging() -> None:
-    """Under a bare ``uvicorn server:app`` only uvicorn's loggers have handlers:
-    print htagweb's lines through them, unless the user configured logging."""
+    """Under a bare ``uvicorn server:app`` (or gunicorn) only the server's own loggers
+    have handlers: print htagweb's lines through them, unless the user configured logging."""
     if logging.getLogger().handlers or any(not isinstance(h, logging.NullHandler) for h in logger.handlers):
         return
-    for handler in logging.getLogger("uvicorn").handlers:
+    for handler in logging.getLogger("uvicorn").handlers or logging.getLogger("gunicorn.error").handlers:
         logger.addHandler(handler)
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)

@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+READY = re.compile(r"(?:Uvicorn running on|Listening at:) http://127\.0\.0\.1:(\d+)")
 
 
 def marked_processes(marker: str) -> list[psutil.Process]:
@@ -66,8 +66,10 @@ class ServerProcess:
     def log(self) -> str:
         return "\n".join(self.lines)
 
-    def start(self, *uvicorn_args: str, command: list[str] | None = None) -> ServerProcess:
-        """``uvicorn srv:app`` with ``uvicorn_args``, or ``python -m htagweb`` with ``command``."""
+    def start(self, *uvicorn_args: str, command: list[str] | None = None, gunicorn: bool = False) -> ServerProcess:
+        """``uvicorn srv:app`` with ``uvicorn_args`` (gunicorn's arguments with ``gunicorn``),
+        or ``python -m htagweb`` with ``command``."""
+        self.args = (uvicorn_args, command, gunicorn)
         env = {
             **os.environ,
             "HTAGWEB_TEST_MARKER": self.marker,
@@ -76,9 +78,14 @@ class ServerProcess:
         }
         if command is not None:
             cmd = [sys.executable, "-m", "htagweb", *command, "--port", "0"]
+        elif gunicorn:
+            cmd = [sys.executable, "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker", "-b", "127.0.0.1:0", *uvicorn_args, "srv:app"]
         else:
             cmd = [sys.executable, "-m", "uvicorn", "srv:app", "--host", "127.0.0.1", "--port", "0", "--no-proxy-headers", *uvicorn_args]
-        self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # a process group of its own, as a server started from a terminal: Ctrl-C signals the group
+        self.proc = subprocess.Popen(
+            cmd, cwd=self.workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
         ready = threading.Event()
 
         def read() -> None:
@@ -95,7 +102,8 @@ class ServerProcess:
         if not ready.wait(60) or not self.port:
             self.stop()
             raise RuntimeError("server did not start:\n" + self.log)
-        workers = int(uvicorn_args[uvicorn_args.index("--workers") + 1]) if "--workers" in uvicorn_args else 1
+        flag = next((f for f in ("--workers", "-w") if f in uvicorn_args), None)
+        workers = int(uvicorn_args[uvicorn_args.index(flag) + 1]) if flag else 1
         self.wait_log(rf"(Application startup complete[\s\S]*){{{workers}}}", timeout=60)
         return self
 
@@ -109,10 +117,28 @@ class ServerProcess:
             time.sleep(0.05)
         raise AssertionError(f"no log line matching {pattern!r}:\n{self.log}")
 
+    def restart(self) -> ServerProcess:
+        """Stop (checked as ``stop`` does) and start again on the same runtime directory."""
+        self.halt()
+        self.lines.clear()
+        uvicorn_args, command, gunicorn = self.args
+        return self.start(*uvicorn_args, command=command, gunicorn=gunicorn)
+
     def stop(self) -> None:
-        """Ctrl-C, as a user would; then nothing of ours may be left."""
+        """Stop, then remove the runtime directory."""
+        try:
+            self.halt()
+        finally:
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+    def halt(self, sig: int = signal.SIGINT, group: bool = True) -> None:
+        """Ctrl-C as in a terminal (SIGINT to the server's process group), or ``sig``
+        (to the group, or the server's main process only); then nothing of ours may be left."""
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            if group:
+                os.killpg(self.proc.pid, sig)
+            else:
+                self.proc.send_signal(sig)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
@@ -124,7 +150,6 @@ class ServerProcess:
         for proc in leftovers:
             proc.kill()
         sockets = list(self.runtime_dir.rglob("*.sock")) if self.runtime_dir.exists() else []
-        shutil.rmtree(self.runtime_dir, ignore_errors=True)
         assert not leftovers, f"processes left after stop: {leftovers}\n{self.log}"
         assert not sockets, f"sockets left after stop: {sockets}"
 
@@ -134,12 +159,14 @@ def server(tmp_path: Path):
     """``server(source, *uvicorn_args, files={...})`` starts one; all are stopped at teardown."""
     started: list[ServerProcess] = []
 
-    def start(source: str, *args: str, files: dict[str, str] | None = None, command: list[str] | None = None) -> ServerProcess:
+    def start(
+        source: str, *args: str, files: dict[str, str] | None = None, command: list[str] | None = None, gunicorn: bool = False
+    ) -> ServerProcess:
         workdir = tmp_path / f"srv{len(started)}"
         workdir.mkdir()
         srv = ServerProcess(source, workdir, files)
         started.append(srv)
-        return srv.start(*args, command=command)
+        return srv.start(*args, command=command, gunicorn=gunicorn)
 
     yield start
     errors = []

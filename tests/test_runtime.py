@@ -371,10 +371,7 @@ def test_stop_ends_processes_and_runs_on_destroy(server):
     assert sorted(map(int, (srv.workdir / "destroyed.log").read_text().split())) == sorted(pids)
 
 
-def test_workers_share_user_processes(server):
-    srv = server(server_source("WebServerWS"), "--workers", "2")
-
-    async def scenario():
+def scenario():
         async with User(srv.url) as user:
             await user.http.get("/get")
             pages = await asyncio.gather(*(user.page() for _ in range(30)))

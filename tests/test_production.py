@@ -1,0 +1,137 @@
+"""Production set-ups, with the real server commands: several workers under
+uvicorn and gunicorn, a worker killed under load, a stop and a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+
+import psutil
+import pytest
+from helpers import User, click, count, pid, server_source
+
+WORKER_ROUTE = """
+import os as _os
+from starlette.responses import PlainTextResponse as _Text
+async def _worker(request):
+    return _Text(str(_os.getpid()))
+app.add_route("/worker", _worker)
+"""
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+SETUPS = {
+    "uvicorn-4-uvloop": (False, ["--workers", "4", "--loop", "uvloop"]),
+    "uvicorn-4-asyncio": (False, ["--workers", "4", "--loop", "asyncio"]),
+    "gunicorn-4": (True, ["-w", "4"]),
+    "gunicorn-4-preload": (True, ["-w", "4", "--preload"]),
+}
+
+
+@pytest.mark.parametrize("setup", SETUPS)
+def test_every_worker_reaches_the_same_process_and_session(server, setup):
+    gunicorn, args = SETUPS[setup]
+    srv = server(server_source("WebServerWS") + WORKER_ROUTE, *args, gunicorn=gunicorn)
+
+    async def scenario():
+        async with User(srv.url) as user:
+            await user.http.get("/set", params={"v": "kept"})
+            workers = {int((await User(srv.url).http.get("/worker")).text) for _ in range(40)}
+            assert len(workers) >= 2, "the test must spread connections over several workers"
+            pages = await asyncio.gather(*(user.page() for _ in range(40)))
+            assert len({pid(p.text) for p in pages}) == 1
+            expected = 0
+            for n in range(12):  # WebSockets and POSTs, each on a new connection: any worker may take it
+                expected += 1
+                if n % 2:
+                    async with user.ws() as ws:
+                        await ws.recv()
+                        assert count((await click(ws, "inc"))["updates"]["count"]) == expected
+                else:
+                    response = await User(srv.url).http.post(
+                        "/event",
+                        content=json.dumps({"id": "inc", "event": "click", "data": {"callback_id": "c"}, "fallback": True}),
+                        headers={"X-HTAG-TOKEN": user.csrf, "Cookie": user.cookie_header},
+                    )
+                    assert count(json.loads(response.json()["payloads"][-1])["updates"]["count"]) == expected
+            assert (await user.http.get("/get")).json() == {"from_route": "kept"}
+
+    run(scenario())
+    assert len(re.findall(r"user process spawned", srv.log)) == 1
+    assert len(re.findall(r"fork-server \d+ serving", srv.log)) == 1
+
+
+def gunicorn_workers(srv) -> list[psutil.Process]:
+    return [p for p in psutil.Process(srv.proc.pid).children() if p.is_running()]
+
+
+def test_sigkill_of_a_worker_under_load(server):
+    srv = server(server_source("WebServerWS"), "-w", "2", gunicorn=True)
+
+    async def scenario():
+        users = [User(srv.url) for _ in range(6)]
+        pids, sockets = [], []
+        for n, user in enumerate(users):
+            pids.append(pid((await user.page()).text))
+            await user.http.get("/set", params={"v": f"user{n}"})
+            ws = await user.ws().__aenter__()
+            await ws.recv()
+            await click(ws, "inc")
+            sockets.append(ws)
+        victim = gunicorn_workers(srv)[0]
+        load = [asyncio.create_task(click(ws, "inc", callback_id="load")) for ws in sockets]
+        victim.kill()
+        await asyncio.gather(*load, return_exceptions=True)
+        srv.wait_log(r"Booting worker with pid: \d+[\s\S]*Booting worker with pid: \d+[\s\S]*Booting worker with pid: \d+")
+        survivors = 0
+        for n, (user, ws) in enumerate(zip(users, sockets, strict=True)):
+            try:  # a user whose WebSocket was on a surviving worker notices nothing
+                reply = await click(ws, "inc", callback_id="after")
+                survivors += 1
+                assert count(reply["updates"]["count"]) == 3
+            except Exception:  # a user of the killed worker reconnects to the same state
+                page = await user.page()
+                assert pid(page.text) == pids[n]
+                assert count(page.text) in (1, 2)  # 2 if its load click got through before the kill
+            assert (await user.http.get("/get")).json() == {"from_route": f"user{n}"}
+            assert pid((await user.page()).text) == pids[n]
+            await ws.close()
+            await user.http.aclose()
+        assert survivors >= 1
+
+    run(scenario())
+    assert len(re.findall(r"user process spawned", srv.log)) == 6  # no process lost, none re-created
+
+
+def test_sigterm_ends_everything_and_restart_keeps_sessions(server):
+    srv = server(server_source("WebServerWS"), "-w", "2", gunicorn=True)
+
+    async def first_life():
+        cookies, pids = [], []
+        for n in range(3):
+            async with User(srv.url) as user:
+                await user.http.get("/set", params={"v": f"user{n}"})
+                pids.append(pid((await user.page()).text))
+                cookies.append(dict(user.http.cookies))
+        return cookies, pids
+
+    cookies, pids = run(first_life())
+    srv.halt(signal.SIGTERM, group=False)  # to the master, as a service manager does; no process or socket may be left
+    destroyed = sorted(map(int, (srv.workdir / "destroyed.log").read_text().split()))
+    assert destroyed == sorted(pids)  # on_destroy ran in every user process
+    srv.restart()
+
+    async def second_life():
+        for n, jar in enumerate(cookies):
+            async with User(srv.url) as user:
+                user.http.cookies.update(jar)
+                assert (await user.http.get("/get")).json() == {"from_route": f"user{n}"}  # session kept (SQLite)
+                page = await user.page()
+                assert count(page.text) == 0 and pid(page.text) not in pids  # app state is new
+
+    run(second_life())
