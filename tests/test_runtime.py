@@ -371,21 +371,6 @@ def test_stop_ends_processes_and_runs_on_destroy(server):
     assert sorted(map(int, (srv.workdir / "destroyed.log").read_text().split())) == sorted(pids)
 
 
-def scenario():
-        async with User(srv.url) as user:
-            await user.http.get("/get")
-            pages = await asyncio.gather(*(user.page() for _ in range(30)))
-            assert len({pid(p.text) for p in pages}) == 1
-            for n in range(1, 11):  # each click on a new connection: any worker may take it
-                async with user.ws() as ws:
-                    await ws.recv()
-                    assert f"Count: {n}<" in (await click(ws, "inc"))["updates"]["count"]
-
-    run(scenario())
-    assert len(re.findall(r"user process spawned", srv.log)) == 1
-    assert len(re.findall(r"fork-server \d+ serving", srv.log)) == 1
-
-
 def test_http_only_answers_the_first_click_in_its_response(server):
     srv = server(server_source("WebServer"))
 
