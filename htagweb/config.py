@@ -19,6 +19,10 @@ class Config:
     max_processes: int = 500
     #: seconds user processes get to run on_destroy at server stop before being killed
     shutdown_grace: float = 5.0
+    #: bytes of resident memory a user process may use before it is killed (0: no limit)
+    memory_limit: int = 1024 * 1024 * 1024
+    #: open files (sockets included) a user process may hold before it is killed (0: no limit)
+    max_open_files: int = 1024
     #: every exchange encrypted (crypto/PROTOCOL.md); plaintext htag exchanges refused
     parano: bool = False
     #: seconds the fork-server waits for a worker to come back after the last one vanished without saying bye

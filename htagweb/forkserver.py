@@ -19,6 +19,7 @@ import json
 import logging
 import mmap
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -38,7 +39,8 @@ from .runtime import Runtime
 
 logger = logging.getLogger("htagweb")
 
-COUNTERS = ("spawns", "expiries", "kills", "interaction_timeouts", "crashes", "bridge_errors", "parano_rejections")
+COUNTERS = ("spawns", "expiries", "kills", "interaction_timeouts", "resource_kills", "crashes", "bridge_errors", "parano_rejections")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass
@@ -70,6 +72,7 @@ class ForkServer:
         self.server_pids: set[int] = set()
         self.orphaned_since: float | None = time.monotonic()
         self.stop_requested = False
+        self.resources_checked = 0.0
         #: what /_htagweb/metrics reports, for the whole server (fronts add theirs with the "count" op)
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.selector = selectors.DefaultSelector()
@@ -101,6 +104,8 @@ class ForkServer:
                     self._read(sock)  # type: ignore[arg-type]
             self._reap()
             self._watch_interactions()
+            if time.monotonic() - self.resources_checked >= 1.0:
+                self._watch_resources()
             if self.orphaned_since is not None:
                 self._check_orphaned()
         self._shutdown()
@@ -270,6 +275,7 @@ class ForkServer:
         if pid == 0:
             try:
                 self._become_child()
+                _limit_resources(self.config)
                 run_user_process(listener, load, self.config, page, label)
             except BaseException:
                 traceback.print_exc()
@@ -321,6 +327,29 @@ class ForkServer:
                 logger.warning("user process killed: %s (%s)", child, child.kill_reason)
                 self._signal(child, signal.SIGKILL)
 
+    def _watch_resources(self) -> None:
+        """Kill a user process over its memory or open-files limit (read from /proc)."""
+        self.resources_checked = time.monotonic()
+        memory, files = self.config.memory_limit, self.config.max_open_files
+        for child in self.by_pid.values():
+            if child.kill_reason:
+                continue
+            try:
+                with open(f"/proc/{child.pid}/statm") as statm:
+                    rss = int(statm.read().split()[1]) * PAGE_SIZE
+                open_files = len(os.listdir(f"/proc/{child.pid}/fd")) if files else 0
+            except (OSError, ValueError, IndexError):
+                continue
+            if memory and rss > memory:
+                child.kill_reason = f"memory limit: {rss // 2**20} MiB resident, over {memory // 2**20} MiB"
+            elif files and open_files > files:
+                child.kill_reason = f"open files limit: {open_files} open, over {files}"
+            else:
+                continue
+            self.counters["resource_kills"] += 1
+            logger.warning("user process killed: %s (%s)", child, child.kill_reason)
+            self._signal(child, signal.SIGKILL)
+
     def _reap(self) -> None:
         while True:
             try:
@@ -353,6 +382,19 @@ class ForkServer:
                 self.runtime.user_socket_path(child.key).unlink(missing_ok=True)
                 (self.runtime.users_dir / f"{child.key}.deps").unlink(missing_ok=True)
             child.page.close()
+
+
+def _limit_resources(config: Config) -> None:
+    """Hard limits in the user process, a backstop for what the fork-server checks
+    every second: memory can grow by at most twice the limit between two checks."""
+    if config.memory_limit:
+        with open("/proc/self/statm") as statm:
+            size = int(statm.read().split()[0]) * PAGE_SIZE
+        limit = size + 2 * config.memory_limit
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    if config.max_open_files:
+        limit = config.max_open_files + 16  # the fork-server kills above max_open_files: let it see it
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
 
 def _alive(pid: int) -> bool:

@@ -161,6 +161,8 @@ class _Exchange:
         if reason == "ended":
             return 410, "This session ended (inactivity or server restart). Reload the page to start again."
         await self.endpoint.pool.count("bridge_errors")
+        if reason.startswith(("memory limit", "open files limit")):
+            return 507, f"The application went over its {reason.split(':')[0]} and was stopped. Reload the page to start again."
         if reason.startswith("interaction timeout"):
             return 504, (
                 f"The application took longer than {self.endpoint.config.timeout_interaction:g}s to answer and was stopped. "

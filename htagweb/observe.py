@@ -16,6 +16,7 @@ HELP = {
     "expiries": "User processes ended after timeout_inactivity.",
     "kills": "User processes killed (interaction timeout, source reloaded, shutdown grace exceeded).",
     "interaction_timeouts": "Handlers that ran longer than timeout_interaction.",
+    "resource_kills": "User processes killed over their memory or open-files limit.",
     "crashes": "User processes that died on their own.",
     "bridge_errors": "Exchanges cut because their user process died.",
     "parano_rejections": "Parano messages refused (tampered, replayed, malformed, expired ticket...).",

@@ -27,6 +27,7 @@ _TITLES = {
     502: "Application unavailable",
     503: "Server busy",
     504: "Application timeout",
+    507: "Application over its limits",
 }
 
 

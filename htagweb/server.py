@@ -57,6 +57,8 @@ class WebServer(Starlette):
         timeout_inactivity: float = Config.timeout_inactivity,
         timeout_interaction: float = Config.timeout_interaction,
         max_processes: int = Config.max_processes,
+        memory_limit: int = Config.memory_limit,
+        max_open_files: int = Config.max_open_files,
         max_body_size: int = 1024 * 1024,
         session_store: SessionStore | str | None = None,
         secret: str | bytes | None = None,
@@ -77,6 +79,8 @@ class WebServer(Starlette):
             timeout_inactivity=timeout_inactivity,
             timeout_interaction=timeout_interaction,
             max_processes=max_processes,
+            memory_limit=memory_limit,
+            max_open_files=max_open_files,
             shutdown_grace=shutdown_grace,
             parano=parano,
         )

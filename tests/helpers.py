@@ -28,6 +28,8 @@ class App(Tag.App):
         Tag.button("hang", _id="hang", _onclick=self.hang)
         Tag.button("crash", _id="crash", _onclick=self.crash)
         Tag.button("session", _id="session", _onclick=self.session_event)
+        Tag.button("hog", _id="hog", _onclick=self.hog)
+        Tag.button("files", _id="files", _onclick=self.files)
 
     def inc(self, event):
         self.count.value += 1
@@ -37,6 +39,17 @@ class App(Tag.App):
 
     def crash(self, event):
         os._exit(3)
+
+    def hog(self, event):
+        self.memory = bytearray(300 * 2**20)  # zero-filled: resident
+
+    def files(self, event):
+        self.opened = []
+        try:
+            for _ in range(10000):
+                self.opened.append(open(os.devnull))
+        except OSError:
+            pass
 
     def session_event(self, event):
         value = event.value.get("value") if isinstance(event.value, dict) else event.value

@@ -135,3 +135,26 @@ def test_sigterm_ends_everything_and_restart_keeps_sessions(server):
                 assert count(page.text) == 0 and pid(page.text) not in pids  # app state is new
 
     run(second_life())
+
+
+@pytest.mark.parametrize("button, limit", [("hog", "memory limit"), ("files", "open files limit")])
+def test_resource_limits_kill_only_the_offender(server, button, limit):
+    srv = server(server_source("WebServerWS", memory_limit=150 * 2**20, max_open_files=64, metrics=True))
+
+    async def scenario():
+        async with User(srv.url) as offender, User(srv.url) as other:
+            first = pid((await offender.page()).text)
+            await other.page()
+            async with offender.ws() as ws, other.ws() as other_ws:
+                await ws.recv(), await other_ws.recv()
+                await ws.send(json.dumps({"id": button, "event": "click", "data": {"callback_id": "x"}}))
+                while (message := json.loads(await ws.recv())).get("action") != "error":
+                    pass
+                assert f"went over its {limit}" in message["traceback"]
+                assert count((await click(other_ws, "inc"))["updates"]["count"]) == 1  # the other user noticed nothing
+            again = await offender.page()
+            assert pid(again.text) != first and count(again.text) == 0
+            assert "htagweb_resource_kills_total 1" in (await other.http.get("/_htagweb/metrics")).text
+
+    run(scenario())
+    srv.wait_log(rf"user process killed: .*\({limit}: ")
