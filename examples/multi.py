@@ -22,7 +22,10 @@ class Home(Tag.App):
         Tag.button("Forget me", _id="forget", _onclick=self.forget)
         Tag.a("the counter app", _href="/counter")
 
-    def refresh(self, event) -> None:
+    def on_mount(self) -> None:  # each page load: the session may have changed meanwhile
+        self.refresh()
+
+    def refresh(self, event=None) -> None:
         self.name.value = self.session.get("name", "stranger")
 
     def forget(self, event) -> None:

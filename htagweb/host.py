@@ -50,6 +50,9 @@ class HtagHost:
         self.watchdog = watchdog
         self.load_error = load_error
         self.instance: AppRunner | None = None
+        if app_cls is not None and not hasattr(app_cls, "session"):
+            # ``self.session`` in the app, from init() on: this process serves one session only
+            app_cls.session = session
         #: the app could not be built: this process must end so the next load starts afresh
         self.broken = False
 
@@ -83,8 +86,6 @@ class HtagHost:
                 instance.debug = self.config.debug
                 instance.parano_key = None
                 instance.htag_csrf = os.urandom(16).hex()
-                if not hasattr(type(instance), "session"):
-                    instance.session = self.session
                 self._track_events(instance)
                 instance._trigger_mount()
             finally:
