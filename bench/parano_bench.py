@@ -1,0 +1,121 @@
+"""Parano mode against plain htagweb, in one run: python bench/parano_bench.py [--quick]
+
+- WebSocket interaction round trip, p50/p99 over N clicks, plain and parano (the
+  parano client is tests/paranoclient.py: Python, pycryptodome);
+- server CPU time of one key exchange (what a new user costs the server);
+- throughput of the encryption layer (channel seal/open), MB/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import websockets
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from paranoclient import ParanoUser, click_message, head  # noqa: E402
+from servers import Server, percentile  # noqa: E402
+
+from htagweb import cipher  # noqa: E402
+
+SOURCE = "\nfrom htagweb import WebServerWS\napp = WebServerWS(App, runtime_dir=RUNTIME_DIR{})\n"
+
+
+async def plain_clicks(url: str, clicks: int) -> list[float]:
+    async with httpx.AsyncClient(base_url=url) as http:
+        await http.get("/")
+        cookie = "; ".join(f"{k}={v}" for k, v in http.cookies.items())
+        async with websockets.connect(url.replace("http", "ws") + "/ws", additional_headers={"Cookie": cookie}) as ws:
+            await ws.recv()
+            times = []
+            for n in range(clicks):
+                start = time.perf_counter()
+                await ws.send(click_message("inc", str(n)).decode())
+                while json.loads(await ws.recv()).get("callback_id") != str(n):
+                    pass
+                times.append(time.perf_counter() - start)
+            return times
+
+
+async def parano_clicks(url: str, clicks: int) -> list[float]:
+    async with ParanoUser(url) as user:
+        await user.http.get("/")
+        await user.key_exchange()
+        channel = user.channel(b"W")
+        async with user.websocket() as ws:
+            await ws.send(channel.open_message(head("GET", "/ws")))
+            channel.open(await ws.recv())
+            times = []
+            for n in range(clicks):
+                start = time.perf_counter()
+                await ws.send(channel.data(click_message("inc", str(n))))
+                while json.loads(channel.open(await ws.recv())).get("callback_id") != str(n):
+                    pass
+                times.append(time.perf_counter() - start)
+            return times
+
+
+def key_exchange_cpu(rounds: int) -> float:
+    """Server CPU seconds per key exchange (ECDH, ECDSA signature, HKDF, ticket)."""
+    identity = cipher.IdentityKey(cipher.ECC.generate(curve="P-256"))
+    sealer = cipher.TicketSealer([os.urandom(32)])
+    key = cipher.ECC.generate(curve="P-256")
+    hello = cipher.ClientHello.parse(bytes([1, 1]) + key.public_key().export_key(format="SEC1", compress=False) + b"http://x")
+    start = time.process_time()
+    for _ in range(rounds):
+        cipher.key_exchange(hello, identity, sealer, "sid", 3600)
+    return (time.process_time() - start) / rounds
+
+
+def layer_throughput(size: int, rounds: int) -> tuple[float, float]:
+    """MB/s of sealing and of opening ``size``-byte messages on one channel."""
+    ticket = cipher.Ticket(int(time.time()) + 60, "sid", os.urandom(16), os.urandom(32), os.urandom(32))
+    sender = cipher.Channel(ticket, b"W", os.urandom(16))
+    payload = os.urandom(size)
+    start = time.perf_counter()
+    boxes = [sender.seal(payload) for _ in range(rounds)]
+    seal_rate = size * rounds / (time.perf_counter() - start) / 1e6
+    key = sender.outbound_key
+    start = time.perf_counter()
+    for n, message in enumerate(boxes):
+        cipher.open_box(key, b"W", cipher.S2C, sender.channel_id, n, cipher.data_box(message))
+    return seal_rate, size * rounds / (time.perf_counter() - start) / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    clicks = 100 if args.quick else 500
+    results: dict[str, float] = {}
+    with Server(SOURCE.format("")) as plain, Server(SOURCE.format(", parano=True")) as parano:
+        asyncio.run(plain_clicks(plain.url, 50))  # warm-up
+        asyncio.run(parano_clicks(parano.url, 50))
+        plain_times = asyncio.run(plain_clicks(plain.url, clicks))
+        parano_times = asyncio.run(parano_clicks(parano.url, clicks))
+    for name, times in (("plain", plain_times), ("parano", parano_times)):
+        results[f"{name}_click_p50_ms"] = percentile(times, 50) * 1000
+        results[f"{name}_click_p99_ms"] = percentile(times, 99) * 1000
+    results["click_p50_overhead_pct"] = (results["parano_click_p50_ms"] / results["plain_click_p50_ms"] - 1) * 100
+    results["key_exchange_server_cpu_ms"] = key_exchange_cpu(50 if args.quick else 300) * 1000
+    seal, unseal = layer_throughput(64 * 1024, 200 if args.quick else 2000)
+    results["seal_64k_MBps"], results["open_64k_MBps"] = seal, unseal
+    seal_small, open_small = layer_throughput(300, 2000 if args.quick else 20000)
+    results["seal_300B_MBps"], results["open_300B_MBps"] = seal_small, open_small
+    width = max(map(len, results))
+    for name, value in results.items():
+        print(f"{name:<{width}}  {value:10.3f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
