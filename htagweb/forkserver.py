@@ -386,11 +386,12 @@ class ForkServer:
 
 def _limit_resources(config: Config) -> None:
     """Hard limits in the user process, a backstop for what the fork-server checks
-    every second: memory can grow by at most twice the limit between two checks."""
+    every second: between two checks, memory can grow by four times the limit at most
+    (a larger allocation fails with MemoryError, which htag reports to the user)."""
     if config.memory_limit:
         with open("/proc/self/statm") as statm:
             size = int(statm.read().split()[0]) * PAGE_SIZE
-        limit = size + 2 * config.memory_limit
+        limit = size + 4 * config.memory_limit
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     if config.max_open_files:
         limit = config.max_open_files + 16  # the fork-server kills above max_open_files: let it see it

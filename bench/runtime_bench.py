@@ -1,0 +1,176 @@
+"""htagweb against htag's own in-process WebApp, same app, same client, one run:
+
+    python bench/runtime_bench.py [--quick] [--json FILE]
+
+htag 2.0.28's WebApp needs Starlette 0.52 (it calls the add_websocket_route that
+Starlette 1.x removed), so it runs from its own virtualenv, bench/.venv-htag,
+created here on first use. Both servers run under the same uvicorn
+(uvicorn[standard], default options, no access log).
+
+Measured with a protocol-level client (httpx + websockets):
+- new-user cold start: GET / until the WebSocket's initial payload;
+- click round trip over one WebSocket, p50/p99;
+- 50 new users arriving at once, 20 clicks each: throughput, p99, worst cold
+  start, lost or wrong replies;
+- memory per idle user: USS/PSS of htagweb's user processes; growth of htag's
+  single process per added user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import websockets
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from servers import Server, percentile  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+VENV = HERE / ".venv-htag"
+HTAG_SOURCE = "\nfrom htag import WebApp\napp = WebApp(App).app\n"
+HTAGWEB_SOURCE = "\nfrom htagweb import WebServerWS\napp = WebServerWS(App, runtime_dir=RUNTIME_DIR, timeout_inactivity=3600)\n"
+
+
+def htag_python() -> str:
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "htag==2.0.28", "starlette==0.52.1", "uvicorn[standard]"], check=True)
+    return str(python)
+
+
+async def visit(url: str) -> tuple[httpx.AsyncClient, str, float, object]:
+    """A new user: GET the page, open the WebSocket, wait for the initial payload."""
+    http = httpx.AsyncClient(base_url=url, timeout=60)
+    start = time.perf_counter()
+    await http.get("/")
+    cookie = "; ".join(f"{k}={v}" for k, v in http.cookies.items())
+    ws = await websockets.connect(url.replace("http", "ws") + "/ws", additional_headers={"Cookie": cookie}, open_timeout=60)
+    await ws.recv()
+    return http, cookie, time.perf_counter() - start, ws
+
+
+async def click(ws, n: int) -> tuple[float, bool]:
+    start = time.perf_counter()
+    await ws.send(json.dumps({"id": "inc", "event": "click", "data": {"callback_id": str(n)}}))
+    while (reply := json.loads(await asyncio.wait_for(ws.recv(), 30))).get("callback_id") != str(n):
+        pass
+    return time.perf_counter() - start, f"Count: {n}<" in json.dumps(reply.get("updates", {})).replace("\\u003c", "<")
+
+
+async def cold_starts(url: str, users: int) -> list[float]:
+    times = []
+    for _ in range(users):
+        http, _, elapsed, ws = await visit(url)
+        times.append(elapsed)
+        await ws.close()
+        await http.aclose()
+    return times
+
+
+async def clicks(url: str, count: int) -> list[float]:
+    http, _, _, ws = await visit(url)
+    times = [(await click(ws, n))[0] for n in range(1, count + 1)]
+    await ws.close()
+    await http.aclose()
+    return times
+
+
+async def crowd(url: str, users: int, per_user: int) -> dict[str, float]:
+    latencies: list[float] = []
+    arrivals: list[float] = []
+    wrong = 0
+
+    async def one() -> None:
+        nonlocal wrong
+        http, _, elapsed, ws = await visit(url)
+        arrivals.append(elapsed)
+        for n in range(1, per_user + 1):
+            try:
+                latency, right = await click(ws, n)
+            except asyncio.TimeoutError:
+                wrong += 1
+                continue
+            latencies.append(latency)
+            wrong += not right
+        await ws.close()
+        await http.aclose()
+
+    start = time.perf_counter()
+    failures = [r for r in await asyncio.gather(*(one() for _ in range(users)), return_exceptions=True) if r is not None]
+    elapsed = time.perf_counter() - start
+    return {
+        "clicks_per_s": len(latencies) / elapsed,
+        "click_p99_ms": percentile(latencies, 99) * 1000,
+        "click_max_ms": max(latencies) * 1000,
+        "arrival_max_ms": max(arrivals) * 1000 if arrivals else float("nan"),
+        "users_over_1s": sum(a > 1 for a in arrivals) + len(failures),
+        "lost_or_wrong": wrong + len(failures) * per_user,
+    }
+
+
+async def idle_users(url: str, users: int) -> list:
+    visits = [await visit(url) for _ in range(users)]
+    for http, _, _, ws in visits:
+        await ws.close()
+        await http.aclose()
+    return visits
+
+
+def measure(server: Server, quick: bool, is_htagweb: bool) -> dict[str, float]:
+    asyncio.run(clicks(server.url, 30))  # warm-up
+    result: dict[str, float] = {}
+    starts = asyncio.run(cold_starts(server.url, 10 if quick else 30))
+    result["cold_start_p50_ms"] = percentile(starts, 50) * 1000
+    result["cold_start_p99_ms"] = percentile(starts, 99) * 1000
+    times = asyncio.run(clicks(server.url, 100 if quick else 500))
+    result["click_p50_ms"] = percentile(times, 50) * 1000
+    result["click_p99_ms"] = percentile(times, 99) * 1000
+    for key, value in asyncio.run(crowd(server.url, 50, 5 if quick else 20)).items():
+        result[f"crowd_{key}"] = value
+    main_process = psutil.Process(server.proc.pid)
+    before = main_process.memory_full_info().uss
+    users = 20
+    asyncio.run(idle_users(server.url, users))
+    if is_htagweb:
+        own = {server.proc.pid}
+        user_processes = [p for p in server.processes() if p.pid not in own and p.ppid() != 1 or p.pid != server.proc.pid]
+        infos = sorted((p.memory_full_info() for p in user_processes if p.pid != server.proc.pid), key=lambda m: m.uss)
+        result["idle_user_uss_mb"] = infos[len(infos) // 2].uss / 1e6
+        result["idle_user_pss_mb"] = infos[len(infos) // 2].pss / 1e6
+    else:
+        result["idle_user_uss_mb"] = (main_process.memory_full_info().uss - before) / users / 1e6
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    results = {}
+    with Server(HTAG_SOURCE, python=htag_python()) as htag:
+        results["htag"] = measure(htag, args.quick, False)
+    with Server(HTAGWEB_SOURCE) as htagweb:
+        results["htagweb"] = measure(htagweb, args.quick, True)
+    print(f"{'metric':<28}{'htag WebApp':>14}{'htagweb':>12}{'ratio':>9}")
+    for key in results["htag"]:
+        a, b = results["htag"][key], results["htagweb"][key]
+        ratio = b / a if a else float("nan")
+        print(f"{key:<28}{a:>14.3f}{b:>12.3f}{ratio:>9.2f}")
+    if "idle_user_pss_mb" in results["htagweb"]:
+        print(f"{'idle_user_pss_mb':<28}{'':>14}{results['htagweb']['idle_user_pss_mb']:>12.3f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
