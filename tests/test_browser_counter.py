@@ -1,0 +1,109 @@
+"""The counter in a real browser (headless Debian Chromium): clicks, reloads,
+users and tabs, the session shared with a route, over WebSocket and plain HTTP."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from chromium import chromium
+from conftest import ROOT
+from playwright.sync_api import Browser, Page, expect
+
+from helpers import server_source
+
+SESSION_APP = server_source("WebServerWS").replace(
+    '''        Tag.button("session", _id="session", _onclick=self.session_event)''',
+    '''        Tag.button("session", _id="session", _onclick=self.session_event)
+        self.seen = State("")
+        Tag.p(lambda: f"route said: {self.seen.value}", _id="seen")
+        Tag.button("read", _id="read", _onclick=self.read)
+        Tag.button("write", _id="write", _onclick=self.write)''',
+).replace(
+    "    def hog(self, event):",
+    '''    def read(self, event):
+        self.seen.value = self.session.get("from_route", "")
+
+    def write(self, event):
+        self.session["from_app"] = "written by the app"
+
+    def hog(self, event):''',
+)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as browser:
+        yield browser
+
+
+def clicks(page: Page, n: int, start: int = 0) -> None:
+    for i in range(start + 1, start + n + 1):
+        page.click("#inc")
+        expect(page.locator("#count")).to_have_text(f"Count: {i}")
+
+
+@pytest.mark.parametrize("factory", ["WebServerWS", "WebServer"])
+def test_counter_clicks_and_reload_keeps_state(server, browser: Browser, factory):
+    srv = server(server_source(factory))
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        sockets = []
+        page.on("websocket", lambda ws: sockets.append(ws.url))
+        page.goto(srv.url + "/")
+        expect(page.locator("#count")).to_have_text("Count: 0")
+        pid = page.inner_text("#pid")
+        clicks(page, 3)
+        if factory == "WebServerWS":
+            assert page.evaluate("window.ws && window.ws.readyState") == 1 and not page.evaluate("window.use_fallback")
+            assert sockets and sockets[0].endswith("/ws")
+        else:
+            assert page.evaluate("window.use_pure_http") is True and sockets == []
+            if os.environ.get("HTAGWEB_SCREENSHOTS") == "1":
+                page.screenshot(path=str(ROOT / "docs" / "counter.png"))
+        page.reload()
+        expect(page.locator("#count")).to_have_text("Count: 3")
+        assert page.inner_text("#pid") == pid
+        clicks(page, 1, start=3)
+    finally:
+        context.close()
+
+
+def test_users_have_own_process_tabs_share_one(server, browser: Browser):
+    srv = server(server_source("WebServerWS"))
+    alice, bob = browser.new_context(), browser.new_context()
+    try:
+        tab1, tab2, other = alice.new_page(), alice.new_page(), bob.new_page()
+        for page in (tab1, tab2, other):
+            page.goto(srv.url + "/")
+            expect(page.locator("#count")).to_have_text("Count: 0")
+        assert tab1.inner_text("#pid") == tab2.inner_text("#pid") != other.inner_text("#pid")
+        clicks(tab1, 2)
+        expect(tab2.locator("#count")).to_have_text("Count: 2")  # the same app: the other tab is updated live
+        tab2.reload()
+        expect(tab2.locator("#count")).to_have_text("Count: 2")
+        expect(other.locator("#count")).to_have_text("Count: 0")
+    finally:
+        alice.close()
+        bob.close()
+
+
+def test_session_shared_with_a_route_in_the_browser(server, browser: Browser):
+    srv = server(SESSION_APP)
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(srv.url + "/set?v=hello-from-route")
+        page.goto(srv.url + "/")
+        page.click("#read")
+        expect(page.locator("#seen")).to_have_text("route said: hello-from-route")
+        page.click("#write")
+        page.click("#inc")
+        expect(page.locator("#count")).to_have_text("Count: 1")  # the write's reply has arrived
+        page.goto(srv.url + "/get")
+        assert "written by the app" in page.inner_text("body")
+        page.go_back()
+        expect(page.locator("#seen")).to_have_text("route said: hello-from-route")  # state kept across navigation
+    finally:
+        context.close()
