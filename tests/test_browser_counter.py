@@ -8,9 +8,8 @@ import os
 import pytest
 from chromium import chromium
 from conftest import ROOT
-from playwright.sync_api import Browser, Page, expect
-
 from helpers import server_source
+from playwright.sync_api import Browser, Page, expect
 
 SESSION_APP = server_source("WebServerWS").replace(
     '''        Tag.button("session", _id="session", _onclick=self.session_event)''',
