@@ -180,26 +180,33 @@ class _Exchange:
             if not message.get("more_body"):
                 break
         self._open(scope, extra, bridge.frame(bridge.HTTP_BODY, b"\x00" + bytes(body)))
-        watcher = asyncio.create_task(self._watch_disconnect(receive))
-        started = False
-        try:
-            while True:
-                message = await self._read()
-                if message is None:
-                    await self._died(scope, receive, send, started)
-                    return
-                if message["type"] == "http.response.start":
-                    started = True
-                await send(message)
-                if message["type"] == "http.response.body" and not message.get("more_body"):
-                    return
-        finally:
-            watcher.cancel()
+        relaying = asyncio.create_task(self._relay_response(scope, receive, send))
+        gone = asyncio.create_task(self._client_gone(receive))
+        done, _ = await asyncio.wait({relaying, gone}, return_when=asyncio.FIRST_COMPLETED)
+        # a client that left ends the exchange: closing the bridge tells the process (an SSE stream stops)
+        relaying.cancel()
+        gone.cancel()
+        if relaying in done:
+            relaying.result()
 
-    async def _watch_disconnect(self, receive: Receive) -> None:
+    async def _relay_response(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+        while True:
+            message = await self._read()
+            if message is None:
+                await self._died(scope, receive, send, started)
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                return
+
+    @staticmethod
+    async def _client_gone(receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
-        self.writer.write(bridge.frame(bridge.HTTP_DISCONNECT))
+        await asyncio.sleep(0)  # a response just completed also reads as a disconnect: let the relay finish first
 
     async def _died(self, scope: Scope, receive: Receive, send: Send, started: bool) -> None:
         status, message = await self._death_message()

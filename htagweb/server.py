@@ -170,6 +170,8 @@ class WebServer(Starlette):
         if not logging.getLogger().handlers:
             logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
         uvicorn_options.setdefault("proxy_headers", self.trust_proxy_headers)
+        # an SSE stream never ends by itself: without a limit, a stop waits for every browser to leave
+        uvicorn_options.setdefault("timeout_graceful_shutdown", max(1, int(self.config.shutdown_grace)))
         uvicorn.run(self, host=host, port=port, **uvicorn_options)
 
 
