@@ -180,8 +180,9 @@ def test_vectors_in_the_browser(server, browser):
             check("signature", await I.verifySignature(h(V.identity.public_spki), h(KX.signature), th), true);
             const tampered = h(KX.signature); tampered[5] ^= 1;
             check("tampered signature", await I.verifySignature(h(V.identity.public_spki), tampered, th), false);
-            const priv = await subtle.importKey("pkcs8", h(KX.client_private_pkcs8), {name: "ECDH", namedCurve: "P-256"}, false, ["deriveBits"]);
-            const peer = await subtle.importKey("raw", h(KX.server_pub), {name: "ECDH", namedCurve: "P-256"}, false, []);
+            const P256 = {name: "ECDH", namedCurve: "P-256"};
+            const priv = await subtle.importKey("pkcs8", h(KX.client_private_pkcs8), P256, false, ["deriveBits"]);
+            const peer = await subtle.importKey("raw", h(KX.server_pub), P256, false, []);
             const z = new Uint8Array(await subtle.deriveBits({name: "ECDH", public: peer}, priv, 256));
             check("shared secret", hex(z), KX.shared_secret);
             const keys = await I.sessionKeys(z, th);
