@@ -41,14 +41,17 @@ def default_runtime_dir(identity: str) -> Path:
 class Runtime:
     def __init__(self, path: Path | str, secret: str | bytes | None = None) -> None:
         self.path = Path(path).absolute()
+        if len(str(self.user_socket_path("x" * 32))) > _UNIX_PATH_MAX:
+            raise RuntimeDirError(f"runtime directory path too long for Unix sockets: {self.path}")
         self._ensure_private_dir(self.path)
-        self.users_dir = self.path / "u"
         self._ensure_private_dir(self.users_dir)
         #: the current secret first, then older ones still accepted (rotation)
         self.secrets = [part.strip() for part in self._load_secret(secret).split(b",") if part.strip()]
         self.secret = self.secrets[0]
-        if len(str(self.user_socket_path("x" * 32))) > _UNIX_PATH_MAX:
-            raise RuntimeDirError(f"runtime directory path too long for Unix sockets: {self.path}")
+
+    @property
+    def users_dir(self) -> Path:
+        return self.path / "u"
 
     @property
     def forkserver_socket(self) -> Path:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import websockets
@@ -407,3 +410,38 @@ def test_health_and_metrics_count_without_naming_sessions(server):
             assert (await user.http.get("/_htagweb/health")).json() == {"status": "ok", "user_processes": 0}
 
     run(scenario())
+
+
+def test_memory_store_shares_the_session_in_one_worker(server):
+    srv = server(server_source("WebServerWS", session_store="memory"))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            await user.page()
+            await user.http.get("/set", params={"v": "in-memory"})
+            async with user.ws() as ws:
+                await ws.recv()
+                assert (await click(ws, "session", value="app"))["result"] == {"from_route": "in-memory", "from_app": "app"}
+            assert (await user.http.get("/get")).json() == {"from_route": "in-memory", "from_app": "app"}
+
+    run(scenario())
+
+
+def test_runtime_directory_must_be_private(tmp_path):
+    from htagweb.runtime import Runtime, RuntimeDirError
+
+    with pytest.raises(RuntimeDirError, match="too long for Unix sockets"):
+        Runtime(tmp_path / ("x" * 100))
+    short = Path(tempfile.mkdtemp(prefix="hwt-"))
+    try:
+        shared = short / "shared"
+        shared.mkdir()
+        shared.chmod(0o777)
+        with pytest.raises(RuntimeDirError, match="must not be accessible to other users"):
+            Runtime(shared)
+        private = Runtime(short / "private")
+        assert oct(private.path.stat().st_mode & 0o777) == "0o700" and oct(private.users_dir.stat().st_mode & 0o777) == "0o700"
+        assert oct((private.path / "secret.key").stat().st_mode & 0o777) == "0o600"
+        assert private.process_key("sid", "app") != private.process_key("sid2", "app")
+    finally:
+        shutil.rmtree(short)
