@@ -10,9 +10,10 @@ import zlib
 
 
 class RecordingRelay:
-    def __init__(self, target_port: int, refuse_prefixes: tuple[bytes, ...] = ()) -> None:
+    def __init__(self, target_port: int, refuse_prefixes: tuple[bytes, ...] = (), tamper_prefix: bytes = b"") -> None:
         self.target_port = target_port
         self.refuse_prefixes = refuse_prefixes  # requests starting so are cut, as a proxy that blocks them
+        self.tamper_prefix = tamper_prefix  # on the first connection so opened, one byte of a later client frame is flipped
         self.recorded = bytearray()
         self.streams: list[tuple[bytearray, bytearray]] = []  # (client to server, server to client) per connection
         self.lock = threading.Lock()
@@ -40,6 +41,9 @@ class RecordingRelay:
         except OSError:
             client.close()
             return
+        tamper = bool(self.tamper_prefix) and first.startswith(self.tamper_prefix)
+        if tamper:
+            self.tamper_prefix = b""
         stream = (bytearray(first), bytearray())
         with self.lock:
             self.sockets += [client, upstream]
@@ -47,11 +51,16 @@ class RecordingRelay:
             self.streams.append(stream)
         upstream.sendall(first)
         threading.Thread(target=self._pump, args=(upstream, client, stream[1]), daemon=True).start()
-        self._pump(client, upstream, stream[0])
+        self._pump(client, upstream, stream[0], tamper_at=2 if tamper else 0)
 
-    def _pump(self, source: socket.socket, sink: socket.socket, record: bytearray) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, record: bytearray, tamper_at: int = 0) -> None:
+        """Forward and record; with ``tamper_at``, flip the last byte of that chunk (counted from 1)."""
         try:
+            chunks = 0
             while data := source.recv(65536):
+                chunks += 1
+                if chunks == tamper_at:
+                    data = data[:-1] + bytes([data[-1] ^ 0x01])
                 with self.lock:
                     self.recorded += data
                     record += data

@@ -81,8 +81,8 @@ def browser():
 def relay():
     relays: list[RecordingRelay] = []
 
-    def make(port: int, refuse: tuple[bytes, ...] = ()) -> RecordingRelay:
-        relays.append(RecordingRelay(port, refuse))
+    def make(port: int, refuse: tuple[bytes, ...] = (), tamper: bytes = b"") -> RecordingRelay:
+        relays.append(RecordingRelay(port, refuse, tamper))
         return relays[-1]
 
     yield make
@@ -241,3 +241,25 @@ def test_kiosk_runs_the_pinned_server_and_refuses_an_impostor(server, relay, tmp
         page.goto(kiosk.as_uri())
         expect(page.locator("#htagweb-parano-failure")).to_contain_text("could not prove its identity", timeout=15000)
         assert "the-impostor" not in page.content()
+
+
+def test_a_tampered_frame_is_refused_and_the_user_told(server, browser, relay):
+    # without WebSocket compression, whose own check would catch the flipped byte first
+    srv = server(app_source("mk-tamper"), "--ws-per-message-deflate", "false")
+    wire = relay(srv.port, tamper=b"GET /_htagweb/p/ws")  # flips a byte of the first click's frame
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{wire.port}/")
+        expect(page.locator("#count")).to_have_text("Count: 0", timeout=15000)
+        page.click("#inc")
+        failure = page.locator("#htagweb-parano-failure")
+        expect(failure).to_contain_text("failed its integrity check", timeout=15000)
+        expect(page.locator("#count")).to_have_text("Count: 0")  # the altered click never reached the app
+        failure.locator("button").click()  # new keys and reload: the relay no longer tampers
+        expect(page.locator("#count")).to_have_text("Count: 0", timeout=15000)
+        page.click("#inc")
+        expect(page.locator("#count")).to_have_text("Count: 1")
+    finally:
+        context.close()
+    srv.wait_log(r"parano: refused a WebSocket message: integrity")

@@ -290,7 +290,7 @@
       box.id = "htagweb-parano-failure";
       box.setAttribute("role", "alert");
       box.style.cssText = "position:fixed;left:0;right:0;top:0;z-index:2147483647;background:#7f1d1d;color:#fff;padding:1em;font:15px system-ui,sans-serif";
-      (document.body || document.documentElement).appendChild(box);
+      document.documentElement.appendChild(box);  // outside <body>, which htag re-renders
     }
     box.textContent = "";
     var title = document.createElement("strong");
