@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from htag.logo import LOGO_PNG_B64
 from starlette.applications import Starlette
@@ -20,16 +20,17 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from .appspec import AppSpec
-from .cipher import IdentityKey, TicketSealer
 from .config import Config
 from .front import HtagEndpoint
 from .observe import Observability
 from .pages import bootstrap_page
-from .parano import ParanoMiddleware
 from .pool import ProcessPool
 from .runtime import Runtime, default_runtime_dir
 from .sessions import SessionMiddleware, make_signer
 from .stores import SessionStore, make_store
+
+if TYPE_CHECKING:
+    from .cipher import IdentityKey
 
 logger = logging.getLogger("htagweb")
 
@@ -94,7 +95,10 @@ class WebServer(Starlette):
             Middleware(SessionMiddleware, store=self.store, signer=signer, https_only=https_only, trust_proxy_headers=trust_proxy_headers)
         ]
         self.identity: IdentityKey | None = None
-        if parano:
+        if parano:  # imported only here: every user process is forked from this memory, the smaller the faster
+            from .cipher import IdentityKey, TicketSealer
+            from .parano import ParanoMiddleware
+
             identity_path = parano_identity or os.environ.get(IDENTITY_ENV) or self.runtime.identity_path
             self.identity = IdentityKey.load_or_create(Path(identity_path))
             paranoid = Middleware(
