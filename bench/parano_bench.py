@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import websockets
@@ -28,38 +29,49 @@ from htagweb import cipher  # noqa: E402
 SOURCE = "\nfrom htagweb import WebServerWS\napp = WebServerWS(App, runtime_dir=RUNTIME_DIR{})\n"
 
 
-async def plain_clicks(url: str, clicks: int) -> list[float]:
-    async with httpx.AsyncClient(base_url=url) as http:
-        await http.get("/")
-        cookie = "; ".join(f"{k}={v}" for k, v in http.cookies.items())
-        async with websockets.connect(url.replace("http", "ws") + "/ws", additional_headers={"Cookie": cookie}) as ws:
-            await ws.recv()
-            times = []
-            for n in range(clicks):
-                start = time.perf_counter()
-                await ws.send(click_message("inc", str(n)).decode())
-                while json.loads(await ws.recv()).get("callback_id") != str(n):
-                    pass
-                times.append(time.perf_counter() - start)
-            return times
+async def plain_user(url: str) -> tuple[httpx.AsyncClient, Any]:
+    http = httpx.AsyncClient(base_url=url)
+    await http.get("/")
+    cookie = "; ".join(f"{k}={v}" for k, v in http.cookies.items())
+    ws = await websockets.connect(url.replace("http", "ws") + "/ws", additional_headers={"Cookie": cookie})
+    await ws.recv()
+    return http, ws
 
 
-async def parano_clicks(url: str, clicks: int) -> list[float]:
-    async with ParanoUser(url) as user:
-        await user.http.get("/")
-        await user.key_exchange()
-        channel = user.channel(b"W")
-        async with user.websocket() as ws:
-            await ws.send(channel.open_message(head("GET", "/ws")))
-            channel.open(await ws.recv())
-            times = []
-            for n in range(clicks):
-                start = time.perf_counter()
-                await ws.send(channel.data(click_message("inc", str(n))))
-                while json.loads(channel.open(await ws.recv())).get("callback_id") != str(n):
-                    pass
-                times.append(time.perf_counter() - start)
-            return times
+async def parano_user(url: str) -> tuple[ParanoUser, Any, Any]:
+    user = ParanoUser(url)
+    await user.http.get("/")
+    await user.key_exchange()
+    channel = user.channel(b"W")
+    ws = await user.websocket().__aenter__()
+    await ws.send(channel.open_message(head("GET", "/ws")))
+    channel.open(await ws.recv())
+    return user, ws, channel
+
+
+async def compare(plain_url: str, parano_url: str, clicks: int) -> tuple[list[float], list[float]]:
+    """One user on each server, kept; rounds of clicks alternate between them."""
+    _, plain_ws = await plain_user(plain_url)
+    _, parano_ws, channel = await parano_user(parano_url)
+    plain_times: list[float] = []
+    parano_times: list[float] = []
+    n = 0
+    for _ in range(20):
+        for _ in range(clicks // 20):
+            n += 1
+            start = time.perf_counter()
+            await plain_ws.send(click_message("inc", str(n)).decode())
+            while json.loads(await plain_ws.recv()).get("callback_id") != str(n):
+                pass
+            plain_times.append(time.perf_counter() - start)
+        for _ in range(clicks // 20):
+            n += 1
+            start = time.perf_counter()
+            await parano_ws.send(channel.data(click_message("inc", str(n))))
+            while json.loads(channel.open(await parano_ws.recv())).get("callback_id") != str(n):
+                pass
+            parano_times.append(time.perf_counter() - start)
+    return plain_times, parano_times
 
 
 def key_exchange_cpu(rounds: int) -> float:
@@ -96,14 +108,12 @@ def main() -> None:
     args = parser.parse_args()
     clicks = 100 if args.quick else 500
     results: dict[str, float] = {}
-    plain_times: list[float] = []
-    parano_times: list[float] = []
+    # servers on one core, this client on the other: both servers meet the same scheduling
+    os.sched_setaffinity(0, {1})
     with Server(SOURCE.format("")) as plain, Server(SOURCE.format(", parano=True")) as parano:
-        asyncio.run(plain_clicks(plain.url, 50))  # warm-up
-        asyncio.run(parano_clicks(parano.url, 50))
-        for _ in range(10):  # alternated rounds: both see the same machine (2 cores, 3 busy processes)
-            plain_times += asyncio.run(plain_clicks(plain.url, clicks // 10))
-            parano_times += asyncio.run(parano_clicks(parano.url, clicks // 10))
+        os.sched_setaffinity(0, {0})
+        asyncio.run(compare(plain.url, parano.url, 200))  # warm-up
+        plain_times, parano_times = asyncio.run(compare(plain.url, parano.url, clicks))
     for name, times in (("plain", plain_times), ("parano", parano_times)):
         results[f"{name}_click_p50_ms"] = percentile(times, 50) * 1000
         results[f"{name}_click_p99_ms"] = percentile(times, 99) * 1000
