@@ -26,6 +26,9 @@ from servers import Server, percentile  # noqa: E402
 
 from htagweb import cipher  # noqa: E402
 
+# the same flags for both servers; without permessage-deflate, which parano servers
+# should run without (ciphertext does not compress: app.run() turns it off for them)
+ARGS = ("--ws-per-message-deflate", "false")
 SOURCE = "\nfrom htagweb import WebServerWS\napp = WebServerWS(App, runtime_dir=RUNTIME_DIR{})\n"
 
 
@@ -110,7 +113,7 @@ def main() -> None:
     results: dict[str, float] = {}
     # servers on one core, this client on the other: both servers meet the same scheduling
     os.sched_setaffinity(0, {1})
-    with Server(SOURCE.format("")) as plain, Server(SOURCE.format(", parano=True")) as parano:
+    with Server(SOURCE.format(""), *ARGS) as plain, Server(SOURCE.format(", parano=True"), *ARGS) as parano:
         os.sched_setaffinity(0, {0})
         asyncio.run(compare(plain.url, parano.url, 200))  # warm-up
         plain_times, parano_times = asyncio.run(compare(plain.url, parano.url, clicks))

@@ -210,19 +210,23 @@ def _aad(kind: bytes, direction: bytes, channel_id: bytes, counter: int) -> byte
     return LABEL + kind + direction + channel_id + struct.pack(">Q", counter)
 
 
-def seal_box(key: bytes, kind: bytes, direction: bytes, channel_id: bytes, counter: int, plaintext: bytes) -> bytes:
+def _aead(key: bytes | AESGCM) -> AESGCM:
+    return key if isinstance(key, AESGCM) else AESGCM(key)
+
+
+def seal_box(key: bytes | AESGCM, kind: bytes, direction: bytes, channel_id: bytes, counter: int, plaintext: bytes) -> bytes:
     nonce = struct.pack(">IQ", 0, counter)
-    return nonce[4:] + AESGCM(key).encrypt(nonce, plaintext, _aad(kind, direction, channel_id, counter))
+    return nonce[4:] + _aead(key).encrypt(nonce, plaintext, _aad(kind, direction, channel_id, counter))
 
 
-def open_box(key: bytes, kind: bytes, direction: bytes, channel_id: bytes, expected: int, box: bytes) -> bytes:
+def open_box(key: bytes | AESGCM, kind: bytes, direction: bytes, channel_id: bytes, expected: int, box: bytes) -> bytes:
     if len(box) < 8 + 16:
         raise ParanoError("malformed", "box too short")
     (counter,) = struct.unpack_from(">Q", box)
     if counter != expected:
         raise ParanoError("integrity", f"message {counter} where {expected} was due (replayed, reordered or dropped)")
     try:
-        return AESGCM(key).decrypt(struct.pack(">IQ", 0, counter), box[8:], _aad(kind, direction, channel_id, counter))
+        return _aead(key).decrypt(struct.pack(">IQ", 0, counter), box[8:], _aad(kind, direction, channel_id, counter))
     except InvalidTag:
         raise ParanoError("integrity", "authentication failed") from None
 
@@ -260,8 +264,8 @@ class Channel:
     def __init__(self, ticket: Ticket, kind: bytes, channel_id: bytes) -> None:
         self.kind = kind
         self.channel_id = channel_id
-        self.inbound_key = channel_key(ticket.k_c2s, channel_id, kind)
-        self.outbound_key = channel_key(ticket.k_s2c, channel_id, kind)
+        self.inbound_key = AESGCM(channel_key(ticket.k_c2s, channel_id, kind))  # one key schedule per channel
+        self.outbound_key = AESGCM(channel_key(ticket.k_s2c, channel_id, kind))
         self.received = 0
         self.sent = 0
 

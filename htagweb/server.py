@@ -176,6 +176,8 @@ class WebServer(Starlette):
         uvicorn_options.setdefault("proxy_headers", self.trust_proxy_headers)
         # an SSE stream never ends by itself: without a limit, a stop waits for every browser to leave
         uvicorn_options.setdefault("timeout_graceful_shutdown", max(1, int(self.config.shutdown_grace)))
+        if self.config.parano:  # ciphertext does not compress: deflating it only costs time
+            uvicorn_options.setdefault("ws_per_message_deflate", False)
         uvicorn.run(self, host=host, port=port, **uvicorn_options)
 
 

@@ -16,6 +16,7 @@ from Crypto.Hash import SHA256
 from Crypto.Protocol.DH import key_agreement
 from Crypto.PublicKey import ECC
 from Crypto.Signature import DSS
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from htagweb import cipher
 
@@ -24,8 +25,8 @@ from htagweb import cipher
 class ClientChannel:
     kind: bytes
     ticket: bytes
-    kc: bytes
-    ks: bytes
+    kc: bytes | AESGCM
+    ks: bytes | AESGCM
     channel_id: bytes = field(default_factory=lambda: os.urandom(16))
     sent: int = 0
     received: int = 0
@@ -82,8 +83,8 @@ class ParanoUser:
 
     def channel(self, kind: bytes) -> ClientChannel:
         channel = ClientChannel(kind, self.ticket, b"", b"")
-        channel.kc = cipher.channel_key(self.k_c2s, channel.channel_id, kind)
-        channel.ks = cipher.channel_key(self.k_s2c, channel.channel_id, kind)
+        channel.kc = AESGCM(cipher.channel_key(self.k_c2s, channel.channel_id, kind))
+        channel.ks = AESGCM(cipher.channel_key(self.k_s2c, channel.channel_id, kind))
         return channel
 
     async def send_http(self, message: bytes) -> httpx.Response:
