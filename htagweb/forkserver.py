@@ -33,7 +33,7 @@ from . import folder
 from .appspec import AppSpec
 from .config import Config
 from .devindex import index_app
-from .process import EXITING, PAGE, new_page
+from .process import EXITING, PAGE, new_page, run_spare
 from .process import run as run_user_process
 from .runtime import Runtime
 
@@ -57,6 +57,17 @@ class Child:
         return f"pid {self.pid}, session {self.label}, app {self.app}"
 
 
+@dataclass
+class Spare:
+    """A user process forked ahead of need, its event loop ready, waiting for its
+    session: a new user then costs a message instead of a fork."""
+
+    pid: int
+    control: socket.socket
+    page: mmap.mmap
+    apps: frozenset[str]
+
+
 class ForkServer:
     def __init__(self, runtime: Runtime, config: Config, apps: dict[str, AppSpec]) -> None:
         self.runtime = runtime
@@ -77,6 +88,7 @@ class ForkServer:
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.selector = selectors.DefaultSelector()
         self.listener: socket.socket | None = None
+        self.spare: Spare | None = None
 
     # --- life ------------------------------------------------------------
 
@@ -103,6 +115,8 @@ class ForkServer:
                 else:
                     self._read(sock)  # type: ignore[arg-type]
             self._reap()
+            if self.spare is None and self.classes and not self.stop_requested:
+                self._fork_spare()
             self._watch_interactions()
             if time.monotonic() - self.resources_checked >= 1.0:
                 self._watch_resources()
@@ -125,6 +139,10 @@ class ForkServer:
         self.stop_requested = True
 
     def _shutdown(self) -> None:
+        if self.spare is not None:
+            self._signal(self.spare, signal.SIGKILL)
+            os.waitpid(self.spare.pid, 0)
+            self.spare = None
         children = list(self.by_pid.values())
         logger.info("fork-server stopping: ending %d user processes", len(children))
         for child in children:
@@ -270,17 +288,21 @@ class ForkServer:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(str(path))
         listener.listen(128)  # connectable now: the child accepts once it is up
-        page = new_page()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                self._become_child()
-                _limit_resources(self.config)
-                run_user_process(listener, load, self.config, page, label)
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                os._exit(0)
+        spare = self.spare
+        if spare is not None and not fresh and app in spare.apps and self._assign(spare, listener, app, label):
+            pid, page = spare.pid, spare.page
+        else:
+            page = new_page()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    self._become_child()
+                    _limit_resources(self.config)
+                    run_user_process(listener, load, self.config, page, label)
+                except BaseException:
+                    traceback.print_exc()
+                finally:
+                    os._exit(0)
         listener.close()
         child = Child(pid, key, app, label, page)
         self.by_key[key] = child
@@ -299,16 +321,48 @@ class ForkServer:
             gc.freeze()
         return self.classes[app]
 
+    def _fork_spare(self) -> None:
+        ours, theirs = socket.socketpair()
+        page = new_page()
+        classes = dict(self.classes)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                ours.close()
+                self._become_child()
+                _limit_resources(self.config)
+                run_spare(theirs, classes, self.config, page)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(0)
+        theirs.close()
+        self.spare = Spare(pid, ours, page, frozenset(classes))
+
+    def _assign(self, spare: Spare, listener: socket.socket, app: str, label: str) -> bool:
+        """Hand the spare its session and its socket; False if it cannot take them."""
+        self.spare = None
+        try:
+            socket.send_fds(spare.control, [json.dumps({"app": app, "label": label}).encode()], [listener.fileno()])
+            return True
+        except OSError:
+            self._signal(spare, signal.SIGKILL)
+            return False
+        finally:
+            spare.control.close()
+
     def _become_child(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
+        if self.spare is not None:
+            self.spare.control.close()
         self.selector.close()
         if self.listener is not None:
             self.listener.close()
         for sock in self.buffers:
             sock.close()
 
-    def _signal(self, child: Child, sig: int) -> None:
+    def _signal(self, child: Child | Spare, sig: int) -> None:
         try:
             os.kill(child.pid, sig)
         except ProcessLookupError:
@@ -358,6 +412,11 @@ class ForkServer:
                 return
             if pid == 0:
                 return
+            if self.spare is not None and pid == self.spare.pid:  # died before being used
+                logger.warning("spare user process %d died (status %d)", pid, status)
+                self.spare.control.close()
+                self.spare = None
+                continue
             child = self.by_pid.pop(pid, None)
             if child is None:
                 continue

@@ -168,8 +168,7 @@ class UserProcess:
         return send
 
 
-def run(listener: socket.socket, load: Callable[[], type], config: Config, page: mmap.mmap, label: str) -> None:
-    """Entry point in the forked child; returns when the process must end."""
+def new_loop() -> asyncio.AbstractEventLoop:
     try:  # the fastest loop at hand: a click's round trip crosses this loop twice
         import uvloop
 
@@ -177,6 +176,31 @@ def run(listener: socket.socket, load: Callable[[], type], config: Config, page:
     except ImportError:
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    return loop
+
+
+def run_spare(control: socket.socket, classes: dict[str, type], config: Config, page: mmap.mmap) -> None:
+    """A spare user process: its loop ready, it waits for the fork-server to hand it
+    a session and its listening socket (or to go away)."""
+    loop = new_loop()
+    message, fds, _, _ = socket.recv_fds(control, 4096, 1)
+    control.close()
+    if not fds:
+        return
+    request = json.loads(message)
+    run(socket.socket(fileno=fds[0]), lambda: classes[request["app"]], config, page, request["label"], loop)
+
+
+def run(
+    listener: socket.socket,
+    load: Callable[[], type],
+    config: Config,
+    page: mmap.mmap,
+    label: str,
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> None:
+    """Entry point in the forked child; returns when the process must end."""
+    loop = loop or new_loop()
     watchdog = Watchdog(page)
     session = Session(label)
     try:
