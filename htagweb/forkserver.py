@@ -5,7 +5,8 @@ and the app classes, even an app defined in ``__main__``), then detached into a
 session of its own: a worker that dies or a Ctrl-C in the terminal does not take
 it down. Any worker of the server talks to it through ``forkserver.sock`` with
 one JSON line per request; being a single process, it can never spawn two
-processes for one user.
+processes for one user. It keeps one spare user process forked ahead of need, so
+that a new user usually costs handing it a socket rather than a fork.
 
 It ends every user process and removes every socket when the last worker says
 ``bye`` (server stop), or ``orphan_grace`` seconds after the last worker
