@@ -25,7 +25,8 @@ HEADER = struct.Struct(">IB")
 MAX_FRAME = 64 * 1024 * 1024
 
 # front -> user process
-SCOPE, HTTP_BODY, HTTP_DISCONNECT, WS_CONNECT, WS_TEXT_IN, WS_BYTES_IN, WS_DISCONNECT, SESSION_DATA = b"SRDCtydV"
+# (a client that leaves is told by closing the connection: the process reads EOF as a disconnect)
+SCOPE, HTTP_BODY, WS_CONNECT, WS_TEXT_IN, WS_BYTES_IN, WS_DISCONNECT, SESSION_DATA = b"SRCtydV"
 # user process -> front
 RESPONSE_START, RESPONSE_BODY, WS_ACCEPT, WS_TEXT_OUT, WS_BYTES_OUT, WS_CLOSE, SESSION_CHANGES = b"HBATYXU"
 
@@ -107,8 +108,6 @@ def encode_inbound(message: Message) -> bytes:
         return frame(WS_BYTES_IN, message.get("bytes") or b"")
     if kind == "http.request":
         return frame(HTTP_BODY, _more(message.get("more_body", False), message.get("body", b"")))
-    if kind == "http.disconnect":
-        return frame(HTTP_DISCONNECT)
     if kind == "websocket.connect":
         return frame(WS_CONNECT)
     if kind == "websocket.disconnect":
@@ -123,8 +122,6 @@ def decode_inbound(kind: int, body: bytes) -> Message:
         return {"type": "websocket.receive", "bytes": body}
     if kind == HTTP_BODY:
         return {"type": "http.request", "body": body[1:], "more_body": body[:1] == b"\x01"}
-    if kind == HTTP_DISCONNECT:
-        return {"type": "http.disconnect"}
     if kind == WS_CONNECT:
         return {"type": "websocket.connect"}
     if kind == WS_DISCONNECT:

@@ -64,14 +64,18 @@ def hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
 # --- identity key (§1) -------------------------------------------------------
 
 
+def fingerprint(spki: bytes) -> str:
+    """``SHA256:`` and the unpadded base64url SHA-256 of a SubjectPublicKeyInfo."""
+    return "SHA256:" + base64.urlsafe_b64encode(hashlib.sha256(spki).digest()).rstrip(b"=").decode()
+
+
 class IdentityKey:
     def __init__(self, key: ECC.EccKey) -> None:
         if key.curve != "NIST P-256" or not key.has_private():
             raise ValueError("the parano identity key must be a private ECDSA P-256 key")
         self.key = key
         self.spki = key.public_key().export_key(format="DER")
-        digest = hashlib.sha256(self.spki).digest()
-        self.fingerprint = "SHA256:" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+        self.fingerprint = fingerprint(self.spki)
 
     @classmethod
     def load_or_create(cls, path: Path) -> IdentityKey:

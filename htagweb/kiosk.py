@@ -4,21 +4,17 @@ server identity key pinned (crypto/PROTOCOL.md §8)."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .cipher import fingerprint
 from .pages import bootstrap_html
 
 
 class KioskError(Exception):
     pass
-
-
-def fingerprint(spki: bytes) -> str:
-    return "SHA256:" + base64.urlsafe_b64encode(hashlib.sha256(spki).digest()).rstrip(b"=").decode()
 
 
 def fetch_identity(url: str) -> bytes:
