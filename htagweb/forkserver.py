@@ -67,6 +67,7 @@ class Spare:
     control: socket.socket
     page: mmap.mmap
     apps: frozenset[str]
+    path: Path
 
 
 class ForkServer:
@@ -141,7 +142,7 @@ class ForkServer:
 
     def _shutdown(self) -> None:
         if self.spare is not None:
-            self._signal(self.spare, signal.SIGKILL)
+            self._drop_spare(self.spare)
             os.waitpid(self.spare.pid, 0)
             self.spare = None
         children = list(self.by_pid.values())
@@ -285,14 +286,12 @@ class ForkServer:
                 return app_cls
 
         path = self.runtime.user_socket_path(key)
-        path.unlink(missing_ok=True)  # a previous process' socket, being replaced
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(str(path))
-        listener.listen(128)  # connectable now: the child accepts once it is up
         spare = self.spare
-        if spare is not None and not fresh and app in spare.apps and self._assign(spare, listener, app, label):
+        if spare is not None and not fresh and app in spare.apps and self._assign(spare, path, app, label):
             pid, page = spare.pid, spare.page
         else:
+            path.unlink(missing_ok=True)  # a previous process' socket, being replaced
+            listener = _listen(path)
             page = new_page()
             pid = os.fork()
             if pid == 0:
@@ -304,7 +303,7 @@ class ForkServer:
                     traceback.print_exc()
                 finally:
                     os._exit(0)
-        listener.close()
+            listener.close()
         child = Child(pid, key, app, label, page)
         self.by_key[key] = child
         self.by_pid[pid] = child
@@ -323,7 +322,10 @@ class ForkServer:
         return self.classes[app]
 
     def _fork_spare(self) -> None:
+        """A spare listens already, under a name of its own: giving it to a user is a rename."""
         ours, theirs = socket.socketpair()
+        path = self.runtime.users_dir / f".spare-{os.urandom(8).hex()}.sock"
+        listener = _listen(path)
         page = new_page()
         classes = dict(self.classes)
         pid = os.fork()
@@ -332,25 +334,32 @@ class ForkServer:
                 ours.close()
                 self._become_child()
                 _limit_resources(self.config)
-                run_spare(theirs, classes, self.config, page)
+                run_spare(theirs, listener, classes, self.config, page)
             except BaseException:
                 traceback.print_exc()
             finally:
                 os._exit(0)
         theirs.close()
-        self.spare = Spare(pid, ours, page, frozenset(classes))
+        listener.close()
+        self.spare = Spare(pid, ours, page, frozenset(classes), path)
 
-    def _assign(self, spare: Spare, listener: socket.socket, app: str, label: str) -> bool:
-        """Hand the spare its session and its socket; False if it cannot take them."""
+    def _assign(self, spare: Spare, path: Path, app: str, label: str) -> bool:
+        """Give the spare its user: its socket renamed into place (atomically replacing
+        a dead process' one), then its session. False if it cannot take them."""
         self.spare = None
         try:
-            socket.send_fds(spare.control, [json.dumps({"app": app, "label": label}).encode()], [listener.fileno()])
+            os.rename(spare.path, path)
+            spare.control.sendall(json.dumps({"app": app, "label": label}).encode())
             return True
         except OSError:
-            self._signal(spare, signal.SIGKILL)
+            self._drop_spare(spare)
             return False
         finally:
             spare.control.close()
+
+    def _drop_spare(self, spare: Spare) -> None:
+        self._signal(spare, signal.SIGKILL)
+        spare.path.unlink(missing_ok=True)
 
     def _become_child(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -416,6 +425,7 @@ class ForkServer:
             if self.spare is not None and pid == self.spare.pid:  # died before being used
                 logger.warning("spare user process %d died (status %d)", pid, status)
                 self.spare.control.close()
+                self.spare.path.unlink(missing_ok=True)
                 self.spare = None
                 continue
             child = self.by_pid.pop(pid, None)
@@ -442,6 +452,13 @@ class ForkServer:
                 self.runtime.user_socket_path(child.key).unlink(missing_ok=True)
                 (self.runtime.users_dir / f"{child.key}.deps").unlink(missing_ok=True)
             child.page.close()
+
+
+def _listen(path: Path) -> socket.socket:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(128)  # connectable now: the process accepts once it is up
+    return listener
 
 
 def _limit_resources(config: Config) -> None:

@@ -179,16 +179,16 @@ def new_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def run_spare(control: socket.socket, classes: dict[str, type], config: Config, page: mmap.mmap) -> None:
-    """A spare user process: its loop ready, it waits for the fork-server to hand it
-    a session and its listening socket (or to go away)."""
+def run_spare(control: socket.socket, listener: socket.socket, classes: dict[str, type], config: Config, page: mmap.mmap) -> None:
+    """A spare user process: listening, its loop ready, it waits for the fork-server
+    to name its session (or to go away)."""
     loop = new_loop()
-    message, fds, _, _ = socket.recv_fds(control, 4096, 1)
+    message = control.recv(4096)
     control.close()
-    if not fds:
+    if not message:
         return
     request = json.loads(message)
-    run(socket.socket(fileno=fds[0]), lambda: classes[request["app"]], config, page, request["label"], loop)
+    run(listener, lambda: classes[request["app"]], config, page, request["label"], loop)
 
 
 def run(
