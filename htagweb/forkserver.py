@@ -60,8 +60,8 @@ class Child:
 
 @dataclass
 class Spare:
-    """A user process forked ahead of need, its event loop ready, waiting for its
-    session: a new user then costs a message instead of a fork."""
+    """A user process forked ahead of need, listening at ``path`` with its event loop
+    ready: a new user then costs renaming that socket and a message, not a fork."""
 
     pid: int
     control: socket.socket
@@ -101,9 +101,7 @@ class ForkServer:
             signal.signal(sig, self._on_signal)
         path = self.runtime.forkserver_socket
         path.unlink(missing_ok=True)
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(str(path))
-        self.listener.listen(256)
+        self.listener = _listen(path)
         self.selector.register(self.listener, selectors.EVENT_READ)
         gc.freeze()  # what is here now is shared copy-on-write by every user process
         os.write(ready_fd, b"1")
