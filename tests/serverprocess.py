@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -55,7 +54,8 @@ class ServerProcess:
             (workdir / name).parent.mkdir(parents=True, exist_ok=True)
             (workdir / name).write_text(textwrap.dedent(text))
         self.marker = uuid.uuid4().hex
-        self.lines: list[str] = []
+        #: the server's output goes to a file, not a pipe: no reader thread competes with a client in this process
+        self.log_path = workdir / "server.log"
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
 
@@ -65,7 +65,10 @@ class ServerProcess:
 
     @property
     def log(self) -> str:
-        return "\n".join(self.lines)
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def start(self, *uvicorn_args: str, command: list[str] | None = None, gunicorn: bool = False) -> ServerProcess:
         """``uvicorn srv:app`` with ``uvicorn_args`` (gunicorn's arguments with ``gunicorn``),
@@ -84,23 +87,17 @@ class ServerProcess:
         else:
             cmd = [self.python, "-m", "uvicorn", "srv:app", "--host", "127.0.0.1", "--port", "0", "--no-proxy-headers", *uvicorn_args]
         # a process group of its own, as a server started from a terminal: Ctrl-C signals the group
-        self.proc = subprocess.Popen(
-            cmd, cwd=self.workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-        )
-        ready = threading.Event()
-
-        def read() -> None:
-            assert self.proc and self.proc.stdout
-            for line in self.proc.stdout:
-                self.lines.append(line.rstrip("\n"))
-                match = READY.search(line)
-                if match:
-                    self.port = int(match.group(1))
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(60) or not self.port:
+        with open(self.log_path, "a") as output:
+            self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        self.port = 0
+        while not self.port and self.proc.poll() is None and time.monotonic() < deadline:
+            match = READY.search(self.log)
+            if match:
+                self.port = int(match.group(1))
+            else:
+                time.sleep(0.02)
+        if not self.port:
             self.stop()
             raise RuntimeError("server did not start:\n" + self.log)
         flag = next((f for f in ("--workers", "-w") if f in uvicorn_args), None)
@@ -121,7 +118,7 @@ class ServerProcess:
     def restart(self) -> ServerProcess:
         """Stop (checked as ``stop`` does) and start again on the same runtime directory."""
         self.halt()
-        self.lines.clear()
+        self.log_path.unlink(missing_ok=True)
         uvicorn_args, command, gunicorn = self.args
         return self.start(*uvicorn_args, command=command, gunicorn=gunicorn)
 
