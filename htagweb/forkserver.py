@@ -34,7 +34,7 @@ from . import folder
 from .appspec import AppSpec
 from .config import Config
 from .devindex import index_app
-from .process import EXITING, PAGE, new_page, run_spare
+from .process import EXITING, PAGE, SETTLE_LIMIT, new_page, run_spare
 from .process import run as run_user_process
 from .runtime import Runtime
 
@@ -91,6 +91,10 @@ class ForkServer:
         self.selector = selectors.DefaultSelector()
         self.listener: socket.socket | None = None
         self.spare: Spare | None = None
+        #: control sockets of spares given to users whose arrival is not over, and since when
+        self.settling: dict[socket.socket, float] = {}
+        #: INFO lines written once the reply has left: a front waits for the reply, nobody for the log
+        self.after_reply: list[tuple[str, object]] = []
 
     # --- life ------------------------------------------------------------
 
@@ -112,10 +116,14 @@ class ForkServer:
                 sock = selected.fileobj
                 if sock is self.listener:
                     self._accept()
+                elif sock in self.settling:
+                    self._settled(sock)  # type: ignore[arg-type]
                 else:
                     self._read(sock)  # type: ignore[arg-type]
             self._reap()
-            if self.spare is None and self.classes and not self.stop_requested:
+            if self.settling:
+                self._expire_settling()
+            if self.spare is None and self.classes and not self.settling and not self.stop_requested:
                 self._fork_spare()
             self._watch_interactions()
             if time.monotonic() - self.resources_checked >= 1.0:
@@ -194,6 +202,10 @@ class ForkServer:
             except OSError:
                 self._drop(conn)
                 return
+            finally:
+                for message, arg in self.after_reply:
+                    logger.info(message, arg)
+                self.after_reply.clear()
 
     def _drop(self, conn: socket.socket) -> None:
         self.selector.unregister(conn)
@@ -307,7 +319,7 @@ class ForkServer:
         self.by_pid[pid] = child
         self.deaths.pop(key, None)
         self.counters["spawns"] += 1
-        logger.info("user process spawned: %s", child)
+        self.after_reply.append(("user process spawned: %s", child))
         return {"ok": True, "pid": pid, "spawned": True}
 
     def _load(self, app: str, source: dict[str, str] | None) -> type:
@@ -343,17 +355,35 @@ class ForkServer:
 
     def _assign(self, spare: Spare, path: Path, app: str, label: str) -> bool:
         """Give the spare its user: its socket renamed into place (atomically replacing
-        a dead process' one), then its session. False if it cannot take them."""
+        a dead process' one), then its session. False if it cannot take them.
+
+        The next spare is forked once the process says its user's arrival is over
+        (see :meth:`_settled`): a fork meanwhile would slow that very page load."""
         self.spare = None
         try:
             os.rename(spare.path, path)
             spare.control.sendall(json.dumps({"app": app, "label": label}).encode())
-            return True
         except OSError:
+            spare.control.close()
             self._drop_spare(spare)
             return False
-        finally:
-            spare.control.close()
+        self.settling[spare.control] = time.monotonic()
+        self.selector.register(spare.control, selectors.EVENT_READ)
+        return True
+
+    def _settled(self, control: socket.socket) -> None:
+        """A user process said its arrival is over (or ended): the next spare may be forked."""
+        del self.settling[control]
+        self.selector.unregister(control)
+        control.close()
+
+    def _expire_settling(self) -> None:
+        """An arrival not over after twice the process' own limit (an app whose
+        construction hangs): stop waiting for it."""
+        now = time.monotonic()
+        for control, since in list(self.settling.items()):
+            if now - since > 2 * SETTLE_LIMIT:
+                self._settled(control)
 
     def _drop_spare(self, spare: Spare) -> None:
         self._signal(spare, signal.SIGKILL)
@@ -364,6 +394,8 @@ class ForkServer:
             signal.signal(sig, signal.SIG_DFL)
         if self.spare is not None:
             self.spare.control.close()
+        for control in self.settling:
+            control.close()
         self.selector.close()
         if self.listener is not None:
             self.listener.close()

@@ -18,7 +18,7 @@ import socket
 import struct
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 from starlette.types import Message, Receive, Scope, Send
@@ -26,6 +26,7 @@ from starlette.types import Message, Receive, Scope, Send
 from . import bridge
 from .config import Config
 from .host import HtagHost
+from .rehearsal import rehearse
 from .sessions import Session
 
 logger = logging.getLogger("htagweb")
@@ -33,6 +34,10 @@ logger = logging.getLogger("htagweb")
 #: shared with the fork-server: (monotonic start of the oldest running interaction or 0, state)
 PAGE = struct.Struct("<di")
 RUNNING, EXITING = 0, 1
+#: seconds after which a new user's arrival counts as over even if no answer followed its page
+SETTLE_LIMIT = 1.0
+#: from the first answer after the page to the arrival being over: time for the front and the browser to take it
+SETTLE_DELAY = 0.01
 
 
 def new_page() -> mmap.mmap:
@@ -74,27 +79,68 @@ class Watchdog:
 
 
 class UserProcess:
-    def __init__(self, host: HtagHost, session: Session, config: Config, watchdog: Watchdog, label: str) -> None:
-        self.host = host
-        self.session = session
+    """Serves one session's bridge connections. A spare is built and serving before
+    it knows its session: connections wait until :meth:`assign` names it."""
+
+    def __init__(self, config: Config, watchdog: Watchdog) -> None:
         self.config = config
         self.watchdog = watchdog
-        self.label = label
+        self.label = "(spare)"
+        self.session = Session(self.label)
+        self.host: HtagHost | None = None
+        self.assigned = asyncio.Event()
         self.last_activity = time.monotonic()
         self.writers: set[asyncio.StreamWriter] = set()
         self.stopping = asyncio.Event()
+        #: a spare's line to the fork-server, open until this user's arrival is over
+        self.control: socket.socket | None = None
+        self._settling: asyncio.TimerHandle | None = None
 
-    async def serve(self, listener: socket.socket) -> None:
+    def assign(self, load: Callable[[], type], label: str) -> None:
+        self.label = label
+        self.session = Session(label)
+        try:
+            with self.watchdog.interaction():
+                app_cls, load_error = load(), None
+        except Exception:
+            logger.exception("user process of session %s could not load its app", label)
+            app_cls, load_error = None, traceback.format_exc()
+        self.host = HtagHost(app_cls, self.session, self.config, self.watchdog, load_error)
+        self.last_activity = time.monotonic()
+        self.assigned.set()
+
+    def settle_after(self, delay: float) -> None:
+        if self.control is not None and (self._settling is None or self._settling.when() > asyncio.get_running_loop().time() + delay):
+            if self._settling is not None:
+                self._settling.cancel()
+            self._settling = asyncio.get_running_loop().call_later(delay, self.settled)
+
+    def settled(self) -> None:
+        """Tells the fork-server (through ``control``) that this user's arrival is over:
+        it forks the next spare then, not while this first page competes for the CPU."""
+        if self.control is not None:
+            try:
+                self.control.send(b"1")
+            except OSError:
+                pass
+            self.control.close()
+            self.control = None
+
+    async def serve(self, listener: socket.socket, assignment: Awaitable[None] | None = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):  # both: a stray Ctrl-C still runs on_destroy
             loop.add_signal_handler(sig, self.stopping.set)
-        server = await asyncio.start_unix_server(self._connection, sock=listener)
+        server = await asyncio.start_unix_server(self.handle, sock=listener)
+        if assignment is not None:
+            await assignment
         expiry = asyncio.create_task(self._expire_when_idle())
         await self.stopping.wait()
         self.watchdog.exiting()
         server.close()
         expiry.cancel()
-        await self.host.destroy(self.config.shutdown_grace)
+        self.settled()
+        if self.host is not None:
+            await self.host.destroy(self.config.shutdown_grace)
         for writer in list(self.writers):
             writer.close()
 
@@ -109,10 +155,12 @@ class UserProcess:
                 self.stopping.set()
                 return
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writers.add(writer)
         self.last_activity = time.monotonic()
         try:
+            await self.assigned.wait()
+            assert self.host is not None
             kind, body = await bridge.read_frame(reader)
             if kind != bridge.SCOPE:
                 raise bridge.BridgeError("connection did not start with a scope")
@@ -130,7 +178,7 @@ class UserProcess:
         finally:
             self.writers.discard(writer)
             writer.close()
-            if self.host.broken:
+            if self.host is not None and self.host.broken:
                 self.stopping.set()
 
     def _receiver(self, reader: asyncio.StreamReader, kind: str) -> Receive:
@@ -154,8 +202,12 @@ class UserProcess:
 
     def _sender(self, writer: asyncio.StreamWriter, scope: Scope) -> Send:
         session = self.session
+        # the arrival is over with the first answer after the page (WebSocket, SSE or event), or the page itself over plain HTTP
+        settling = scope["htagweb"]["endpoint"] != "page" or self.config.http_only
 
         async def send(message: Message) -> None:
+            if settling and self.control is not None and message["type"] in ("websocket.send", "http.response.body"):
+                self.settle_after(SETTLE_DELAY)
             self.last_activity = time.monotonic()
             changed, deleted = session.changes()
             if changed or deleted:
@@ -180,34 +232,33 @@ def new_loop() -> asyncio.AbstractEventLoop:
 
 
 def run_spare(control: socket.socket, listener: socket.socket, classes: dict[str, type], config: Config, page: mmap.mmap) -> None:
-    """A spare user process: listening, its loop ready, it waits for the fork-server
-    to name its session (or to go away)."""
+    """A spare user process: serving already, it waits for the fork-server to name
+    its session and app (or to go away). Afterwards ``control`` tells the
+    fork-server when this user's arrival is over."""
     loop = new_loop()
-    message = control.recv(4096)
-    control.close()
-    if not message:
-        return
-    request = json.loads(message)
-    run(listener, lambda: classes[request["app"]], config, page, request["label"], loop)
-
-
-def run(
-    listener: socket.socket,
-    load: Callable[[], type],
-    config: Config,
-    page: mmap.mmap,
-    label: str,
-    loop: asyncio.AbstractEventLoop | None = None,
-) -> None:
-    """Entry point in the forked child; returns when the process must end."""
-    loop = loop or new_loop()
-    watchdog = Watchdog(page)
-    session = Session(label)
     try:
-        with watchdog.interaction():
-            app_cls, load_error = load(), None
+        loop.run_until_complete(rehearse(UserProcess(config, Watchdog(page))))
     except Exception:
-        logger.exception("user process of session %s could not load its app", label)
-        app_cls, load_error = None, traceback.format_exc()
-    host = HtagHost(app_cls, session, config, watchdog, load_error)
-    loop.run_until_complete(UserProcess(host, session, config, watchdog, label).serve(listener))
+        logger.warning("spare user process: the rehearsal of a first page load failed", exc_info=True)
+    process = UserProcess(config, Watchdog(page))
+
+    async def assignment() -> None:
+        message = await loop.sock_recv(control, 4096)
+        if not message:
+            process.stopping.set()
+            return
+        request = json.loads(message)
+        process.assign(lambda: classes[request["app"]], request["label"])
+        process.control = control
+        process.settle_after(SETTLE_LIMIT)
+
+    control.setblocking(False)
+    loop.run_until_complete(process.serve(listener, assignment()))
+
+
+def run(listener: socket.socket, load: Callable[[], type], config: Config, page: mmap.mmap, label: str) -> None:
+    """Entry point in a child forked for a user; returns when the process must end."""
+    loop = new_loop()
+    process = UserProcess(config, Watchdog(page))
+    process.assign(load, label)
+    loop.run_until_complete(process.serve(listener))

@@ -1,0 +1,85 @@
+"""A spare user process rehearses a user's arrival before it has a user.
+
+A process forked from the fork-server shares its memory copy-on-write: the first
+time it runs a piece of code, each memory page that code writes to (reference
+counts, the interpreter's inline caches) is copied, one page fault each (about
+6 µs each on the project's machine, some 480 of them in a first page load). A
+spare pays for them while it waits: it serves a page, a WebSocket and a click of
+an app of ours through its own bridge handler, over a socket pair, so that the
+user's first page finds those pages copied already. Nothing of it is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from htag import State, Tag
+
+from . import bridge
+
+if TYPE_CHECKING:
+    from .process import UserProcess
+
+logger = logging.getLogger("htagweb")
+
+
+class RehearsalApp(Tag.App):
+    def init(self) -> None:
+        self.count = State(0)
+        Tag.p(lambda: f"Count: {self.count.value}", _id="count")
+        Tag.button("+1", _id="inc", _onclick=self.inc)
+
+    def inc(self, event: object) -> None:
+        self.count.value += 1
+
+
+def _scope(kind: str, path: str) -> dict:
+    return {"type": kind, "path": path, "headers": [(b"host", b"rehearsal")], "client": ("127.0.0.1", 0), "server": ("rehearsal", 80)}
+
+
+async def _exchange(
+    process: UserProcess, scope: dict, endpoint: str, frames: list[bytes], last: Callable[[int, bytes], bool]
+) -> list[tuple[int, bytes]]:
+    """Send ``frames`` to the process' bridge handler as a front would; read its
+    frames up to the ``last`` one (or the end)."""
+    ours, theirs = socket.socketpair()
+    served = asyncio.ensure_future(process.handle(*await asyncio.open_unix_connection(sock=theirs)))
+    reader, writer = await asyncio.open_unix_connection(sock=ours)
+    writer.write(bridge.encode_scope(scope, {"endpoint": endpoint, "session": {"version": 0, "items": {}}}) + b"".join(frames))
+    received = []
+    try:
+        while True:
+            kind, body = await bridge.read_frame(reader)
+            received.append((kind, body))
+            if last(kind, body):
+                break
+    except asyncio.IncompleteReadError:
+        pass
+    writer.close()
+    await served
+    return received
+
+
+def _answers_click(kind: int, body: bytes) -> bool:
+    return kind == bridge.WS_TEXT_OUT and json.loads(body).get("callback_id") == "1"
+
+
+async def rehearse(process: UserProcess) -> list[tuple[int, bytes]]:
+    """A page load, a WebSocket and a click of :class:`RehearsalApp` through
+    ``process``, a user process of its own; returns the frames it answered."""
+    config = process.config
+    process.assign(lambda: RehearsalApp, "rehearsal")
+    page_frames = [bridge.frame(bridge.HTTP_BODY, b"\x00")]
+    received = await _exchange(process, _scope("http", "/"), "page", page_frames, lambda kind, body: kind == bridge.RESPONSE_BODY)
+    if not config.http_only:
+        click = json.dumps({"id": "inc", "event": "click", "data": {"callback_id": "1"}}).encode()
+        ws_frames = [bridge.frame(bridge.WS_CONNECT), bridge.frame(bridge.WS_TEXT_IN, click)]
+        received += await _exchange(process, _scope("websocket", "/ws"), "ws", ws_frames, _answers_click)
+    assert process.host is not None
+    await process.host.destroy(config.shutdown_grace)
+    return received
