@@ -5,8 +5,9 @@ and the app classes, even an app defined in ``__main__``), then detached into a
 session of its own: a worker that dies or a Ctrl-C in the terminal does not take
 it down. Any worker of the server talks to it through ``forkserver.sock`` with
 one JSON line per request; being a single process, it can never spawn two
-processes for one user. It keeps one spare user process forked ahead of need, so
-that a new user usually costs handing it a socket rather than a fork.
+processes for one user. It keeps one spare user process forked ahead of need
+(see :class:`Spare`), so that a new user usually costs a rename and a message
+rather than a fork.
 
 It ends every user process and removes every socket when the last worker says
 ``bye`` (server stop), or ``orphan_grace`` seconds after the last worker
@@ -60,8 +61,9 @@ class Child:
 
 @dataclass
 class Spare:
-    """A user process forked ahead of need, listening at ``path`` with its event loop
-    ready: a new user then costs renaming that socket and a message, not a fork."""
+    """A user process forked ahead of need, serving at ``path`` and rehearsed (see
+    :mod:`htagweb.rehearsal`): a new user then costs renaming that socket and a
+    message, not a fork. The next one is forked when the user's arrival is over."""
 
     pid: int
     control: socket.socket

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import mmap
+import select
 import signal
 import socket
 import struct
@@ -237,7 +238,7 @@ def run_spare(control: socket.socket, listener: socket.socket, classes: dict[str
     fork-server when this user's arrival is over."""
     loop = new_loop()
     try:
-        loop.run_until_complete(rehearse(UserProcess(config, Watchdog(page))))
+        loop.run_until_complete(rehearse(UserProcess(config, Watchdog(page)), lambda: bool(select.select([control], [], [], 0)[0])))
     except Exception:
         logger.warning("spare user process: the rehearsal of a first page load failed", exc_info=True)
     process = UserProcess(config, Watchdog(page))

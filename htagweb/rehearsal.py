@@ -69,14 +69,17 @@ def _answers_click(kind: int, body: bytes) -> bool:
     return kind == bridge.WS_TEXT_OUT and json.loads(body).get("callback_id") == "1"
 
 
-async def rehearse(process: UserProcess) -> list[tuple[int, bytes]]:
+async def rehearse(process: UserProcess, user_waiting: Callable[[], bool] = lambda: False) -> list[tuple[int, bytes]]:
     """A page load, a WebSocket and a click of :class:`RehearsalApp` through
-    ``process``, a user process of its own; returns the frames it answered."""
+    ``process``, a user process of its own; returns the frames it answered.
+    Cut short when ``user_waiting()``: a user must never wait for a rehearsal."""
     config = process.config
     process.assign(lambda: RehearsalApp, "rehearsal")
-    page_frames = [bridge.frame(bridge.HTTP_BODY, b"\x00")]
-    received = await _exchange(process, _scope("http", "/"), "page", page_frames, lambda kind, body: kind == bridge.RESPONSE_BODY)
-    if not config.http_only:
+    received: list[tuple[int, bytes]] = []
+    if not user_waiting():
+        page_frames = [bridge.frame(bridge.HTTP_BODY, b"\x00")]
+        received += await _exchange(process, _scope("http", "/"), "page", page_frames, lambda kind, body: kind == bridge.RESPONSE_BODY)
+    if not config.http_only and not user_waiting():
         click = json.dumps({"id": "inc", "event": "click", "data": {"callback_id": "1"}}).encode()
         ws_frames = [bridge.frame(bridge.WS_CONNECT), bridge.frame(bridge.WS_TEXT_IN, click)]
         received += await _exchange(process, _scope("websocket", "/ws"), "ws", ws_frames, _answers_click)

@@ -56,3 +56,15 @@ def test_next_user_gets_the_spare_forked_after_the_first_arrival(server):
     second = asyncio.run(arrive())
     assert second in spares  # the second user took the spare: no fork on its way
     assert not re.search(r"rehearsal .* failed", srv.log)
+
+
+def test_rehearsal_gives_way_to_a_waiting_user():
+    process = UserProcess(Config(), Watchdog(new_page()))
+    asked = []
+
+    def user_waiting() -> bool:
+        asked.append(True)
+        return len(asked) > 1  # a user arrives after the page was rehearsed
+
+    frames = asyncio.run(rehearse(process, user_waiting))
+    assert [kind for kind, _ in frames] == [bridge.RESPONSE_START, bridge.RESPONSE_BODY]
