@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -36,6 +37,10 @@ from servers import Server, percentile  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 VENV = HERE / ".venv-htag"
+#: pause after each new user, so that what a server does in the background for it
+#: (htagweb forks and rehearses its next spare) is done before anything else is measured
+QUIET = 0.1
+WAKE_UP_CLICKS = 10
 HTAG_SOURCE = "\nfrom htag import WebApp\napp = WebApp(App).app\n"
 HTAGWEB_SOURCE = "\nfrom htagweb import WebServerWS\napp = WebServerWS(App, runtime_dir=RUNTIME_DIR, timeout_inactivity=3600)\n"
 
@@ -129,7 +134,9 @@ async def idle_users(url: str, users: int) -> list:
 async def alternate(servers: list[Server], rounds: int, per_round: int) -> tuple[list[list[float]], list[list[float]]]:
     """Cold starts, and clicks of one user kept per server (500 clicks of one user, as
     the target says), in rounds alternating between the servers so that a noisy
-    moment of this 2-core machine hits both alike."""
+    moment of this 2-core machine hits both alike. Each cold start is followed by
+    a pause (QUIET), then a few clicks not counted: a click measured right after a
+    pause would mostly measure how fast an idle CPU wakes up."""
     starts: list[list[float]] = [[] for _ in servers]
     times: list[list[float]] = [[] for _ in servers]
     users = [await visit(server.url) for server in servers]
@@ -140,10 +147,13 @@ async def alternate(servers: list[Server], rounds: int, per_round: int) -> tuple
     for _ in range(rounds):
         for n, server in enumerate(servers):
             starts[n] += await cold_starts(server.url, 1)
+            await asyncio.sleep(QUIET)
             ws = users[n][3]
-            for _ in range(per_round):
+            for measured in [False] * WAKE_UP_CLICKS + [True] * per_round:
                 counts[n] += 1
-                times[n].append((await click(ws, counts[n]))[0])
+                elapsed = (await click(ws, counts[n]))[0]
+                if measured:
+                    times[n].append(elapsed)
     for http, _, _, ws in users:
         await ws.close()
         await http.aclose()
@@ -151,7 +161,7 @@ async def alternate(servers: list[Server], rounds: int, per_round: int) -> tuple
 
 
 def latencies(servers: list[Server], quick: bool) -> list[dict[str, float]]:
-    starts, times = asyncio.run(alternate(servers, 10 if quick else 30, 10 if quick else 17))
+    starts, times = asyncio.run(alternate(servers, 10 if quick else 50, 10 if quick else 10))
     return [
         {
             "cold_start_p50_ms": percentile(starts[n], 50) * 1000,
@@ -191,10 +201,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cold starts and clicks with every server process on one core and the client on another (default)",
+    )
     args = parser.parse_args()
     results = {}
+    all_cores = os.sched_getaffinity(0)
+    pinned = args.pin and len(all_cores) >= 2
+    server_core, client_core = sorted(all_cores)[:2]
+    if pinned:
+        os.sched_setaffinity(0, {server_core})  # inherited by the servers and all their processes
     with Server(HTAG_SOURCE, python=htag_python()) as htag, Server(HTAGWEB_SOURCE) as htagweb:
+        if pinned:
+            os.sched_setaffinity(0, {client_core})
         first, second = latencies([htag, htagweb], args.quick)
+        if pinned:  # the crowd and the memory measures run on every core
+            os.sched_setaffinity(0, all_cores)
+            for process in htag.processes() + htagweb.processes():
+                process.cpu_affinity(sorted(all_cores))
         results["htag"] = measure(htag, args.quick, False, first)
         results["htagweb"] = measure(htagweb, args.quick, True, second)
     print(f"{'metric':<28}{'htag WebApp':>14}{'htagweb':>12}{'ratio':>9}")
