@@ -22,7 +22,7 @@ import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from paranoclient import ParanoUser, click_message, head  # noqa: E402
-from servers import Server, percentile  # noqa: E402
+from servers import Server, http_client, percentile  # noqa: E402
 
 from htagweb import cipher  # noqa: E402
 
@@ -33,7 +33,7 @@ SOURCE = "\nfrom htagweb import WebServerWS\napp = WebServerWS(App, runtime_dir=
 
 
 async def plain_user(url: str) -> tuple[httpx.AsyncClient, Any]:
-    http = httpx.AsyncClient(base_url=url)
+    http = http_client(url)
     await http.get("/")
     cookie = "; ".join(f"{k}={v}" for k, v in http.cookies.items())
     ws = await websockets.connect(url.replace("http", "ws") + "/ws", additional_headers={"Cookie": cookie})

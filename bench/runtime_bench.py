@@ -33,7 +33,7 @@ import psutil
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from servers import Server, percentile  # noqa: E402
+from servers import Server, http_client, percentile  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 VENV = HERE / ".venv-htag"
@@ -55,7 +55,7 @@ def htag_python() -> str:
 
 async def visit(url: str) -> tuple[httpx.AsyncClient, str, float, object]:
     """A new user: GET the page, open the WebSocket, wait for the initial payload."""
-    http = httpx.AsyncClient(base_url=url, timeout=60)
+    http = http_client(url)
     start = time.perf_counter()
     await http.get("/")
     cookie = "; ".join(f"{k}={v}" for k, v in http.cookies.items())

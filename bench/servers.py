@@ -1,11 +1,14 @@
 """Servers for the benchmarks: the tests' subprocess servers (tests/serverprocess.py)
-serving the same counter app, plus a percentile helper."""
+serving the same counter app, an HTTP client and a percentile helper."""
 
 from __future__ import annotations
 
+import ssl
 import sys
 import tempfile
 from pathlib import Path
+
+import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from serverprocess import ServerProcess  # noqa: E402
@@ -40,6 +43,16 @@ class Server(ServerProcess):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+#: one TLS context for every client (the servers speak plain HTTP): left to itself, httpx loads
+#: the CA bundle again for each client, some 40 ms of the client's CPU on this machine,
+#: which a crowd of new users would count in its arrival times
+TLS = ssl.create_default_context()
+
+
+def http_client(url: str, timeout: float = 60) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=url, timeout=timeout, verify=TLS)
 
 
 def percentile(values: list[float], q: float) -> float:

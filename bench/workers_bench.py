@@ -18,12 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import psutil
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from servers import Server, percentile  # noqa: E402
+from servers import Server, http_client, percentile  # noqa: E402
 
 SOURCE = "\nfrom htagweb import WebServerWS\napp = WebServerWS(App, runtime_dir=RUNTIME_DIR, max_processes=5000, timeout_inactivity=3600)\n"
 GIB = 2**30
@@ -31,7 +30,7 @@ GIB = 2**30
 
 async def one_user(url: str, clicks: int, latencies: list[float]) -> int:
     """A user's visit; returns the number of lost or wrong replies."""
-    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+    async with http_client(url) as http:
         await http.get("/")
         cookie = "; ".join(f"{k}={v}" for k, v in http.cookies.items())
     wrong = 0
@@ -83,7 +82,7 @@ def server_pss(server: Server) -> tuple[int, int]:
 
 async def add_idle_users(url: str, users: int) -> None:
     async def visit() -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+        async with http_client(url, 120) as http:
             assert "Count: 0" in (await http.get("/")).text
 
     for start in range(0, users, 50):
