@@ -38,6 +38,8 @@ class ProcessPool:
         self.apps = apps
         self._presence: Connection | None = None
         self._start_lock: asyncio.Lock | None = None
+        self._request_lock: asyncio.Lock | None = None
+        self._requests: Connection | None = None
 
     async def start(self) -> None:
         """Make sure the fork-server runs and tell it this worker is alive."""
@@ -91,12 +93,30 @@ class ProcessPool:
             logger.warning("could not count %s: fork-server unreachable", counter)
 
     async def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        """One request to the fork-server, on a connection this worker keeps (the
+        fork-server answers one request at a time anyway)."""
         await self.start()
-        connection = await self._connect_forkserver()
-        try:
-            return await self._ask(connection, message)
-        finally:
-            connection[1].close()
+        if self._request_lock is None:
+            self._request_lock = asyncio.Lock()
+        async with self._request_lock:
+            for attempt in (1, 2):  # a kept connection may have been closed meanwhile: retry once, afresh
+                if self._requests is None:
+                    self._requests = await self._connect_forkserver()
+                try:
+                    return await self._ask(self._requests, message)
+                except (ConnectionError, OSError, asyncio.IncompleteReadError):
+                    self._drop_requests()
+                    if attempt == 2:
+                        raise
+                except BaseException:  # cancelled mid-request: its reply must not reach the next one
+                    self._drop_requests()
+                    raise
+        raise AssertionError("unreachable")
+
+    def _drop_requests(self) -> None:
+        if self._requests is not None:
+            self._requests[1].close()
+            self._requests = None
 
     @staticmethod
     async def _ask(connection: Connection, message: dict[str, Any]) -> dict[str, Any]:
