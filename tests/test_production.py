@@ -158,3 +158,22 @@ def test_resource_limits_kill_only_the_offender(server, button, limit):
 
     run(scenario())
     srv.wait_log(rf"user process killed: .*\({limit}: ")
+
+
+def test_a_burst_of_200_new_users_all_get_their_page(server):
+    """200 first requests at once: more than a listening socket's backlog of
+    connections to the fork-server, were each request to open its own."""
+    srv = server(server_source("WebServerWS", max_processes=1000))
+
+    async def arrive() -> tuple[int, int]:
+        async with User(srv.url) as user:
+            page = await user.page()
+            return count(page.text), pid(page.text)
+
+    async def burst() -> list[tuple[int, int]]:
+        return await asyncio.gather(*(arrive() for _ in range(200)))
+
+    pages = asyncio.run(burst())
+    assert all(shown == 0 for shown, _ in pages)
+    assert len({process for _, process in pages}) == 200  # one process each
+    assert "Traceback" not in srv.log
