@@ -1,6 +1,6 @@
 """htagweb against htag's own in-process WebApp, same app, same client, one run:
 
-    python bench/runtime_bench.py [--quick] [--json FILE]
+    python bench/runtime_bench.py [--quick] [--json FILE] [--no-pin]
 
 htag 2.0.28's WebApp needs Starlette 0.52 (it calls the add_websocket_route that
 Starlette 1.x removed), so it runs from its own virtualenv, bench/.venv-htag,
@@ -161,7 +161,7 @@ async def alternate(servers: list[Server], rounds: int, per_round: int) -> tuple
 
 
 def latencies(servers: list[Server], quick: bool) -> list[dict[str, float]]:
-    starts, times = asyncio.run(alternate(servers, 10 if quick else 50, 10 if quick else 10))
+    starts, times = asyncio.run(alternate(servers, 10 if quick else 50, 10))
     return [
         {
             "cold_start_p50_ms": percentile(starts[n], 50) * 1000,
@@ -211,8 +211,8 @@ def main() -> None:
     results = {}
     all_cores = os.sched_getaffinity(0)
     pinned = args.pin and len(all_cores) >= 2
-    server_core, client_core = sorted(all_cores)[:2]
     if pinned:
+        server_core, client_core = sorted(all_cores)[:2]
         os.sched_setaffinity(0, {server_core})  # inherited by the servers and all their processes
     with Server(HTAG_SOURCE, python=htag_python()) as htag, Server(HTAGWEB_SOURCE) as htagweb:
         if pinned:

@@ -111,10 +111,15 @@ class UserProcess:
         self.assigned.set()
 
     def settle_after(self, delay: float) -> None:
-        if self.control is not None and (self._settling is None or self._settling.when() > asyncio.get_running_loop().time() + delay):
-            if self._settling is not None:
-                self._settling.cancel()
-            self._settling = asyncio.get_running_loop().call_later(delay, self.settled)
+        """Calls :meth:`settled` in ``delay`` seconds, unless it is due sooner already."""
+        if self.control is None:
+            return
+        loop = asyncio.get_running_loop()
+        if self._settling is not None:
+            if self._settling.when() <= loop.time() + delay:
+                return
+            self._settling.cancel()
+        self._settling = loop.call_later(delay, self.settled)
 
     def settled(self) -> None:
         """Tells the fork-server (through ``control``) that this user's arrival is over:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -24,8 +23,6 @@ from . import bridge
 
 if TYPE_CHECKING:
     from .process import UserProcess
-
-logger = logging.getLogger("htagweb")
 
 
 class RehearsalApp(Tag.App):

@@ -56,7 +56,7 @@ class ServerProcess:
         self.marker = uuid.uuid4().hex
         #: the server's output goes to a file, not a pipe: no reader thread competes with a client in this process
         self.log_path = workdir / "server.log"
-        self.proc: subprocess.Popen[str] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
 
     @property
