@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -70,6 +71,16 @@ async def rehearse(process: UserProcess, user_waiting: Callable[[], bool] = lamb
     """A page load, a WebSocket and a click of :class:`RehearsalApp` through
     ``process``, a user process of its own; returns the frames it answered.
     Cut short when ``user_waiting()``: a user must never wait for a rehearsal."""
+    htag_logger = logging.getLogger("htag")
+    level = htag_logger.level
+    htag_logger.setLevel(logging.WARNING)  # its INFO lines would tell of a visit and a click nobody made
+    try:
+        return await _rehearse(process, user_waiting)
+    finally:
+        htag_logger.setLevel(level)
+
+
+async def _rehearse(process: UserProcess, user_waiting: Callable[[], bool]) -> list[tuple[int, bytes]]:
     config = process.config
     process.assign(lambda: RehearsalApp, "rehearsal")
     received: list[tuple[int, bytes]] = []

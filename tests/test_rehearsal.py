@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 
@@ -20,8 +21,11 @@ def frames_of(http_only: bool) -> list[tuple[int, bytes]]:
     return asyncio.run(rehearse(UserProcess(Config(http_only=http_only), Watchdog(new_page()))))
 
 
-def test_rehearsal_serves_a_page_a_websocket_and_a_click():
+def test_rehearsal_serves_a_page_a_websocket_and_a_click(caplog):
+    caplog.set_level(logging.INFO)
     frames = frames_of(http_only=False)
+    assert not [r for r in caplog.records if r.name == "htag"]  # no log line of a visit nobody made
+    assert logging.getLogger("htag").level == logging.NOTSET
     kinds = [kind for kind, _ in frames]
     assert kinds[:2] == [bridge.RESPONSE_START, bridge.RESPONSE_BODY]
     assert b'<p id="count">Count: 0</p>' in frames[1][1]
