@@ -13,7 +13,7 @@ class RecordingRelay:
     def __init__(self, target_port: int, refuse_prefixes: tuple[bytes, ...] = (), tamper_prefix: bytes = b"") -> None:
         self.target_port = target_port
         self.refuse_prefixes = refuse_prefixes  # requests starting so are cut, as a proxy that blocks them
-        self.tamper_prefix = tamper_prefix  # on the first connection so opened, one byte of a later client frame is flipped
+        self.tamper_prefix = tamper_prefix  # on the first connection so opened, the client's second WebSocket frame is altered
         self.recorded = bytearray()
         self.streams: list[tuple[bytearray, bytearray]] = []  # (client to server, server to client) per connection
         self.lock = threading.Lock()
@@ -51,16 +51,27 @@ class RecordingRelay:
             self.streams.append(stream)
         upstream.sendall(first)
         threading.Thread(target=self._pump, args=(upstream, client, stream[1]), daemon=True).start()
-        self._pump(client, upstream, stream[0], tamper_at=2 if tamper else 0)
+        self._pump(client, upstream, stream[0], tamper_frame=2 if tamper else 0)
 
-    def _pump(self, source: socket.socket, sink: socket.socket, record: bytearray, tamper_at: int = 0) -> None:
-        """Forward and record; with ``tamper_at``, flip the last byte of that chunk (counted from 1)."""
+    def _pump(self, source: socket.socket, sink: socket.socket, record: bytearray, tamper_frame: int = 0) -> None:
+        """Forward and record; with ``tamper_frame``, flip the last byte of that WebSocket
+        frame (counted from 1), found by its header however TCP cut the bytes."""
+        pending, frames = bytearray(), 0
         try:
-            chunks = 0
             while data := source.recv(65536):
-                chunks += 1
-                if chunks == tamper_at:
-                    data = data[:-1] + bytes([data[-1] ^ 0x01])
+                if frames < tamper_frame:
+                    pending += data
+                    data = b""
+                    while frames < tamper_frame and (size := frame_size(pending)):
+                        frames += 1
+                        frame, pending[:size] = bytes(pending[:size]), b""
+                        if frames == tamper_frame:
+                            frame = frame[:-1] + bytes([frame[-1] ^ 0x01])
+                        data += frame
+                    if frames == tamper_frame:
+                        data, pending = data + bytes(pending), bytearray()
+                    if not data:
+                        continue
                 with self.lock:
                     self.recorded += data
                     record += data
@@ -102,6 +113,23 @@ class RecordingRelay:
                     sock.close()
                 except OSError:
                     pass
+
+
+def frame_size(data: bytes | bytearray) -> int:
+    """The size of the complete WebSocket frame at the start of ``data``, 0 if incomplete."""
+    if len(data) < 2:
+        return 0
+    length, at = data[1] & 0x7F, 2
+    if length == 126:
+        if len(data) < 4:
+            return 0
+        (length,), at = struct.unpack_from(">H", data, 2), 4
+    elif length == 127:
+        if len(data) < 10:
+            return 0
+        (length,), at = struct.unpack_from(">Q", data, 2), 10
+    size = at + (4 if data[1] & 0x80 else 0) + length
+    return size if len(data) >= size else 0
 
 
 def websocket_messages(data: bytes, deflate: bool) -> list[bytes]:

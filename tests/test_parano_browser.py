@@ -256,7 +256,8 @@ def test_a_tampered_frame_is_refused_and_the_user_told(server, browser, relay):
         failure = page.locator("#htagweb-parano-failure")
         expect(failure).to_contain_text("failed its integrity check", timeout=15000)
         expect(page.locator("#count")).to_have_text("Count: 0")  # the altered click never reached the app
-        failure.locator("button").click()  # new keys and reload: the relay no longer tampers
+        with page.expect_navigation():  # the old page must be gone before the next click
+            failure.locator("button").click()  # new keys and reload: the relay no longer tampers
         expect(page.locator("#count")).to_have_text("Count: 0", timeout=15000)
         page.click("#inc")
         expect(page.locator("#count")).to_have_text("Count: 1")
