@@ -8,6 +8,7 @@ process, which it does at most once per user whatever the number of workers.
 from __future__ import annotations
 
 import asyncio
+import collections
 import fcntl
 import json
 import logging
@@ -38,8 +39,8 @@ class ProcessPool:
         self.apps = apps
         self._presence: Connection | None = None
         self._start_lock: asyncio.Lock | None = None
-        self._request_lock: asyncio.Lock | None = None
-        self._requests: Connection | None = None
+        self._channel_lock: asyncio.Lock | None = None
+        self._channel: _Channel | None = None
 
     async def start(self) -> None:
         """Make sure the fork-server runs and tell it this worker is alive."""
@@ -59,6 +60,9 @@ class ProcessPool:
             return
         reader, writer = self._presence
         self._presence = None
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
         try:
             reply = await self._ask((reader, writer), {"op": "bye"})
             if reply.get("remaining") == 0:
@@ -93,30 +97,32 @@ class ProcessPool:
             logger.warning("could not count %s: fork-server unreachable", counter)
 
     async def request(self, message: dict[str, Any]) -> dict[str, Any]:
-        """One request to the fork-server, on a connection this worker keeps (the
-        fork-server answers one request at a time anyway)."""
+        """One request to the fork-server, on a connection this worker keeps.
+
+        Requests are pipelined: each is written as soon as it comes and the replies,
+        which the fork-server sends in order, are matched to them in that order. A
+        crowd of new users then waits for the fork-server's work only, not also for a
+        round trip through this worker's busy event loop between two of them."""
         await self.start()
-        if self._request_lock is None:
-            self._request_lock = asyncio.Lock()
-        async with self._request_lock:
-            for attempt in (1, 2):  # a kept connection may have been closed meanwhile: retry once, afresh
-                if self._requests is None:
-                    self._requests = await self._connect_forkserver()
-                try:
-                    return await self._ask(self._requests, message)
-                except (ConnectionError, OSError, asyncio.IncompleteReadError):
-                    self._drop_requests()
-                    if attempt == 2:
-                        raise
-                except BaseException:  # cancelled mid-request: its reply must not reach the next one
-                    self._drop_requests()
+        for attempt in (1, 2):  # a kept connection may have been closed meanwhile: retry once, afresh
+            channel = await self._request_channel()
+            try:
+                return await channel.ask(message)
+            except (ConnectionError, OSError):
+                if self._channel is channel:
+                    self._channel = None
+                if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
-    def _drop_requests(self) -> None:
-        if self._requests is not None:
-            self._requests[1].close()
-            self._requests = None
+    async def _request_channel(self) -> _Channel:
+        if self._channel is None or self._channel.closed:
+            if self._channel_lock is None:
+                self._channel_lock = asyncio.Lock()
+            async with self._channel_lock:
+                if self._channel is None or self._channel.closed:
+                    self._channel = _Channel(await self._connect_forkserver())
+        return self._channel
 
     @staticmethod
     async def _ask(connection: Connection, message: dict[str, Any]) -> dict[str, Any]:
@@ -148,3 +154,43 @@ class ProcessPool:
                 return await asyncio.open_unix_connection(path)
         finally:
             os.close(fd)
+
+
+class _Channel:
+    """A kept connection to the fork-server carrying pipelined requests: replies come
+    in the order of the requests, one line each."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.reader, self.writer = connection
+        self.waiting: collections.deque[asyncio.Future[dict[str, Any]]] = collections.deque()
+        self.closed = False
+        self.reading = asyncio.create_task(self._read_replies())
+
+    async def ask(self, message: dict[str, Any]) -> dict[str, Any]:
+        if self.closed:
+            raise ConnectionError("fork-server connection closed")
+        reply = asyncio.get_running_loop().create_future()
+        self.waiting.append(reply)  # a waiter that gives up leaves its future: its reply is read and dropped
+        self.writer.write(json.dumps(message).encode() + b"\n")
+        return await reply
+
+    def close(self) -> None:
+        self.reading.cancel()
+        self.writer.close()
+
+    async def _read_replies(self) -> None:
+        error: Exception = ConnectionError("fork-server closed the connection")
+        try:
+            while line := await self.reader.readline():
+                reply = self.waiting.popleft()
+                if not reply.done():
+                    reply.set_result(json.loads(line))
+        except (OSError, ValueError, IndexError) as exc:
+            error = ConnectionError(f"fork-server connection broken: {exc!r}")
+        finally:
+            self.closed = True
+            self.writer.close()
+            while self.waiting:
+                reply = self.waiting.popleft()
+                if not reply.done():
+                    reply.set_exception(error)

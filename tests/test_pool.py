@@ -1,0 +1,97 @@
+"""The worker's line to the fork-server (htagweb.pool), against a stand-in fork-server
+on the real socket path: requests are pipelined and each caller gets its own reply,
+whatever happens to the callers before it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from htagweb.appspec import AppSpec
+from htagweb.config import Config
+from htagweb.pool import ProcessPool
+from htagweb.runtime import Runtime
+
+
+class StandIn:
+    """Answers "hello" and "bye" at once; holds the answers to other requests until ``batch`` of
+    them are in (or forever with ``batch=0``); hangs up on a request ``{"op": "hang-up"}``."""
+
+    def __init__(self, path: Path, batch: int) -> None:
+        self.path = path
+        self.batch = batch
+        self.received: list[dict] = []
+        self.connections = 0
+
+    async def __aenter__(self) -> StandIn:
+        self.server = await asyncio.start_unix_server(self._serve, str(self.path))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        held: list[dict] = []
+        while line := await reader.readline():
+            request = json.loads(line)
+            if request["op"] in ("hello", "bye"):
+                writer.write(b'{"ok": true, "remaining": 1}\n')
+                continue
+            self.received.append(request)
+            if request["op"] == "hang-up":
+                writer.close()
+                return
+            held.append(request)
+            if len(held) == self.batch:
+                writer.write(b"".join(json.dumps({"ok": True, "n": r["n"]}).encode() + b"\n" for r in held))
+                held.clear()
+
+
+def pool_in(path: Path) -> ProcessPool:
+    return ProcessPool(Runtime(path), Config(), {"app": AppSpec("app", None)})
+
+
+def test_requests_are_pipelined_and_replies_matched(tmp_path):
+    async def scenario():
+        pool = pool_in(tmp_path)
+        async with StandIn(pool.runtime.forkserver_socket, batch=20) as stand_in:
+            # the stand-in answers only once all 20 are in: one request at a time would wait forever
+            replies = await asyncio.wait_for(asyncio.gather(*(pool.request({"op": "x", "n": n}) for n in range(20))), 10)
+            assert [reply["n"] for reply in replies] == list(range(20))
+            assert stand_in.connections == 2  # the worker's presence, and one kept line for the requests
+            await pool.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_caller_that_gives_up_does_not_get_its_reply_to_the_next(tmp_path):
+    async def scenario():
+        pool = pool_in(tmp_path)
+        async with StandIn(pool.runtime.forkserver_socket, batch=2):
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(pool.request({"op": "x", "n": 1}), 0.2)
+            reply = await asyncio.wait_for(pool.request({"op": "x", "n": 2}), 10)
+            assert reply["n"] == 2
+            await pool.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_line_cut_fails_its_waiters_and_the_next_request_reconnects(tmp_path):
+    async def scenario():
+        pool = pool_in(tmp_path)
+        async with StandIn(pool.runtime.forkserver_socket, batch=1) as stand_in:
+            # asked twice (the kept line is cut both times): the second failure reaches the caller
+            with pytest.raises(ConnectionError):
+                await asyncio.wait_for(pool.request({"op": "hang-up"}), 10)
+            assert [r["op"] for r in stand_in.received] == ["hang-up", "hang-up"]
+            reply = await asyncio.wait_for(pool.request({"op": "x", "n": 7}), 10)
+            assert reply == {"ok": True, "n": 7}
+            assert stand_in.connections == 4  # presence, two cut lines, a new one
+            await pool.stop()
+
+    asyncio.run(scenario())
