@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from paranoclient import ParanoUser, click_message, head  # noqa: E402
-from servers import Server, http_client, percentile  # noqa: E402
+from servers import Server, http_client, percentile, ws_connect  # noqa: E402
 
 from htagweb import cipher  # noqa: E402
 
@@ -36,7 +35,7 @@ async def plain_user(url: str) -> tuple[httpx.AsyncClient, Any]:
     http = http_client(url)
     await http.get("/")
     cookie = "; ".join(f"{k}={v}" for k, v in http.cookies.items())
-    ws = await websockets.connect(url.replace("http", "ws") + "/ws", additional_headers={"Cookie": cookie})
+    ws = await ws_connect(url, cookie)
     await ws.recv()
     return http, ws
 

@@ -3,12 +3,15 @@ serving the same counter app, an HTTP client and a percentile helper."""
 
 from __future__ import annotations
 
+import shutil
 import ssl
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import httpx
+import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from serverprocess import ServerProcess  # noqa: E402
@@ -42,7 +45,10 @@ class Server(ServerProcess):
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 #: one TLS context for every client (the servers speak plain HTTP): left to itself, httpx loads
@@ -52,7 +58,14 @@ TLS = ssl.create_default_context()
 
 
 def http_client(url: str, timeout: float = 60) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=url, timeout=timeout, verify=TLS)
+    # trust_env=False: no proxy settings and .netrc read from the environment for each client
+    return httpx.AsyncClient(base_url=url, timeout=timeout, verify=TLS, trust_env=False)
+
+
+def ws_connect(url: str, cookie: str, **options: Any) -> Any:
+    """The WebSocket of ``url``'s page (``proxy=None``: no proxy lookup in the environment
+    at each connection, the client's CPU being the servers' too on this machine)."""
+    return websockets.connect(url.replace("http", "ws") + "/ws", additional_headers={"Cookie": cookie}, proxy=None, **options)
 
 
 def percentile(values: list[float], q: float) -> float:

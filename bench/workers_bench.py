@@ -19,10 +19,9 @@ import time
 from pathlib import Path
 
 import psutil
-import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from servers import Server, http_client, percentile  # noqa: E402
+from servers import Server, http_client, percentile, ws_connect  # noqa: E402
 
 SOURCE = "\nfrom htagweb import WebServerWS\napp = WebServerWS(App, runtime_dir=RUNTIME_DIR, max_processes=5000, timeout_inactivity=3600)\n"
 GIB = 2**30
@@ -34,7 +33,7 @@ async def one_user(url: str, clicks: int, latencies: list[float]) -> int:
         await http.get("/")
         cookie = "; ".join(f"{k}={v}" for k, v in http.cookies.items())
     wrong = 0
-    async with websockets.connect(url.replace("http", "ws") + "/ws", additional_headers={"Cookie": cookie}, open_timeout=60) as ws:
+    async with ws_connect(url, cookie, open_timeout=60) as ws:
         await ws.recv()
         for n in range(1, clicks + 1):
             start = time.perf_counter()
