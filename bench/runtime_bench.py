@@ -30,10 +30,9 @@ from pathlib import Path
 
 import httpx
 import psutil
-import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from servers import Server, http_client, percentile  # noqa: E402
+from servers import Server, http_client, percentile, ws_connect  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 VENV = HERE / ".venv-htag"
@@ -42,7 +41,7 @@ VENV = HERE / ".venv-htag"
 QUIET = 0.1
 WAKE_UP_CLICKS = 10
 HTAG_SOURCE = "\nfrom htag import WebApp\napp = WebApp(App).app\n"
-HTAGWEB_SOURCE = "\nfrom htagweb import WebServerWS\napp = WebServerWS(App, runtime_dir=RUNTIME_DIR, timeout_inactivity=3600)\n"
+HTAGWEB_SOURCE = "\nfrom htagweb import WebServerWS\napp = WebServerWS(App, runtime_dir=RUNTIME_DIR, timeout_inactivity=3600{options})\n"
 
 
 def htag_python() -> str:
@@ -59,7 +58,7 @@ async def visit(url: str) -> tuple[httpx.AsyncClient, str, float, object]:
     start = time.perf_counter()
     await http.get("/")
     cookie = "; ".join(f"{k}={v}" for k, v in http.cookies.items())
-    ws = await websockets.connect(url.replace("http", "ws") + "/ws", additional_headers={"Cookie": cookie}, open_timeout=60)
+    ws = await ws_connect(url, cookie, open_timeout=60)
     await ws.recv()
     return http, cookie, time.perf_counter() - start, ws
 
@@ -201,6 +200,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--spare-processes", type=int, help="htagweb's spare_processes (default: its own default)")
     parser.add_argument(
         "--pin",
         action=argparse.BooleanOptionalAction,
@@ -209,12 +209,13 @@ def main() -> None:
     )
     args = parser.parse_args()
     results = {}
+    spares = "" if args.spare_processes is None else f", spare_processes={args.spare_processes}"
     all_cores = os.sched_getaffinity(0)
     pinned = args.pin and len(all_cores) >= 2
     if pinned:
         server_core, client_core = sorted(all_cores)[:2]
         os.sched_setaffinity(0, {server_core})  # inherited by the servers and all their processes
-    with Server(HTAG_SOURCE, python=htag_python()) as htag, Server(HTAGWEB_SOURCE) as htagweb:
+    with Server(HTAG_SOURCE, python=htag_python()) as htag, Server(HTAGWEB_SOURCE.format(options=spares)) as htagweb:
         if pinned:
             os.sched_setaffinity(0, {client_core})
         first, second = latencies([htag, htagweb], args.quick)

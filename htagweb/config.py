@@ -17,6 +17,9 @@ class Config:
     timeout_interaction: float = 60.0
     #: live user processes at most; beyond, new users get a 503 with Retry-After
     max_processes: int = 500
+    #: user processes forked ahead of need (one rehearsed, the others asleep, about 1.6 MB each):
+    #: a crowd of new users that large costs no fork (WebServer's default: min(50, max_processes // 10))
+    spare_processes: int = 50
     #: seconds user processes get to run on_destroy at server stop before being killed
     shutdown_grace: float = 5.0
     #: bytes of resident memory a user process may use before it is killed (0: no limit)

@@ -26,6 +26,7 @@ class HtagServer(WebServer):
 
     def __init__(self, root: str | Path = ".", *, http_only: bool = False, debug: bool = True, **options: Any) -> None:
         self.http_only = http_only
+        options.setdefault("spare_processes", 1)  # file apps are imported afresh in each process: spares serve index pages only
         super().__init__(Path(root), debug=debug, **options)
 
     def _identity(self, app: Any) -> str:

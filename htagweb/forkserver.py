@@ -4,10 +4,11 @@ Forked from the first worker that needs it (so it already holds htag, starlette
 and the app classes, even an app defined in ``__main__``), then detached into a
 session of its own: a worker that dies or a Ctrl-C in the terminal does not take
 it down. Any worker of the server talks to it through ``forkserver.sock`` with
-one JSON line per request; being a single process, it can never spawn two
-processes for one user. It keeps one spare user process forked ahead of need
-(see :class:`Spare`), so that a new user usually costs a rename and a message
-rather than a fork.
+one JSON line per request, answered in order (a worker sends its requests on one
+connection without waiting for the previous answers); being a single process, it
+can never spawn two processes for one user. It keeps spare user processes forked ahead of need
+(see :class:`Spare`), so that a new user, even one of a crowd arriving at once,
+usually costs a rename and a message rather than a fork.
 
 It ends every user process and removes every socket when the last worker says
 ``bye`` (server stop), or ``orphan_grace`` seconds after the last worker
@@ -61,15 +62,17 @@ class Child:
 
 @dataclass
 class Spare:
-    """A user process forked ahead of need, serving at ``path`` and rehearsed (see
-    :mod:`htagweb.rehearsal`): a new user then costs renaming that socket and a
-    message, not a fork. The next one is forked when the user's arrival is over."""
+    """A user process forked ahead of need, serving at ``path``: a new user then costs
+    renaming that socket and a message, not a fork. One spare at a time is
+    ``rehearsed`` (see :mod:`htagweb.rehearsal`), the fastest for the next user; the
+    others sleep, at about 1.6 MB each, for the users of a crowd."""
 
     pid: int
     control: socket.socket
     page: mmap.mmap
     apps: frozenset[str]
     path: Path
+    rehearsed: bool
 
 
 class ForkServer:
@@ -92,7 +95,7 @@ class ForkServer:
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.selector = selectors.DefaultSelector()
         self.listener: socket.socket | None = None
-        self.spare: Spare | None = None
+        self.spares: list[Spare] = []
         #: control sockets of spares given to users whose arrival is not over, and since when
         self.settling: dict[socket.socket, float] = {}
         #: INFO lines written once the reply has left: a front waits for the reply, nobody for the log
@@ -114,7 +117,7 @@ class ForkServer:
         os.close(ready_fd)
         logger.info("fork-server %d serving %s", os.getpid(), self.runtime.path)
         while not self.stop_requested:
-            for selected, _ in self.selector.select(timeout=0.2):
+            for selected, _ in self.selector.select(timeout=0 if self._spares_wanted() else 0.2):
                 sock = selected.fileobj
                 if sock is self.listener:
                     self._accept()
@@ -125,8 +128,8 @@ class ForkServer:
             self._reap()
             if self.settling:
                 self._expire_settling()
-            if self.spare is None and self.classes and not self.settling and not self.stop_requested:
-                self._fork_spare()
+            if self._spares_wanted():
+                self._fork_spare(rehearsed=not any(spare.rehearsed for spare in self.spares))
             self._watch_interactions()
             if time.monotonic() - self.resources_checked >= 1.0:
                 self._watch_resources()
@@ -149,10 +152,10 @@ class ForkServer:
         self.stop_requested = True
 
     def _shutdown(self) -> None:
-        if self.spare is not None:
-            self._drop_spare(self.spare)
-            os.waitpid(self.spare.pid, 0)
-            self.spare = None
+        for spare in self.spares:
+            self._drop_spare(spare)
+            os.waitpid(spare.pid, 0)
+        self.spares.clear()
         children = list(self.by_pid.values())
         logger.info("fork-server stopping: ending %d user processes", len(children))
         for child in children:
@@ -225,7 +228,13 @@ class ForkServer:
         if op == "status":
             return self._status(request["key"])
         if op == "stats":
-            return {"ok": True, "processes": len(self.by_pid), "max_processes": self.config.max_processes, "counters": self.counters}
+            return {
+                "ok": True,
+                "processes": len(self.by_pid),
+                "max_processes": self.config.max_processes,
+                "spares": len(self.spares),
+                "counters": self.counters,
+            }
         if op == "count":
             if request.get("counter") in ("bridge_errors", "parano_rejections"):
                 self.counters[request["counter"]] += 1
@@ -298,24 +307,28 @@ class ForkServer:
                 return app_cls
 
         path = self.runtime.user_socket_path(key)
-        spare = self.spare
-        if spare is not None and not fresh and app in spare.apps and self._assign(spare, path, app, label):
+        spare = None if fresh else self._take_spare(path, app, label)
+        if spare is not None:
             pid, page = spare.pid, spare.page
         else:
             path.unlink(missing_ok=True)  # a previous process' socket, being replaced
             listener = _listen(path)
             page = new_page()
+            ours, theirs = socket.socketpair()
             pid = os.fork()
             if pid == 0:
                 try:
+                    ours.close()
                     self._become_child()
                     _limit_resources(self.config)
-                    run_user_process(listener, load, self.config, page, label)
+                    run_user_process(listener, load, self.config, page, label, theirs)
                 except BaseException:
                     traceback.print_exc()
                 finally:
                     os._exit(0)
+            theirs.close()
             listener.close()
+            self._arriving(ours)
         child = Child(pid, key, app, label, page)
         self.by_key[key] = child
         self.by_pid[pid] = child
@@ -331,9 +344,22 @@ class ForkServer:
             else:
                 self.classes[app] = self.apps.get(app, AppSpec(app, None)).load()
             gc.freeze()
+            for spare in [spare for spare in self.spares if app not in spare.apps]:  # forked without it
+                self.spares.remove(spare)
+                spare.control.close()
+                self._drop_spare(spare)
         return self.classes[app]
 
-    def _fork_spare(self) -> None:
+    def _spares_wanted(self) -> bool:
+        """Whether to fork one more spare now: the pool is short, and no arrival is
+        under way (a fork would slow its page load). A server near ``max_processes``
+        keeps no more spares than it may still give out."""
+        if not self.classes or self.settling or self.stop_requested:
+            return False
+        room = self.config.max_processes - len(self.by_pid)
+        return len(self.spares) < min(self.config.spare_processes, room)
+
+    def _fork_spare(self, rehearsed: bool) -> None:
         """A spare listens already, under a name of its own: giving it to a user is a rename."""
         ours, theirs = socket.socketpair()
         path = self.runtime.users_dir / f".spare-{os.urandom(8).hex()}.sock"
@@ -346,22 +372,30 @@ class ForkServer:
                 ours.close()
                 self._become_child()
                 _limit_resources(self.config)
-                run_spare(theirs, listener, classes, self.config, page)
+                run_spare(theirs, listener, classes, self.config, page, rehearsed)
             except BaseException:
                 traceback.print_exc()
             finally:
                 os._exit(0)
         theirs.close()
         listener.close()
-        self.spare = Spare(pid, ours, page, frozenset(classes), path)
+        self.spares.append(Spare(pid, ours, page, frozenset(classes), path, rehearsed))
+
+    def _take_spare(self, path: Path, app: str, label: str) -> Spare | None:
+        """A spare given to this user, the rehearsed one first; None if none can take it."""
+        for spare in sorted(self.spares, key=lambda spare: not spare.rehearsed):
+            if app in spare.apps:
+                self.spares.remove(spare)
+                if self._assign(spare, path, app, label):
+                    return spare
+        return None
 
     def _assign(self, spare: Spare, path: Path, app: str, label: str) -> bool:
         """Give the spare its user: its socket renamed into place (atomically replacing
         a dead process' one), then its session. False if it cannot take them.
 
-        The next spare is forked once the process says its user's arrival is over
+        Spares are forked again once the process says its user's arrival is over
         (see :meth:`_settled`): a fork meanwhile would slow that very page load."""
-        self.spare = None
         try:
             os.rename(spare.path, path)
             spare.control.sendall(json.dumps({"app": app, "label": label}).encode())
@@ -369,12 +403,17 @@ class ForkServer:
             spare.control.close()
             self._drop_spare(spare)
             return False
-        self.settling[spare.control] = time.monotonic()
-        self.selector.register(spare.control, selectors.EVENT_READ)
+        self._arriving(spare.control)
         return True
 
+    def _arriving(self, control: socket.socket) -> None:
+        """A user is arriving at the process at the other end of ``control``, which
+        says when the arrival is over: no spare is forked until then."""
+        self.settling[control] = time.monotonic()
+        self.selector.register(control, selectors.EVENT_READ)
+
     def _settled(self, control: socket.socket) -> None:
-        """A user process said its arrival is over (or ended): the next spare may be forked."""
+        """A user process said its arrival is over (or ended): spares may be forked again."""
         del self.settling[control]
         self.selector.unregister(control)
         control.close()
@@ -394,8 +433,11 @@ class ForkServer:
     def _become_child(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
-        if self.spare is not None:
-            self.spare.control.close()
+        for spare in self.spares:
+            spare.control.close()
+            spare.page.close()
+        for child in self.by_pid.values():  # other users' watchdog pages: not this process' to write
+            child.page.close()
         for control in self.settling:
             control.close()
         self.selector.close()
@@ -454,11 +496,12 @@ class ForkServer:
                 return
             if pid == 0:
                 return
-            if self.spare is not None and pid == self.spare.pid:  # died before being used
+            spare = next((spare for spare in self.spares if spare.pid == pid), None)
+            if spare is not None:  # died before being used
                 logger.warning("spare user process %d died (status %d)", pid, status)
-                self.spare.control.close()
-                self.spare.path.unlink(missing_ok=True)
-                self.spare = None
+                self.spares.remove(spare)
+                spare.control.close()
+                spare.path.unlink(missing_ok=True)
                 continue
             child = self.by_pid.pop(pid, None)
             if child is None:

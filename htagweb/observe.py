@@ -43,6 +43,9 @@ class Observability:
             "# HELP htagweb_max_processes The max_processes setting.",
             "# TYPE htagweb_max_processes gauge",
             f"htagweb_max_processes {stats['max_processes']}",
+            "# HELP htagweb_spare_processes User processes forked ahead of need, ready for new users.",
+            "# TYPE htagweb_spare_processes gauge",
+            f"htagweb_spare_processes {stats['spares']}",
         ]
         for name, value in stats["counters"].items():
             lines += [f"# HELP htagweb_{name}_total {HELP[name]}", f"# TYPE htagweb_{name}_total counter", f"htagweb_{name}_total {value}"]

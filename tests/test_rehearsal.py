@@ -1,4 +1,5 @@
-"""The spare user process: it rehearses a first page load, then takes the next user."""
+"""Spare user processes: the rehearsed one takes the next user, the sleeping ones
+take a crowd of new users arriving at once, and the pool keeps within its bounds."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ import asyncio
 import json
 import logging
 import re
+import signal
 import time
+from collections.abc import Callable
 
 import psutil
 from helpers import User, pid, server_source
+from htag import Tag
 
-from htagweb import bridge
+from htagweb import WebServerWS, bridge
 from htagweb.config import Config
 from htagweb.process import UserProcess, Watchdog, new_page
 from htagweb.rehearsal import rehearse
@@ -41,25 +45,82 @@ def test_rehearsal_over_plain_http_loads_the_page_only():
     assert b"window.WebSocket=window.EventSource=" in frames[1][1]
 
 
+async def arrive(url: str) -> int:
+    """A new user: the page, then the WebSocket's initial payload (the arrival is over)."""
+    async with User(url) as user:
+        process = pid((await user.page()).text)
+        async with user.ws() as ws:
+            await ws.recv()
+        return process
+
+
+def forkserver_of(srv) -> psutil.Process:
+    return psutil.Process(int(srv.wait_log(r"fork-server (\d+) serving").group(1)))
+
+
+def wait_for(condition: Callable[[], object], what: str) -> object:
+    deadline = time.monotonic() + 20
+    while not (result := condition()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert result, what
+    return result
+
+
+def spares(forkserver: psutil.Process, users: set[int]) -> set[int]:
+    return {p.pid for p in forkserver.children() if p.pid not in users and p.status() != psutil.STATUS_ZOMBIE}
+
+
+def pool_of(forkserver: psutil.Process, users: set[int], size: int) -> Callable[[], set[int] | None]:
+    """A condition for :func:`wait_for`: the spares, once there are ``size`` of them."""
+
+    def condition() -> set[int] | None:
+        found = spares(forkserver, users)
+        return found if len(found) == size else None
+
+    return condition
+
+
 def test_next_user_gets_the_spare_forked_after_the_first_arrival(server):
     srv = server(server_source("WebServerWS"))
-    forkserver = psutil.Process(int(srv.wait_log(r"fork-server (\d+) serving").group(1)))
-
-    async def arrive() -> int:
-        async with User(srv.url) as user:
-            process = pid((await user.page()).text)
-            async with user.ws() as ws:
-                await ws.recv()  # the initial payload: this arrival is over
-            return process
-
-    first = asyncio.run(arrive())
-    deadline = time.monotonic() + 20
-    while not (spares := [p.pid for p in forkserver.children() if p.pid != first]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert spares, "no spare user process was forked after the first arrival"
-    second = asyncio.run(arrive())
-    assert second in spares  # the second user took the spare: no fork on its way
+    forkserver = forkserver_of(srv)
+    first = asyncio.run(arrive(srv.url))
+    ready = wait_for(lambda: spares(forkserver, {first}), "no spare user process was forked after the first arrival")
+    second = asyncio.run(arrive(srv.url))
+    assert second in ready  # the second user took a spare: no fork on its way
     assert not re.search(r"rehearsal .* failed", srv.log)
+
+
+def test_a_crowd_takes_the_sleeping_spares_and_the_pool_fills_again(server):
+    srv = server(server_source("WebServerWS", spare_processes=6))
+    forkserver = forkserver_of(srv)
+    users = {asyncio.run(arrive(srv.url))}  # the app's class is loaded: spares can be forked for it
+    pool = wait_for(pool_of(forkserver, users, 6), "the pool did not reach 6 spares")
+
+    async def crowd() -> list[int]:
+        return await asyncio.gather(*(arrive(srv.url) for _ in range(6)))
+
+    arrived = set(asyncio.run(crowd()))
+    assert arrived == pool  # six users at once, six spares given: not one fork on their way
+    users |= arrived
+    refilled = wait_for(pool_of(forkserver, users, 6), "the pool was not filled again")
+    assert not refilled & pool
+
+
+def test_the_pool_keeps_within_max_processes_and_replaces_a_dead_spare(server):
+    srv = server(server_source("WebServerWS", max_processes=3, spare_processes=6))
+    forkserver = forkserver_of(srv)
+    users = {asyncio.run(arrive(srv.url))}
+    pool = wait_for(pool_of(forkserver, users, 2), "no 2 spares (3 processes at most)")
+    time.sleep(0.5)
+    assert spares(forkserver, users) == pool  # never more than max_processes leaves room for
+    victim = min(pool)
+    psutil.Process(victim).send_signal(signal.SIGKILL)
+    srv.wait_log(rf"spare user process {victim} died")
+    replaced = wait_for(pool_of(forkserver, users, 2), "the dead spare was not replaced")
+    assert victim not in replaced
+    users.add(asyncio.run(arrive(srv.url)))
+    assert len(users) == 2
+    wait_for(lambda: len(spares(forkserver, users)) == 1, "not 1 spare beside 2 users")
 
 
 def test_rehearsal_gives_way_to_a_waiting_user():
@@ -72,3 +133,15 @@ def test_rehearsal_gives_way_to_a_waiting_user():
 
     frames = asyncio.run(rehearse(process, user_waiting))
     assert [kind for kind, _ in frames] == [bridge.RESPONSE_START, bridge.RESPONSE_BODY]
+
+
+def test_spare_processes_default_follows_max_processes(tmp_path):
+    class App(Tag.App):
+        pass
+
+    def spares_of(**options: int) -> int:
+        return WebServerWS(App, runtime_dir=str(tmp_path / str(len(options))), **options).config.spare_processes
+
+    assert spares_of() == 50
+    assert spares_of(max_processes=30) == 3
+    assert spares_of(max_processes=30, spare_processes=7) == 7

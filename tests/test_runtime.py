@@ -95,6 +95,23 @@ def test_users_get_own_process_tabs_share_one(server):
     run(scenario())
 
 
+def test_a_user_process_holds_no_other_users_watchdog_page(server):
+    """Each process shares one page with the fork-server (it publishes there when a
+    handler runs): pages of the users forked before it must not stay mapped in it."""
+    srv = server(server_source("WebServerWS"))
+
+    async def scenario():
+        pids = []
+        for _ in range(4):
+            async with User(srv.url) as user:
+                pids.append(pid((await user.page()).text))
+        return pids
+
+    for user_pid in run(scenario()):
+        maps = Path(f"/proc/{user_pid}/maps").read_text()
+        assert maps.count("/dev/zero (deleted)") == 1, maps
+
+
 def test_simultaneous_first_requests_spawn_one_process(server):
     srv = server(server_source("WebServerWS"))
 
@@ -388,7 +405,7 @@ def test_http_only_answers_the_first_click_in_its_response(server):
 
 
 def test_health_and_metrics_count_without_naming_sessions(server):
-    srv = server(server_source("WebServerWS", metrics=True, timeout_interaction=1))
+    srv = server(server_source("WebServerWS", metrics=True, timeout_interaction=1, spare_processes=3))
     plain = server(server_source("WebServerWS"))
 
     async def scenario():
@@ -405,6 +422,12 @@ def test_health_and_metrics_count_without_naming_sessions(server):
             assert "htagweb_interaction_timeouts_total 1" in metrics and "htagweb_kills_total 1" in metrics
             assert "htagweb_bridge_errors_total 1" in metrics
             assert user.http.cookies["htagweb_session"].split(".")[0][:8] not in metrics
+            for _ in range(200):  # the pool fills up once no arrival is under way
+                if "htagweb_spare_processes 3\n" in metrics:
+                    break
+                await asyncio.sleep(0.1)
+                metrics = (await user.http.get("/_htagweb/metrics")).text
+            assert "htagweb_spare_processes 3\n" in metrics
         async with User(plain.url) as user:
             assert (await user.http.get("/_htagweb/metrics")).status_code == 404
             assert (await user.http.get("/_htagweb/health")).json() == {"status": "ok", "user_processes": 0}
