@@ -17,6 +17,7 @@ from Crypto.Protocol.DH import key_agreement
 from Crypto.PublicKey import ECC
 from Crypto.Signature import DSS
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from helpers import TLS
 
 from htagweb import cipher
 
@@ -59,7 +60,7 @@ class ParanoUser:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.http = httpx.AsyncClient(base_url=url, timeout=30)
+        self.http = httpx.AsyncClient(base_url=url, timeout=30, verify=TLS)
         self.ticket = b""
         self.k_c2s = self.k_s2c = b""
         self.csrf = ""
