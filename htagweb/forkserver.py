@@ -497,8 +497,8 @@ class ForkServer:
             if pid == 0:
                 return
             spare = next((spare for spare in self.spares if spare.pid == pid), None)
-            if spare is not None:  # died before being used
-                logger.warning("spare user process %d died (status %d)", pid, status)
+            if spare is not None:  # died before being used; at a stop, with all the others (systemd signals every process)
+                logger.log(logging.DEBUG if self.stop_requested else logging.WARNING, "spare user process %d died (status %d)", pid, status)
                 self.spares.remove(spare)
                 spare.control.close()
                 spare.path.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 import signal
+import time
 
 import psutil
 import pytest
@@ -177,3 +178,27 @@ def test_a_burst_of_200_new_users_all_get_their_page(server):
     assert all(shown == 0 for shown, _ in pages)
     assert len({process for _, process in pages}) == 200  # one process each
     assert "Traceback" not in srv.log
+
+
+def test_sigterm_to_every_process_as_systemd_stops_a_service(server):
+    """systemd's default stop signals every process of the service at once: user
+    processes run on_destroy, sleeping spares simply die, and that is no warning."""
+    srv = server(server_source("WebServerWS", spare_processes=3))
+
+    async def visit() -> int:
+        async with User(srv.url) as user:
+            return pid((await user.page()).text)
+
+    user_pid = run(visit())
+    deadline = time.monotonic() + 20
+    while len(srv.processes()) < 6 and time.monotonic() < deadline:  # worker, fork-server, user, 3 spares
+        time.sleep(0.05)
+    processes = srv.processes()
+    assert len(processes) == 6
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    psutil.wait_procs(processes, timeout=20)
+    assert not srv.processes()
+    assert (srv.workdir / "destroyed.log").read_text().split() == [str(user_pid)]
+    assert "spare user process" not in srv.log and "WARNING" not in srv.log
+    assert not list((srv.runtime_dir / "u").iterdir())  # no socket left
