@@ -39,7 +39,11 @@ class Server(ServerProcess):
 
     def __init__(self, source: str, *uvicorn_args: str, python: str = sys.executable) -> None:
         super().__init__(COUNTER_APP + source, Path(tempfile.mkdtemp(prefix="hwb-")), python=python)
-        self.start("--no-access-log", *uvicorn_args)
+        try:
+            self.start("--no-access-log", *uvicorn_args)
+        except BaseException:  # the error carries the server's log
+            self.__exit__()
+            raise
 
     def __enter__(self) -> Server:
         return self
