@@ -346,7 +346,6 @@ class ForkServer:
             gc.freeze()
             for spare in [spare for spare in self.spares if app not in spare.apps]:  # forked without it
                 self.spares.remove(spare)
-                spare.control.close()
                 self._drop_spare(spare)
         return self.classes[app]
 
@@ -400,7 +399,6 @@ class ForkServer:
             os.rename(spare.path, path)
             spare.control.sendall(json.dumps({"app": app, "label": label}).encode())
         except OSError:
-            spare.control.close()
             self._drop_spare(spare)
             return False
         self._arriving(spare.control)
@@ -427,6 +425,8 @@ class ForkServer:
                 self._settled(control)
 
     def _drop_spare(self, spare: Spare) -> None:
+        """End a live spare that no user will get (never one already reaped: its pid may be reused)."""
+        spare.control.close()
         self._signal(spare, signal.SIGKILL)
         spare.path.unlink(missing_ok=True)
 

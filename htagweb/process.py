@@ -83,7 +83,7 @@ class UserProcess:
     """Serves one session's bridge connections. A spare is built and serving before
     it knows its session: connections wait until :meth:`assign` names it."""
 
-    def __init__(self, config: Config, watchdog: Watchdog) -> None:
+    def __init__(self, config: Config, watchdog: Watchdog, control: socket.socket | None = None) -> None:
         self.config = config
         self.watchdog = watchdog
         self.label = "(spare)"
@@ -93,8 +93,8 @@ class UserProcess:
         self.last_activity = time.monotonic()
         self.writers: set[asyncio.StreamWriter] = set()
         self.stopping = asyncio.Event()
-        #: a spare's line to the fork-server, open until this user's arrival is over
-        self.control: socket.socket | None = None
+        #: the line to the fork-server, open until this user's arrival is over
+        self.control = control
         self._settling: asyncio.TimerHandle | None = None
 
     def assign(self, load: Callable[[], type], label: str) -> None:
@@ -132,14 +132,17 @@ class UserProcess:
             self.control.close()
             self.control = None
 
-    async def serve(self, listener: socket.socket, assignment: Awaitable[None]) -> None:
-        """Serve ``listener`` until the process must end; ``assignment`` (run once serving)
-        gives it its user, or waits for the fork-server to name one."""
+    async def serve(self, listener: socket.socket, assignment: Awaitable[None] | None = None) -> None:
+        """Serve ``listener`` until the process must end. A spare's ``assignment`` (run
+        once serving) waits for the fork-server to name its user; the arrival of that
+        user starts then, and is over within ``SETTLE_LIMIT`` at the latest."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):  # both: a stray Ctrl-C still runs on_destroy
             loop.add_signal_handler(sig, self.stopping.set)
         server = await asyncio.start_unix_server(self.handle, sock=listener)
-        await assignment
+        if assignment is not None:
+            await assignment
+        self.settle_after(SETTLE_LIMIT)
         expiry = asyncio.create_task(self._expire_when_idle())
         await self.stopping.wait()
         self.watchdog.exiting()
@@ -257,7 +260,7 @@ def run_spare(
     else:
         select.select([control], [], [])
         loop = new_loop()
-    process = UserProcess(config, Watchdog(page))
+    process = UserProcess(config, Watchdog(page), control)
 
     async def assignment() -> None:
         message = await loop.sock_recv(control, 4096)
@@ -266,8 +269,6 @@ def run_spare(
             return
         request = json.loads(message)
         process.assign(lambda: classes[request["app"]], request["label"])
-        process.control = control
-        process.settle_after(SETTLE_LIMIT)
 
     control.setblocking(False)
     loop.run_until_complete(process.serve(listener, assignment()))
@@ -277,11 +278,6 @@ def run(listener: socket.socket, load: Callable[[], type], config: Config, page:
     """Entry point in a child forked for a user; returns when the process must end.
     ``control`` tells the fork-server when this user's arrival is over."""
     loop = new_loop()
-    process = UserProcess(config, Watchdog(page))
+    process = UserProcess(config, Watchdog(page), control)
     process.assign(load, label)
-
-    async def arrival() -> None:
-        process.control = control
-        process.settle_after(SETTLE_LIMIT)
-
-    loop.run_until_complete(process.serve(listener, arrival()))
+    loop.run_until_complete(process.serve(listener))
