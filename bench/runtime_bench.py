@@ -1,6 +1,6 @@
 """htagweb against htag's own in-process WebApp, same app, same client, one run:
 
-    python bench/runtime_bench.py [--quick] [--json FILE] [--no-pin]
+    python bench/runtime_bench.py [--quick] [--json FILE] [--no-pin] [--spare-processes N]
 
 htag 2.0.28's WebApp needs Starlette 0.52 (it calls the add_websocket_route that
 Starlette 1.x removed), so it runs from its own virtualenv, bench/.venv-htag,

@@ -4,7 +4,6 @@ serving the same counter app, an HTTP client and a percentile helper."""
 from __future__ import annotations
 
 import shutil
-import ssl
 import sys
 import tempfile
 from pathlib import Path
@@ -14,6 +13,7 @@ import httpx
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from helpers import TLS  # noqa: E402  (one TLS context shared by every client)
 from serverprocess import ServerProcess  # noqa: E402
 
 COUNTER_APP = """
@@ -53,12 +53,6 @@ class Server(ServerProcess):
             self.stop()
         finally:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-#: one TLS context for every client (the servers speak plain HTTP): left to itself, httpx loads
-#: the CA bundle again for each client, some 40 ms of the client's CPU on this machine,
-#: which a crowd of new users would count in its arrival times
-TLS = ssl.create_default_context()
 
 
 def http_client(url: str, timeout: float = 60) -> httpx.AsyncClient:

@@ -132,6 +132,15 @@ class User:
         return await self.http.post(path, content=json.dumps(msg), headers={"X-HTAG-TOKEN": self.csrf})
 
 
+async def new_users_pids(url: str, n: int) -> list[int]:
+    """``n`` new users, one after the other, each loading the page: their processes' ids."""
+    pids = []
+    for _ in range(n):
+        async with User(url) as user:
+            pids.append(pid((await user.page()).text))
+    return pids
+
+
 async def click(ws: Any, tag_id: str, value: Any = None, callback_id: str = "cb") -> dict[str, Any]:
     """Send an htag click; return the reply that answers it."""
     data: dict[str, Any] = {"callback_id": callback_id}

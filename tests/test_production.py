@@ -11,7 +11,7 @@ import time
 
 import psutil
 import pytest
-from helpers import User, click, count, pid, server_source
+from helpers import User, click, count, new_users_pids, pid, server_source
 
 WORKER_ROUTE = """
 import os as _os
@@ -184,12 +184,7 @@ def test_sigterm_to_every_process_as_systemd_stops_a_service(server):
     """systemd's default stop signals every process of the service at once: user
     processes run on_destroy, sleeping spares simply die, and that is no warning."""
     srv = server(server_source("WebServerWS", spare_processes=3))
-
-    async def visit() -> int:
-        async with User(srv.url) as user:
-            return pid((await user.page()).text)
-
-    user_pid = run(visit())
+    [user_pid] = run(new_users_pids(srv.url, 1))
     deadline = time.monotonic() + 20
     while len(srv.processes()) < 6 and time.monotonic() < deadline:  # worker, fork-server, user, 3 spares
         time.sleep(0.05)

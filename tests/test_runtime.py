@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import websockets
-from helpers import User, click, count, pid, server_source
+from helpers import User, click, count, new_users_pids, pid, server_source
 
 
 def run(coro):
@@ -99,15 +99,7 @@ def test_a_user_process_holds_no_other_users_watchdog_page(server):
     """Each process shares one page with the fork-server (it publishes there when a
     handler runs): pages of the users forked before it must not stay mapped in it."""
     srv = server(server_source("WebServerWS"))
-
-    async def scenario():
-        pids = []
-        for _ in range(4):
-            async with User(srv.url) as user:
-                pids.append(pid((await user.page()).text))
-        return pids
-
-    for user_pid in run(scenario()):
+    for user_pid in run(new_users_pids(srv.url, 4)):
         maps = Path(f"/proc/{user_pid}/maps").read_text()
         assert maps.count("/dev/zero (deleted)") == 1, maps
 
@@ -378,15 +370,7 @@ def test_app_forms(server):
 
 def test_stop_ends_processes_and_runs_on_destroy(server):
     srv = server(server_source("WebServerWS"))
-
-    async def scenario():
-        pids = []
-        for _ in range(3):
-            async with User(srv.url) as user:
-                pids.append(pid((await user.page()).text))
-        return pids
-
-    pids = run(scenario())
+    pids = run(new_users_pids(srv.url, 3))
     srv.stop()  # asserts no process and no socket left
     assert sorted(map(int, (srv.workdir / "destroyed.log").read_text().split())) == sorted(pids)
 
