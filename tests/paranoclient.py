@@ -71,10 +71,50 @@ class ParanoUser:
     async def __aexit__(self, *exc: Any) -> None:
         await self.http.aclose()
 
+    async def start(self, path: str = "/") -> None:
+        """As a browser: the bootstrap page, then a key exchange."""
+        await self.http.get(path)
+        await self.key_exchange()
+
+    async def connect(self, path: str = "/") -> str:
+        """``start``, then the app's page through a channel."""
+        await self.start(path)
+        return await self.page(path)
+
+    def prepare(self, method: str, path: str, headers: list[list[str]] | None = None, body: bytes = b"") -> tuple[ClientChannel, bytes]:
+        """An HTTP channel's open message, to send now, later, twice or out of order."""
+        channel = self.channel(b"H")
+        return channel, channel.open_message(head(method, path, headers, body))
+
+    def answer(self, channel: ClientChannel, response: httpx.Response) -> tuple[int, bytes]:
+        assert response.status_code == 200, response.text
+        response_head, _, response_body = channel.open(response.content).partition(b"\n")
+        return json.loads(response_head)["status"], response_body
+
+    def plaintext(self, channel: ClientChannel, response: httpx.Response) -> bytes:
+        assert response.status_code == 200, response.text
+        return channel.open(response.content)
+
+    @staticmethod
+    def hello(public_point: bytes, origin: str) -> bytes:
+        return bytes([1, cipher.HELLO]) + public_point + origin.encode()
+
+    async def open_stream(self, path: str) -> int:
+        """Open an SSE channel to ``path``; the outer status."""
+        channel = self.channel(b"S")
+        query = base64.urlsafe_b64encode(channel.open_message(head("GET", path))).decode().rstrip("=")
+        async with self.http.stream("GET", f"/_htagweb/p/sse?open={query}") as response:
+            return response.status_code
+
+    @staticmethod
+    def ciphertext(answer: bytes) -> bytes:
+        """The AES-GCM ciphertext of a sealed HTTP answer, as the public format places it."""
+        return answer[2 + 8 : -16]
+
     async def key_exchange(self) -> None:
         identity = ECC.import_key(base64.b64decode((await self.http.get("/_htagweb/identity")).json()["public_key"]))
         key = ECC.generate(curve="P-256")
-        hello = bytes([1, cipher.HELLO]) + key.public_key().export_key(format="SEC1", compress=False) + self.url.encode()
+        hello = self.last_hello = self.hello(key.public_key().export_key(format="SEC1", compress=False), self.url)
         answer = (await self.http.post("/_htagweb/kx", content=hello)).content
         server_pub, expires, signature, self.ticket = answer[2:67], answer[67:75], answer[75:139], answer[139:]
         th = cipher.transcript_hash(hello, server_pub, struct.unpack(">Q", expires)[0])
@@ -92,11 +132,8 @@ class ParanoUser:
         return await self.http.post("/_htagweb/p/http", content=message)
 
     async def request(self, method: str, path: str, headers: list[list[str]] | None = None, body: bytes = b"") -> tuple[int, bytes]:
-        channel = self.channel(b"H")
-        response = await self.send_http(channel.open_message(head(method, path, headers, body)))
-        assert response.status_code == 200, response.text
-        response_head, _, response_body = channel.open(response.content).partition(b"\n")
-        return json.loads(response_head)["status"], response_body
+        channel, message = self.prepare(method, path, headers, body)
+        return self.answer(channel, await self.send_http(message))
 
     async def page(self, path: str = "/") -> str:
         status, body = await self.request("GET", path)
