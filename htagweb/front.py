@@ -19,7 +19,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from . import bridge
 from .config import Config
-from .pages import error_page
+from .pages import error_page, htag_error
 from .pool import Connection, ProcessPool, SpawnRefused
 from .runtime import Runtime
 from .sessions import COOKIE_NAME, SCOPE_NEW, SCOPE_PARANO, Session
@@ -65,9 +65,7 @@ class HtagEndpoint:
         if self.endpoint != "page" and scope[SCOPE_NEW]:
             await self._refuse(scope, receive, send, 403, "No valid session: reload the page.")
             return
-        # in parano mode the process belongs to one key exchange: a stolen cookie does not reach it
-        owner = f"{session.sid}\0{parano['kx_id']}" if parano else session.sid
-        key = self.runtime.process_key(owner, self.app)
+        key = self.runtime.process_key(session.sid, self.app)
         label = session.sid[:8]
         try:
             connection, spawned = await self.pool.connect(key, self.app, label, self.source, self.recheck)
@@ -78,6 +76,8 @@ class HtagEndpoint:
         if self.endpoint == "page" and not spawned:
             logger.info("user process reused: session %s, app %s", label, self.app)
         extra = {"endpoint": self.endpoint, "session": session.snapshot()}
+        if parano and parano.get("page"):  # the page's events are delivered in its order (crypto/PROTOCOL.md §7)
+            extra["order"] = {"page": parano["page"], "seq": parano.get("seq")}
         exchange = _Exchange(self, session, key, connection)
         try:
             if scope["type"] == "websocket":
@@ -94,15 +94,10 @@ class HtagEndpoint:
             return
         response: Response
         if self.endpoint == "event":
-            response = JSONResponse({"status": "error", "payloads": [_htag_error(message)]}, status_code=status)
+            response = JSONResponse({"status": "error", "payloads": [htag_error(message)]}, status_code=status)
         else:
             response = error_page(status, message, trace, RETRY_AFTER if status == 503 else None)
         await response(scope, receive, send)
-
-
-def _htag_error(message: str) -> str:
-    """A payload htag's client shows in its error overlay."""
-    return json.dumps({"action": "error", "traceback": message, "callback_id": None, "result": None})
 
 
 def _forwarded_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
@@ -211,10 +206,10 @@ class _Exchange:
     async def _died(self, scope: Scope, receive: Receive, send: Send, started: bool) -> None:
         status, message = await self._death_message()
         if started:  # an SSE stream: tell htag's client in its own format, then end
-            chunk = f"data: {_htag_error(message)}\n\n".encode()
+            chunk = f"data: {htag_error(message)}\n\n".encode()
             await send({"type": "http.response.body", "body": chunk, "more_body": False})
         elif self.endpoint.endpoint == "event":
-            await JSONResponse({"status": "error", "payloads": [_htag_error(message)]})(scope, receive, send)
+            await JSONResponse({"status": "error", "payloads": [htag_error(message)]})(scope, receive, send)
         else:
             await error_page(status, message)(scope, receive, send)
 
@@ -234,7 +229,7 @@ class _Exchange:
         if downstream in done and downstream.result() == "died" and upstream not in done:
             status, message = await self._death_message()
             if status != 410:  # an ended session closes quietly: htag's client reconnects on the next event
-                await send({"type": "websocket.send", "text": _htag_error(message)})
+                await send({"type": "websocket.send", "text": htag_error(message)})
             await send({"type": "websocket.close", "code": 1001 if status == 410 else 1000, "reason": message[:120]})
         upstream.cancel()
         downstream.cancel()

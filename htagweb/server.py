@@ -95,12 +95,19 @@ class WebServer(Starlette):
         self.trust_proxy_headers = trust_proxy_headers
         signer = make_signer(self.runtime.secrets)
         layers = [
-            Middleware(SessionMiddleware, store=self.store, signer=signer, https_only=https_only, trust_proxy_headers=trust_proxy_headers)
+            Middleware(
+                SessionMiddleware,
+                store=self.store,
+                signer=signer,
+                https_only=https_only,
+                trust_proxy_headers=trust_proxy_headers,
+                parano=parano,
+            )
         ]
         self.identity: IdentityKey | None = None
         if parano:  # imported only here: every user process is forked from this memory, the smaller the faster
             from .cipher import IdentityKey, TicketSealer
-            from .parano import ParanoMiddleware
+            from .parano import Credentials, ParanoMiddleware
 
             identity_path = parano_identity or os.environ.get(IDENTITY_ENV) or self.runtime.identity_path
             self.identity = IdentityKey.load_or_create(Path(identity_path))
@@ -108,10 +115,11 @@ class WebServer(Starlette):
                 ParanoMiddleware,
                 identity=self.identity,
                 sealer=TicketSealer(self.runtime.secrets),
+                credentials=Credentials(self.runtime.secrets, self.store.max_age),
                 store=self.store,
-                signer=signer,
                 ticket_lifetime=parano_ticket_lifetime,
                 max_body_size=max_body_size,
+                debug=debug,
                 on_rejection=partial(self.pool.count, "parano_rejections"),
             )
             layers.insert(0, paranoid)
