@@ -393,8 +393,11 @@ class _SealedWebSocket:
         except (ParanoError, UnicodeDecodeError) as exc:
             error = exc if isinstance(exc, ParanoError) else ParanoError("malformed", "not UTF-8 text")
             await self.layer._refused("a WebSocket message", error)
-            await self.send({"type": "websocket.close", "code": 4400, "reason": f"{error.code}: {error.reason}"})
-            return {"type": "websocket.disconnect", "code": 4400}
+            if not self.closed:
+                self.closed = True
+                await self._seal(_error_control(error))
+                await self.outer_send({"type": "websocket.close", "code": 1000})
+            return {"type": "websocket.disconnect", "code": 1000}
         return {"type": "websocket.receive", "text": text, "htagweb.seq": seq}
 
     async def send(self, message: Message) -> None:
