@@ -148,10 +148,10 @@ class ParanoMiddleware:
     async def key_exchange(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             body = await _read_body(receive, MAX_HELLO)
-            hello = ClientHello.parse(body)
+            # a replay is refused first, for a hash and a store write: not even the point is checked
             if not await self.store.claim(HELLO_CLAIMS, hashlib.sha256(body).hexdigest(), _now() + self.ticket_lifetime):
                 raise ParanoError("replay", "this key exchange was seen before")
-            server_hello, _ = key_exchange(hello, self.identity, self.sealer, self.ticket_lifetime)
+            server_hello, _ = key_exchange(ClientHello.parse(body), self.identity, self.sealer, self.ticket_lifetime)
         except ParanoError as exc:
             await self._clear_error("a key exchange", exc, scope, receive, send)
             return

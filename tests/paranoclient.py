@@ -111,7 +111,8 @@ class ParanoUser:
         hello = self.last_hello = self.hello(key.public_key().export_key(format="SEC1", compress=False), self.url)
         answer = await self.http.post("/_htagweb/kx", content=hello)
         assert answer.status_code == 200, answer.text
-        server_pub, expires, signature, self.ticket = answer.content[2:67], answer.content[67:75], answer.content[75:139], answer.content[139:]
+        content = answer.content
+        server_pub, expires, signature, self.ticket = content[2:67], content[67:75], content[75:139], content[139:]
         th = cipher.transcript_hash(hello, server_pub, struct.unpack(">Q", expires)[0])
         DSS.new(identity, "fips-186-3", encoding="binary").verify(SHA256.new(cipher.LABEL + b" signature" + th), signature)
         z = key_agreement(eph_priv=key, eph_pub=ECC.import_key(server_pub, curve_name="P-256"), kdf=lambda x: x)
@@ -169,6 +170,12 @@ class ParanoUser:
         if 'HTAG_CSRF = "' in page:
             self.csrf = page.split('HTAG_CSRF = "')[1].split('"')[0]
         return page
+
+    async def reload(self, path: str = "/") -> str:
+        """A new page, as after F5: a new page id whose events count from 1."""
+        self.page_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        self.events = 0
+        return await self.page(path)
 
     async def open_stream(self, path: str) -> dict[str, Any]:
         """Open an SSE channel to ``path`` (a POST read as a stream); its first, sealed, message."""

@@ -143,7 +143,7 @@ def test_swapped_events_run_in_the_order_sent(server):
             late = asyncio.create_task(user.send_http(second[1]))  # the attacker delivers the second first
             await asyncio.sleep(0.5)  # so that it surely arrives first; not a measurement
             answers = [await user.send_http(first[1]), await late]
-            statuses = [user.answer(channel, answer)[0] for (channel, _), answer in zip((first, second), answers)]
+            statuses = [user.answer(channel, answer)[0] for (channel, _), answer in zip((first, second), answers, strict=True)]
             assert statuses == [200, 200]
             _, body = await user.request("GET", "/get")
             assert json.loads(body)["from_app"] == "second"
