@@ -17,6 +17,10 @@ ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+#: a host name that is not local: over plain HTTP, pages there are not a secure context
+#: (no ``crypto.subtle``), as on a LAN address; tests reach 127.0.0.1 under it with LAN_RULE
+LAN_HOST = "lanbox.test"
+LAN_RULE = f"--host-resolver-rules=MAP {LAN_HOST} 127.0.0.1"
 
 
 @contextmanager

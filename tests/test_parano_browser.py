@@ -1,10 +1,11 @@
 """Parano mode in a real browser (headless Debian Chromium) behind a recording relay.
 
 What the app renders and what the user types must never cross the wire readable,
-in any transport of htag's client, before or after a reload; the same test without
-parano finds them, so it can fail. Also: the vectors checked by the browser's
-WebCrypto, the refusal on a non-secure context, and the kiosk file refusing an
-impostor server.
+in any transport of htag's client, before or after a reload, both where the page
+has WebCrypto (127.0.0.1, a secure context) and where it has not (plain HTTP to a
+non-local host name, as on a LAN: the noble bundle); the same test without parano
+finds them, so it can fail. Also: the vectors checked by each crypto backend, the
+kiosk file refusing an impostor server and keeping its links.
 """
 
 from __future__ import annotations
@@ -12,16 +13,22 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import secrets
+import shutil
 import subprocess
 import sys
 import urllib.parse
+from pathlib import Path
 
+import httpx
 import pytest
-from chromium import chromium
+from chromium import LAN_HOST, LAN_RULE, chromium
 from conftest import ROOT
 from playwright.sync_api import Browser, expect
 from relay import RecordingRelay
+
+from htagweb.pages import fallback_bundle
 
 APP = """
 from htag import State, Tag
@@ -73,8 +80,12 @@ def found(marker: str, recorded: bytes) -> bool:
 
 @pytest.fixture
 def browser():
-    with chromium() as browser:
+    with chromium(LAN_RULE) as browser:
         yield browser
+
+
+#: where the page is opened: a secure context (WebCrypto), or plain HTTP to a LAN host name (noble)
+HOSTS = {"local": ("127.0.0.1", "webcrypto"), "lan": (LAN_HOST, "noble")}
 
 
 @pytest.fixture
@@ -98,12 +109,15 @@ TRANSPORTS = {
 }
 
 
-def use_app(browser: Browser, url: str, typed: str, reload: bool, transport_check: str) -> None:
+def use_app(browser: Browser, url: str, typed: str, reload: bool, transport_check: str, backend: str | None = None) -> None:
     context = browser.new_context()
     try:
         page = context.new_page()
         page.goto(url)
         expect(page.locator("#count")).to_have_text("Count: 0", timeout=15000)
+        if backend:
+            assert page.evaluate("window.htagwebParano.backend.name") == backend
+            assert page.evaluate("window.crypto.subtle === undefined") == (backend == "noble")
         page.click("#inc")
         expect(page.locator("#count")).to_have_text("Count: 1")
         page.fill("#in", typed)
@@ -121,70 +135,111 @@ def use_app(browser: Browser, url: str, typed: str, reload: bool, transport_chec
         context.close()
 
 
+@pytest.mark.parametrize("host", HOSTS)
 @pytest.mark.parametrize("reload", [False, True], ids=["once", "reloaded"])
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_nothing_readable_on_the_wire(server, browser, relay, transport, reload):
+def test_nothing_readable_on_the_wire(server, browser, relay, transport, reload, host):
     factory, refuse, check = TRANSPORTS[transport]
+    name, backend = HOSTS[host]
     rendered, typed = "mk" + secrets.token_hex(8), "ty" + secrets.token_hex(8)
     srv = server(app_source(rendered, factory))
     wire = relay(srv.port, refuse)
-    use_app(browser, f"http://127.0.0.1:{wire.port}/", typed, reload, check)
+    use_app(browser, f"http://{name}:{wire.port}/", typed, reload, check, backend)
     recorded = wire.observed()
     assert b"/_htagweb/p/" in recorded and len(recorded) > 10000  # the relay did see the exchanges
     assert not found(rendered, recorded), "the rendered marker crossed the wire readable"
     assert not found(typed, recorded), "the typed marker crossed the wire readable"
 
 
+@pytest.mark.parametrize("host", HOSTS)
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_without_parano_the_markers_are_on_the_wire(server, browser, relay, transport):
+def test_without_parano_the_markers_are_on_the_wire(server, browser, relay, transport, host):
     factory, refuse, check = TRANSPORTS[transport]
     rendered, typed = "mk" + secrets.token_hex(8), "ty" + secrets.token_hex(8)
     srv = server(app_source(rendered, factory, parano=False))
     wire = relay(srv.port, tuple(r.replace(b"/_htagweb/p/ws", b"/ws") for r in refuse))
-    use_app(browser, f"http://127.0.0.1:{wire.port}/", typed, False, check)
+    use_app(browser, f"http://{HOSTS[host][0]}:{wire.port}/", typed, False, check)
     assert found(rendered, wire.observed()) and found(typed, wire.observed())
 
 
-def test_plain_http_to_another_host_name_refuses_and_sends_nothing(server, relay):
+def without_bundle(tmp_path: Path) -> str:
+    """Source lines that make a server import a copy of htagweb whose noble bundle was never built."""
+    copy = tmp_path / "unbuilt"
+    shutil.copytree(ROOT / "htagweb", copy / "htagweb", ignore=shutil.ignore_patterns("__pycache__", "node_modules", "noble.min.js"))
+    return f"import sys\nsys.path.insert(0, {str(copy)!r})\n"
+
+
+def test_without_the_bundle_plain_http_is_refused_and_the_administrator_told(server, relay, tmp_path):
     rendered = "mk" + secrets.token_hex(8)
-    srv = server(app_source(rendered))
+    srv = server(without_bundle(tmp_path) + app_source(rendered))
+    srv.wait_log(r"WARNING.*JS crypto fallback .* is not built: visitors on plain HTTP to a non-local host name get the refusal page")
     wire = relay(srv.port)
-    with chromium("--host-resolver-rules=MAP parano.test 127.0.0.1") as browser:
+    with chromium(LAN_RULE) as browser:
         page = browser.new_page()
-        page.goto(f"http://parano.test:{wire.port}/")
+        page.goto(f"http://{LAN_HOST}:{wire.port}/")
         expect(page.locator("h1")).to_have_text("This page cannot be opened securely here")
-        assert "kiosk" in page.inner_text("body") and "HTTPS" in page.inner_text("body")
+        assert page.title() == "Refused: no secure connection over plain HTTP here"
         assert page.evaluate("window.crypto.subtle === undefined")
+        text = page.inner_text("body")
+        # the administrator's options
+        assert "kiosk" in text and "HTTPS" in text and "Node.js" in text and "python -m htagweb kiosk" in text
+        srv.wait_log(rf"WARNING.*parano: refused a visitor on plain HTTP to '{LAN_HOST}:{wire.port}'")
+        for _ in range(3):
+            page.reload()
+            expect(page.locator("h1")).to_have_text("This page cannot be opened securely here")
     recorded = wire.observed()
     assert not found(rendered, recorded)
-    assert b"GET /_htagweb/" not in recorded and b"POST /_htagweb/" not in recorded  # nothing was sent
+    assert b"/_htagweb/kx" not in recorded and b"/_htagweb/p/" not in recorded  # no key exchange, no channel: nothing of the app
+    beacons = [head for head in wire.sent_heads() if head.line.startswith("POST /_htagweb/refused ")]
+    assert len(beacons) == 4 and all(int(head.values("content-length")[0]) < 32 for head in beacons)
+    assert all(not head.values("referer") and not head.values("cookie") for head in beacons)
+    # a flood of beacons is answered and costs a log line per minute at most
+    statuses = {httpx.post(f"{srv.url}/_htagweb/refused", content=b"no-webcrypto").status_code for _ in range(50)}
+    assert statuses == {204}
+    assert len(re.findall("refused a visitor on plain HTTP", srv.log)) == 1
 
 
-def test_vectors_in_the_browser(server, browser):
+@pytest.mark.parametrize("host", HOSTS)
+def test_vectors_in_the_browser(server, browser, host):
+    """Each crypto backend of the client against crypto/vectors.json, in the context it serves:
+    WebCrypto on 127.0.0.1, the noble bundle (loaded as the bootstrap loads it) on plain HTTP to a LAN name."""
     vectors = json.loads((ROOT / "crypto" / "vectors.json").read_text())
     script = (ROOT / "htagweb" / "js" / "parano.js").read_text()
+    bundle = fallback_bundle()
+    assert bundle is not None, "the noble bundle is not built: pip install -e . with Node.js and npm"
     srv = server(app_source("x"))
+    name, backend = HOSTS[host]
     page = browser.new_page()
     try:
-        page.goto(srv.url + "/_htagweb/identity")  # any page of a secure context (127.0.0.1)
-        page.add_script_tag(content="window.HTAGWEB_PARANO = {test: true};\n" + script)
+        page.goto(f"http://{name}:{srv.port}/_htagweb/identity")  # any page of the server
+        assert page.evaluate("window.crypto.subtle === undefined") == (backend == "noble")
+        config = {"test": True, "fallback": bundle.config}
+        page.add_script_tag(content=f"window.HTAGWEB_PARANO = {json.dumps(config)};\n" + script)
         failures = page.evaluate(
             """async (V) => {
-            const I = window.htagwebParano.internals, subtle = crypto.subtle;
+            const B = await window.htagwebParano.ready, I = window.htagwebParano.internals;
             const h = (s) => Uint8Array.from(s.match(/../g) || [], (x) => parseInt(x, 16));
             const hex = (b) => Array.from(new Uint8Array(b), (x) => x.toString(16).padStart(2, "0")).join("");
-            const KX = V.key_exchange, failures = [];
+            const KX = V.key_exchange, failures = [B.name];
             const check = (name, got, want) => { if (got !== want) failures.push(name + ": " + got + " != " + want); };
             const th = await I.transcriptHash(h(KX.client_hello), h(KX.server_pub), KX.expires);
             check("transcript hash", hex(th), KX.transcript_hash);
-            check("signature", await I.verifySignature(h(V.identity.public_spki), h(KX.signature), th), true);
+            const spki = h(V.identity.public_spki), signature = h(KX.signature);
+            check("signature", await I.verifySignature(spki, signature, th), true);
+            // (r, n - s) is the same signature: a verifier that wants "low s" would refuse half the servers' signatures
+            const n = 0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551n;
+            const other = h((n - BigInt("0x" + hex(signature.slice(32)))).toString(16).padStart(64, "0"));
+            check("signature with the other s", await I.verifySignature(spki, I.concat(signature.slice(0, 32), other), th), true);
             const tampered = h(KX.signature); tampered[5] ^= 1;
-            check("tampered signature", await I.verifySignature(h(V.identity.public_spki), tampered, th), false);
-            const P256 = {name: "ECDH", namedCurve: "P-256"};
-            const priv = await subtle.importKey("pkcs8", h(KX.client_private_pkcs8), P256, false, ["deriveBits"]);
-            const peer = await subtle.importKey("raw", h(KX.server_pub), P256, false, []);
-            const z = new Uint8Array(await subtle.deriveBits({name: "ECDH", public: peer}, priv, 256));
+            check("tampered signature", await I.verifySignature(spki, tampered, th), false);
+            const pkcs8 = h(KX.client_private_pkcs8);  // the noble backend takes the scalar, at 36 in this PKCS#8
+            const secret = B.name === "webcrypto"
+                ? await crypto.subtle.importKey("pkcs8", pkcs8, {name: "ECDH", namedCurve: "P-256"}, false, ["deriveBits"])
+                : pkcs8.slice(36, 68);
+            const z = await B.ecdh(secret, h(KX.server_pub));
             check("shared secret", hex(z), KX.shared_secret);
+            const infinity = new Uint8Array(65); infinity[0] = 4;
+            try { await B.ecdh(secret, infinity); failures.push("the point at infinity was accepted"); } catch (e) {}
             const keys = await I.sessionKeys(z, th);
             check("k_c2s", hex(keys.c2sRaw), KX.k_c2s);
             check("k_s2c", hex(keys.s2cRaw), KX.k_s2c);
@@ -192,8 +247,8 @@ def test_vectors_in_the_browser(server, browser):
                 const id = h(ch.channel_id);
                 const kc = await I.clientKey(keys.c2s, id, ch.kind, true);
                 const ks = await I.serverKey(keys.s2c, id, h(ch.server_nonce), ch.kind, true);
-                check(ch.kind + " kc", hex(await subtle.exportKey("raw", kc)), ch.kc);
-                check(ch.kind + " ks", hex(await subtle.exportKey("raw", ks)), ch.ks);
+                check(ch.kind + " kc", hex(await B.exportAes(kc)), ch.kc);
+                check(ch.kind + " ks", hex(await B.exportAes(ks)), ch.ks);
                 for (const item of ch.c2s) {
                     const box = await I.sealBox(kc, ch.kind, new TextEncoder().encode(">"), id, item.counter, h(item.plaintext));
                     check(ch.kind + " c2s box " + item.counter, hex(box), item.box);
@@ -214,7 +269,7 @@ def test_vectors_in_the_browser(server, browser):
         )
     finally:
         page.close()
-    assert failures == []
+    assert failures == [backend]
 
 
 def test_kiosk_runs_the_pinned_server_and_refuses_an_impostor(server, relay, tmp_path):
@@ -243,15 +298,18 @@ def test_kiosk_runs_the_pinned_server_and_refuses_an_impostor(server, relay, tmp
         assert "the-impostor" not in page.content()
 
 
-def test_a_tampered_frame_is_refused_and_the_user_told(server, browser, relay):
+@pytest.mark.parametrize("host", HOSTS)
+def test_a_tampered_frame_is_refused_and_the_user_told(server, browser, relay, host):
     # without WebSocket compression, whose own check would catch the flipped byte first
     srv = server(app_source("mk-tamper"), "--ws-per-message-deflate", "false")
     wire = relay(srv.port, tamper=b"GET /_htagweb/p/ws")  # flips a byte of the first click's frame
+    name, backend = HOSTS[host]
     context = browser.new_context()
     try:
         page = context.new_page()
-        page.goto(f"http://127.0.0.1:{wire.port}/")
+        page.goto(f"http://{name}:{wire.port}/")
         expect(page.locator("#count")).to_have_text("Count: 0", timeout=15000)
+        assert page.evaluate("window.htagwebParano.backend.name") == backend
         page.click("#inc")
         failure = page.locator("#htagweb-parano-failure")
         expect(failure).to_contain_text("failed its integrity check", timeout=15000)
@@ -264,3 +322,49 @@ def test_a_tampered_frame_is_refused_and_the_user_told(server, browser, relay):
     finally:
         context.close()
     srv.wait_log(r"parano: refused a WebSocket message: integrity")
+
+
+KIOSK_APPS = {
+    "counter.py": """
+from htag import State, Tag
+
+
+class App(Tag.App):
+    def init(self):
+        self.n = State(0)
+        Tag.a("home", _href="/")
+        Tag.p(lambda: f"count {self.n.value}", _id="count")
+        Tag.button("+1", _id="inc", _onclick=self.inc)
+
+    def inc(self, event):
+        self.n.value += 1
+""",
+    "sub/hello.py": "from htag import Tag\nclass Hello(Tag.App):\n    def init(self):\n        Tag.p('hello from sub', _id='hello')\n",
+}
+
+
+def test_kiosk_holds_a_whole_app_its_links_stay_in_the_kiosk(server, tmp_path):
+    srv = server("", files=KIOSK_APPS, command=[".", "--parano"])  # the dev server: an index page of links
+    kiosk = tmp_path / "kiosk.html"
+    subprocess.run([sys.executable, "-m", "htagweb", "kiosk", srv.url + "/", "--out", str(kiosk)], capture_output=True, check=True)
+    with chromium() as browser:
+        page = browser.new_context().new_page()
+        page.goto(kiosk.as_uri())
+        expect(page.locator("header h1")).to_have_text("htag apps in /", timeout=15000)
+        page.click("a:text('counter')")
+        expect(page.locator("#count")).to_have_text("count 0", timeout=15000)
+        assert page.url.startswith(kiosk.as_uri())
+        page.click("#inc")
+        expect(page.locator("#count")).to_have_text("count 1")
+        page.click("a:text('home')")  # an app's own link back to the index
+        expect(page.locator("header h1")).to_have_text("htag apps in /", timeout=15000)
+        page.click("a:text('sub')")
+        expect(page.locator("header h1")).to_have_text("htag apps in /sub", timeout=15000)
+        page.click("a:text('hello')")
+        expect(page.locator("#hello")).to_have_text("hello from sub", timeout=15000)
+        page.go_back()  # the kiosk's history is the app's
+        expect(page.locator("header h1")).to_have_text("htag apps in /sub", timeout=15000)
+        assert page.url.startswith(kiosk.as_uri())
+        page.go_back()
+        page.go_back()
+        expect(page.locator("#count")).to_have_text("count 1", timeout=15000)  # the same session all along
