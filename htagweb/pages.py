@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import functools
+import hashlib
 import html
 import json
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import TYPE_CHECKING
 
@@ -47,9 +50,37 @@ def parano_script() -> str:
     return files("htagweb").joinpath("js/parano.js").read_text()
 
 
+@dataclass(frozen=True)
+class FallbackBundle:
+    """The noble crypto bundle (built by setup.py) that pages without WebCrypto load."""
+
+    script: bytes
+    path: str  # named by its hash: cached for good, never stale
+    integrity: str  # Subresource Integrity: the page runs these bytes or nothing
+
+    @property
+    def config(self) -> dict[str, str]:
+        return {"src": self.path, "integrity": self.integrity}
+
+
+@functools.cache
+def fallback_bundle() -> FallbackBundle | None:
+    """None where the package was built without Node.js and npm."""
+    try:
+        script = files("htagweb").joinpath("js/noble.min.js").read_bytes()
+    except FileNotFoundError:
+        return None
+    path = f"/_htagweb/noble-{hashlib.sha256(script).hexdigest()[:16]}.js"
+    return FallbackBundle(script, path, "sha384-" + base64.b64encode(hashlib.sha384(script).digest()).decode())
+
+
 def bootstrap_html(identity_spki: bytes, server: str = "", kiosk: bool = False) -> str:
-    """The page that runs the key exchange and installs the app, carrying no app content."""
+    """The page that runs the key exchange and installs the app, carrying no app content.
+    A page of a server (not a kiosk file, always a secure context) may load the noble bundle."""
+    bundle = None if kiosk else fallback_bundle()
     config = {"identity": base64.b64encode(identity_spki).decode(), "server": server, "kiosk": kiosk}
+    if bundle:
+        config["fallback"] = bundle.config
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Connecting securely…</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><meta name="referrer" content="no-referrer">

@@ -38,6 +38,7 @@ from .cipher import (
     text_plaintext,
 )
 from .host import ORDER_HEADER
+from .pages import fallback_bundle
 from .sessions import SCOPE_PARANO
 from .stores import SessionStore
 
@@ -54,6 +55,17 @@ _DROPPED_INNER = {"cookie", "host", "content-length", "connection", "upgrade", "
 _KEPT_OUTER = {b"host", b"user-agent", b"accept-language"}
 #: the claims of key exchanges seen: a replayed hello is refused before any ECDH
 HELLO_CLAIMS = "kx-hello"
+#: a refused visitor's page reports it (a plaintext beacon anyone can send): one log line per this many seconds at most
+REFUSAL_LOG_INTERVAL = 60.0
+#: what a refused page may say, and what it means for the administrator
+REFUSALS = {
+    "no-crypto": "no WebCrypto there, and the JS crypto fallback is not built",
+    "fallback-failed": "no WebCrypto there, and the JS crypto fallback did not load intact",
+}
+ADMIN_OPTIONS = (
+    "install Node.js (>= 20.19) and npm where htagweb is installed and reinstall it, to build the fallback; "
+    "or serve HTTPS; or give kiosks a file from `python -m htagweb kiosk URL`"
+)
 
 
 class Credentials:
@@ -122,11 +134,20 @@ class ParanoMiddleware:
             ("http", "/_htagweb/p/http"): self.http_channel,
             ("http", "/_htagweb/p/sse"): self.sse_channel,
             ("websocket", "/_htagweb/p/ws"): self.ws_channel,
+            ("http", "/_htagweb/refused"): self.refused_visitor,
         }
+        # pages where WebCrypto is missing (plain HTTP to a non-local host name) load this (PROTOCOL.md §8)
+        self.bundle = fallback_bundle()
+        if self.bundle:
+            self.routes[("http", self.bundle.path)] = self.fallback_script
+        self.refusals_unlogged = 0
+        self.refusal_logged_at = -REFUSAL_LOG_INTERVAL
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         handler = self.routes.get((scope["type"], scope["path"])) if scope["type"] in ("http", "websocket") else None
-        if handler is None:
+        if scope["type"] == "lifespan" and self.bundle is None:
+            await self.app(scope, receive, _after_startup(send, self._warn_unbuilt))
+        elif handler is None:
             await self.app(scope, receive, send)
         elif scope["type"] == "http" and scope["method"] == "OPTIONS":  # CORS preflight of a kiosk page
             headers = {**CORS, "Access-Control-Allow-Methods": "GET, POST", "Access-Control-Allow-Headers": "content-type"}
@@ -160,6 +181,42 @@ class ParanoMiddleware:
     async def public_identity(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = {"public_key": base64.b64encode(self.identity.spki).decode(), "fingerprint": self.identity.fingerprint}
         await JSONResponse(body, headers=CORS)(scope, receive, send)
+
+    # --- where the page has no WebCrypto (§8) -----------------------------------
+
+    @staticmethod
+    def _warn_unbuilt() -> None:
+        logger.warning(
+            "parano: the JS crypto fallback (htagweb/js/noble.min.js) is not built: visitors on plain HTTP to a non-local "
+            "host name get the refusal page (HTTPS, localhost and kiosk files work). To serve them: %s",
+            ADMIN_OPTIONS,
+        )
+
+    async def fallback_script(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self.bundle is not None
+        headers = {"Cache-Control": "public, max-age=31536000, immutable", "X-Content-Type-Options": "nosniff"}
+        await Response(self.bundle.script, media_type="text/javascript", headers=headers)(scope, receive, send)
+
+    async def refused_visitor(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A refused page's report: a fixed word in clear, nothing secret. Told to the
+        administrator, at most once per REFUSAL_LOG_INTERVAL, since anyone can send it."""
+        try:
+            reason = (await _read_body(receive, 64)).decode("ascii", "replace")
+        except ParanoError:
+            reason = ""
+        self.refusals_unlogged += 1
+        now = time.monotonic()
+        if now - self.refusal_logged_at >= REFUSAL_LOG_INTERVAL:
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            logger.warning(
+                "parano: refused a visitor on plain HTTP to %r: %s (%d such report(s) since the last line). To serve them: %s",
+                host,
+                REFUSALS.get(reason, "an unknown reason"),
+                self.refusals_unlogged,
+                ADMIN_OPTIONS,
+            )
+            self.refusal_logged_at, self.refusals_unlogged = now, 0
+        await Response(status_code=204, headers=CORS)(scope, receive, send)
 
     # --- channels (§4) --------------------------------------------------------
 
@@ -486,6 +543,17 @@ def _sse_data(event: bytes) -> bytes:
 
 def _now() -> float:
     return time.time()
+
+
+def _after_startup(send: Send, then: Callable[[], None]) -> Send:
+    """``send`` of the lifespan, calling ``then`` once the application has started (its logging set up)."""
+
+    async def sending(message: Message) -> None:
+        await send(message)
+        if message["type"] == "lifespan.startup.complete":
+            then()
+
+    return sending
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:

@@ -15,7 +15,6 @@
   var LABEL = enc.encode("htagweb-parano/2");
   var VERSION = 2, HELLO = 1, SERVER_HELLO = 2, OPEN = 0x10, DATA = 0x11, ACCEPT = 0x12, TEXT = 0, CONTROL = 1;
   var C2S = enc.encode(">"), S2C = enc.encode("<");
-  var subtle = window.crypto && window.crypto.subtle;
   var RealWebSocket = window.WebSocket, realFetch = window.fetch.bind(window);
   var NO_REFERRER = { credentials: "omit", referrerPolicy: "no-referrer", cache: "no-store" };
 
@@ -34,32 +33,114 @@
   function unb64(text) { return Uint8Array.from(atob(text), function (c) { return c.charCodeAt(0); }); }
   function b64url(bytes) { return b64(bytes).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, ""); }
   function random(n) { return window.crypto.getRandomValues(new Uint8Array(n)); }
+  function unhex(text) { return Uint8Array.from(text.match(/../g), function (x) { return parseInt(x, 16); }); }
+  function equal(a, b) { return a.length === b.length && a.every(function (x, i) { return x === b[i]; }); }
 
   /* A failure. `authenticated`: the server said it inside the channel, so its reason may be shown. */
   function ParanoFailure(code, reason, authenticated) { this.code = code; this.reason = reason; this.authenticated = !!authenticated; }
   ParanoFailure.prototype.toString = function () { return "parano " + this.code + ": " + this.reason; };
 
-  // --- primitives (§2, §4) -------------------------------------------------
-  async function sha256(data) { return new Uint8Array(await subtle.digest("SHA-256", data)); }
-  async function hkdfBits(ikmKey, salt, info) {
-    return new Uint8Array(await subtle.deriveBits({ name: "HKDF", hash: "SHA-256", salt: salt, info: info }, ikmKey, 256));
+  // --- primitives (§2, §4): two backends, the same operations --------------------
+  /* WebCrypto wherever the page has it; where it has not (plain HTTP to a non-local host
+   * name) the audited noble libraries, bundled by the package build and loaded with a
+   * Subresource Integrity hash (§8). Keys are opaque to the protocol code: non-extractable
+   * CryptoKeys with WebCrypto, bytes with noble. */
+  var ECDH = { name: "ECDH", namedCurve: "P-256" };
+  function webCrypto(subtle) {
+    return {
+      name: "webcrypto",
+      sha256: async function (data) { return new Uint8Array(await subtle.digest("SHA-256", data)); },
+      ecdhKeyPair: async function () {  // the private key is a non-extractable CryptoKey
+        var pair = await subtle.generateKey(ECDH, false, ["deriveBits"]);
+        return { publicKey: new Uint8Array(await subtle.exportKey("raw", pair.publicKey)), secret: pair.privateKey };
+      },
+      ecdh: async function (secret, peerPublic) {
+        var peer = await subtle.importKey("raw", peerPublic, ECDH, false, []);
+        return new Uint8Array(await subtle.deriveBits({ name: "ECDH", public: peer }, secret, 256));
+      },
+      verify: async function (spki, signature, message) {
+        var key = await subtle.importKey("spki", spki, { name: "ECDSA", namedCurve: "P-256" }, false, ["verify"]);
+        return subtle.verify({ name: "ECDSA", hash: "SHA-256" }, key, signature, message);
+      },
+      hkdfKey: function (raw) { return subtle.importKey("raw", raw, "HKDF", false, ["deriveBits", "deriveKey"]); },
+      hkdf: async function (key, salt, info) {
+        return new Uint8Array(await subtle.deriveBits({ name: "HKDF", hash: "SHA-256", salt: salt, info: info }, key, 256));
+      },
+      aesKey: function (key, salt, info, usage, extractable) {
+        return subtle.deriveKey({ name: "HKDF", hash: "SHA-256", salt: salt, info: info }, key,
+          { name: "AES-GCM", length: 256 }, !!extractable, [usage]);
+      },
+      exportAes: async function (key) { return new Uint8Array(await subtle.exportKey("raw", key)); },
+      encrypt: async function (key, iv, aad, plaintext) {
+        return new Uint8Array(await subtle.encrypt({ name: "AES-GCM", iv: iv, additionalData: aad }, key, plaintext));
+      },
+      decrypt: async function (key, iv, aad, ciphertext) {
+        return new Uint8Array(await subtle.decrypt({ name: "AES-GCM", iv: iv, additionalData: aad }, key, ciphertext));
+      },
+    };
   }
-  function importHkdf(raw) { return subtle.importKey("raw", raw, "HKDF", false, ["deriveBits", "deriveKey"]); }
+  // the SubjectPublicKeyInfo of a P-256 key: this fixed header, then the uncompressed point
+  var P256_SPKI = unhex("3059301306072a8648ce3d020106082a8648ce3d030107034200");
+  function noble(N) {
+    function hkdf(key, salt, info) { return N.hkdf(N.sha256, key, salt, info, 32); }
+    return {
+      name: "noble",
+      sha256: async function (data) { return N.sha256(data); },
+      ecdhKeyPair: async function () {
+        var secret = N.p256.utils.randomSecretKey();  // crypto.getRandomValues, present in every context
+        return { publicKey: N.p256.getPublicKey(secret, false), secret: secret };
+      },
+      // the x-coordinate, as WebCrypto's deriveBits; throws on a point not on the curve
+      ecdh: async function (secret, peerPublic) { return N.p256.getSharedSecret(secret, peerPublic, true).slice(1); },
+      verify: async function (spki, signature, message) {
+        if (spki.length !== P256_SPKI.length + 65 || !equal(spki.slice(0, P256_SPKI.length), P256_SPKI)) return false;
+        try {  // WebCrypto's semantics: SHA-256 of the message, r|s, either s
+          return N.p256.verify(signature, message, spki.slice(P256_SPKI.length), { prehash: true, lowS: false, format: "compact" });
+        } catch (e) { return false; }
+      },
+      hkdfKey: async function (raw) { return raw.slice(); },
+      hkdf: async function (key, salt, info) { return hkdf(key, salt, info); },
+      aesKey: async function (key, salt, info) { return hkdf(key, salt, info); },
+      exportAes: async function (key) { return key; },
+      encrypt: async function (key, iv, aad, plaintext) { return N.gcm(key, iv, aad).encrypt(plaintext); },
+      decrypt: async function (key, iv, aad, ciphertext) { return N.gcm(key, iv, aad).decrypt(ciphertext); },
+    };
+  }
+  function loadScript(spec) {
+    return new Promise(function (resolve, reject) {
+      var script = document.createElement("script");
+      script.src = spec.src;
+      script.integrity = spec.integrity;  // the browser runs these exact bytes, or nothing
+      script.referrerPolicy = "no-referrer";
+      script.onload = resolve;
+      script.onerror = function () { reject(new Error("the script did not load")); };
+      document.head.appendChild(script);
+    });
+  }
+  var backend = null;
+  var ready = (async function () {
+    var subtle = window.crypto && window.crypto.subtle;
+    if (subtle) return (backend = webCrypto(subtle));
+    if (!CFG.fallback) throw new ParanoFailure("no-crypto", "no WebCrypto, and no JS crypto fallback on this server");
+    try { await loadScript(CFG.fallback); } catch (e) {
+      throw new ParanoFailure("fallback-failed", "the JS crypto fallback did not load intact");
+    }
+    return (backend = noble(window.htagwebNoble));
+  })();
+  ready.catch(function () {});  // start() tells
+
+  function sha256(data) { return backend.sha256(data); }
+  function hkdfBits(key, salt, info) { return backend.hkdf(key, salt, info); }
+  function importHkdf(raw) { return backend.hkdfKey(raw); }
   function transcriptHash(hello, serverPub, expires) { return sha256(concat(LABEL, hello, serverPub, u64(expires))); }
-  async function verifySignature(spki, signature, th) {
-    var key = await subtle.importKey("spki", spki, { name: "ECDSA", namedCurve: "P-256" }, false, ["verify"]);
-    return subtle.verify({ name: "ECDSA", hash: "SHA-256" }, key, signature, concat(LABEL, enc.encode(" signature"), th));
-  }
+  function verifySignature(spki, signature, th) { return backend.verify(spki, signature, concat(LABEL, enc.encode(" signature"), th)); }
   async function sessionKeys(zRaw, th) {
     var z = await importHkdf(zRaw);
     var c2s = await hkdfBits(z, th, concat(LABEL, enc.encode(" c2s")));
     var s2c = await hkdfBits(z, th, concat(LABEL, enc.encode(" s2c")));
     return { c2sRaw: c2s, s2cRaw: s2c, c2s: await importHkdf(c2s), s2c: await importHkdf(s2c) };
   }
-  function aesKey(sessionKey, salt, info, usage, extractable) {
-    return subtle.deriveKey({ name: "HKDF", hash: "SHA-256", salt: salt, info: info }, sessionKey,
-      { name: "AES-GCM", length: 256 }, !!extractable, [usage]);
-  }
+  function aesKey(sessionKey, salt, info, usage, extractable) { return backend.aesKey(sessionKey, salt, info, usage, extractable); }
   function clientKey(k_c2s, channelId, kind, extractable) {
     return aesKey(k_c2s, channelId, concat(LABEL, enc.encode(" c2s " + kind)), "encrypt", extractable);
   }
@@ -69,22 +150,30 @@
   function aad(kind, direction, channelId, counter) { return concat(LABEL, enc.encode(kind), direction, channelId, u64(counter)); }
   function nonce(counter) { return concat(new Uint8Array(4), u64(counter)); }
   async function sealBox(key, kind, direction, channelId, counter, plaintext) {
-    var ct = await subtle.encrypt({ name: "AES-GCM", iv: nonce(counter), additionalData: aad(kind, direction, channelId, counter) }, key, plaintext);
-    return concat(u64(counter), new Uint8Array(ct));
+    return concat(u64(counter), await backend.encrypt(key, nonce(counter), aad(kind, direction, channelId, counter), plaintext));
   }
   async function openBox(key, kind, direction, channelId, expected, box) {
     if (box.length < 24) throw new ParanoFailure("integrity", "a message too short to be genuine");
     var counter = readU64(box, 0);
     if (counter !== expected) throw new ParanoFailure("integrity", "message " + counter + " where " + expected + " was due");
     try {
-      return new Uint8Array(await subtle.decrypt({ name: "AES-GCM", iv: nonce(counter), additionalData: aad(kind, direction, channelId, counter) }, key, box.slice(8)));
+      return await backend.decrypt(key, nonce(counter), aad(kind, direction, channelId, counter), box.slice(8));
     } catch (e) { throw new ParanoFailure("integrity", "authentication failed"); }
   }
 
   // --- where the server is ---------------------------------------------------
   var server = CFG.server ? new URL(CFG.server) : null;        // a kiosk names its server; else same origin
   var origin = server ? server.origin : location.origin;
-  var appPath = server ? server.pathname : location.pathname;
+  /* A kiosk file holds a whole app: its query names the path of the server it shows, and
+   * links within the server load the kiosk file again with theirs (keepLinksInKiosk). */
+  var KIOSK_PATH = "htagweb-path";
+  function kioskTarget() {
+    var named = new URLSearchParams(location.search).get(KIOSK_PATH);
+    var url = named && /^\/(?!\/)/.test(named) ? new URL(named, origin) : null;
+    return url && url.origin === origin ? url : server;
+  }
+  var target = server ? kioskTarget() : location;
+  var appPath = target.pathname, appSearch = target.search;
   var pageBase = location.pathname.replace(/\/?$/, "/"), appBase = appPath.replace(/\/?$/, "/");
   var eventPath = appBase + "event";  // where htag's client posts events (its _base_path + "event")
   function serverPath(path) {  // htag builds its URLs from location: map the kiosk file's path onto the app's
@@ -124,9 +213,8 @@
   var storeKey = origin + "|" + CFG.identity + "|";
   var current = null, credential = null;
   async function keyExchange() {
-    var pair = await subtle.generateKey({ name: "ECDH", namedCurve: "P-256" }, false, ["deriveBits"]);
-    var clientPub = new Uint8Array(await subtle.exportKey("raw", pair.publicKey));
-    var hello = concat(new Uint8Array([VERSION, HELLO]), clientPub, enc.encode(origin));
+    var pair = await backend.ecdhKeyPair();
+    var hello = concat(new Uint8Array([VERSION, HELLO]), pair.publicKey, enc.encode(origin));
     var response = await realFetch(origin + "/_htagweb/kx", Object.assign({ method: "POST", body: hello,
       headers: { "content-type": "application/octet-stream" } }, NO_REFERRER));
     if (!response.ok) throw unauthenticated(response);
@@ -137,10 +225,8 @@
     var th = await transcriptHash(hello, serverPub, expires);
     if (!(await verifySignature(unb64(CFG.identity), signature, th)))
       throw new ParanoFailure("identity", "the server could not prove it holds the expected identity key: refusing to talk to it");
-    var peer = await subtle.importKey("raw", serverPub, { name: "ECDH", namedCurve: "P-256" }, false, []);
-    var z = new Uint8Array(await subtle.deriveBits({ name: "ECDH", public: peer }, pair.privateKey, 256));
-    var keys = await sessionKeys(z, th);
-    var fresh = { ticket: answer.slice(139), expires: expires, c2s: keys.c2s, s2c: keys.s2c };
+    var keys = await sessionKeys(await backend.ecdh(pair.secret, serverPub), th);
+    var fresh = { ticket: answer.slice(139), expires: expires, c2s: keys.c2s, s2c: keys.s2c, backend: backend.name };
     await keep("keys", fresh);
     return fresh;
   }
@@ -149,7 +235,8 @@
     if (renew) { current = null; await keep("keys", null); }
     if (current && current.expires > Date.now() / 1000 + 60) return current;
     var stored = await kept("keys");
-    current = stored && stored.expires > Date.now() / 1000 + 60 ? stored : await keyExchange();
+    var usable = stored && stored.backend === backend.name && stored.expires > Date.now() / 1000 + 60;
+    current = usable ? stored : await keyExchange();
     return current;
   }
   function setCredential(value) { credential = value; return keep("session", value); }
@@ -382,22 +469,57 @@
     }
   }
 
+  /* No cryptography here: say so (to the visitor and to the administrator), send nothing
+   * of the app, and report the refusal with a fixed word for the server's log. */
+  function refuse(status, failure) {
+    document.title = "Refused: no secure connection over plain HTTP here";
+    var page = document.createElement("div");
+    function add(tag, text) { var node = document.createElement(tag); node.textContent = text; page.appendChild(node); return node; }
+    add("h1", "This page cannot be opened securely here");
+    add("p", "This application encrypts every exchange in the browser (htagweb parano mode). On plain HTTP to another " +
+      "computer the browser withholds its own cryptography (WebCrypto), and " + (failure.code === "no-crypto"
+        ? "this server has no JavaScript cryptography to use instead."
+        : "the JavaScript cryptography of this server did not load intact (altered on the way, or a stale cache).") +
+      " Nothing was sent. Open it over HTTPS, or use the kiosk file provided by the administrator.");
+    add("h2", "For the administrator");
+    var options = add("ul", "");
+    [
+      "Build the JavaScript crypto fallback: install Node.js (20.19 or later) and npm where htagweb is installed, reinstall " +
+        "htagweb (pip install --force-reinstall htagweb, or pip install -e . in a checkout) and restart the server. Pages on " +
+        "plain HTTP then encrypt with audited JavaScript: a passive observer reads nothing, an active one who rewrites pages can.",
+      "Or serve the application over HTTPS (a TLS reverse proxy in front of htagweb).",
+      "Or, for kiosks: python -m htagweb kiosk URL --out kiosk.html --fingerprint SHA256:... and open that file on the kiosk.",
+    ].forEach(function (text) { var item = document.createElement("li"); item.textContent = text; options.appendChild(item); });
+    status.replaceWith(page);
+    realFetch(origin + "/_htagweb/refused", Object.assign({ method: "POST", body: failure.code, keepalive: true,
+      headers: { "content-type": "text/plain" } }, NO_REFERRER)).catch(function () {});
+  }
+
+  /* Links within the pinned server load the kiosk file again, showing their path. */
+  function keepLinksInKiosk() {
+    window.addEventListener("click", function (event) {
+      if (event.defaultPrevented || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
+      var link = event.target.closest ? event.target.closest("a[href]") : null;
+      if (!link || (link.target && link.target !== "_self")) return;
+      var url = new URL(link.getAttribute("href"), origin + appPath + appSearch);
+      if (url.origin !== origin) return;  // another site: the browser goes there itself
+      event.preventDefault();
+      if (url.pathname === appPath && url.search === appSearch && url.hash) location.hash = url.hash;
+      else location.assign(location.pathname + "?" + KIOSK_PATH + "=" + encodeURIComponent(url.pathname + url.search) + url.hash);
+    });
+  }
+
   // --- bootstrap (§8) --------------------------------------------------------
   async function start() {
     var status = document.getElementById("htagweb-parano-status");
-    if (!subtle) {
-      status.textContent = "";
-      var title = document.createElement("h1");
-      title.textContent = "This page cannot be opened securely here";
-      var text = document.createElement("p");
-      text.textContent = "This application encrypts every exchange in the browser (htagweb parano mode), which needs the " +
-        "browser's WebCrypto, available only on HTTPS, on localhost, or from a file. This address is plain HTTP to another host, " +
-        "so nothing was sent. Open it over HTTPS, or use the kiosk file provided by the administrator.";
-      status.appendChild(title); status.appendChild(text);
+    try {
+      await ready;
+    } catch (failure) {
+      refuse(status, failure);
       return;
     }
     try {
-      var answer = await paranoFetch("GET", appPath + (server ? server.search : location.search), [], null, 0, true, false);
+      var answer = await paranoFetch("GET", appPath + appSearch, [], null, 0, true, false);
       if (answer.failure) throw answer.failure;
       var html = await answer.response.text();
       window.WebSocket = ParanoWebSocket;
@@ -405,6 +527,7 @@
       document.open();
       document.write(html);
       document.close();
+      if (server) keepLinksInKiosk();  // after document.open, which drops the window's listeners
     } catch (e) {
       fail(e);
       if (status) status.textContent = "Not connected.";
@@ -412,6 +535,8 @@
   }
 
   window.htagwebParano = {
+    ready: ready,
+    get backend() { return backend; },
     internals: { concat: concat, u64: u64, sha256: sha256, hkdfBits: hkdfBits, importHkdf: importHkdf, transcriptHash: transcriptHash,
       verifySignature: verifySignature, sessionKeys: sessionKeys, clientKey: clientKey, serverKey: serverKey,
       sealBox: sealBox, openBox: openBox },
