@@ -200,6 +200,27 @@ def test_without_the_bundle_plain_http_is_refused_and_the_administrator_told(ser
     assert len(re.findall("refused a visitor on plain HTTP", srv.log)) == 1
 
 
+def test_an_altered_bundle_is_not_run(server, browser, relay):
+    """The page runs the noble bundle it names by hash (SRI) or nothing: a cache or a relay that
+    alters it gets the refusal page, not its script. (An attacker who can rewrite the page too is
+    out of reach of any in-page check: crypto/THREAT_MODEL.md.)"""
+    rendered = "mk" + secrets.token_hex(8)
+    srv = server(app_source(rendered))
+    wire = relay(srv.port)
+    evil = b"document.title = 'altered script ran'; window.htagwebNoble = null;"
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/javascript\r\ncontent-length: %d\r\n\r\n" % len(evil)
+    forgery = wire.forge_answer(b"GET /_htagweb/noble-", head + evil)
+    page = browser.new_context().new_page()
+    page.goto(f"http://{LAN_HOST}:{wire.port}/")
+    expect(page.locator("h1")).to_have_text("This page cannot be opened securely here")
+    assert forgery.done.is_set() and b"htagwebNoble" in forgery.real_answer
+    assert page.title() == "Refused: no secure connection over plain HTTP here"
+    assert "did not load intact" in page.inner_text("body")
+    srv.wait_log(r"WARNING.*refused a visitor on plain HTTP to .*did not load intact")
+    assert not any(head.line.startswith(("POST /_htagweb/kx", "POST /_htagweb/p/")) for head in wire.sent_heads())
+    assert not found(rendered, wire.observed())
+
+
 @pytest.mark.parametrize("host", HOSTS)
 def test_vectors_in_the_browser(server, browser, host):
     """Each crypto backend of the client against crypto/vectors.json, in the context it serves:
