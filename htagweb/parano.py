@@ -200,6 +200,9 @@ class ParanoMiddleware:
     async def refused_visitor(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A refused page's report: a fixed word in clear, nothing secret. Told to the
         administrator, at most once per REFUSAL_LOG_INTERVAL, since anyone can send it."""
+        if scope["method"] != "POST":
+            await Response(status_code=405, headers={"Allow": "POST"})(scope, receive, send)
+            return
         try:
             reason = (await _read_body(receive, 64)).decode("ascii", "replace")
         except ParanoError:
