@@ -23,7 +23,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from paranoclient import ParanoUser, click_message, text  # noqa: E402
-from servers import Server, http_client, percentile, ws_connect  # noqa: E402
+from servers import Server, http_client, percentile, report, ws_connect  # noqa: E402
 
 from htagweb import cipher  # noqa: E402
 
@@ -150,11 +150,7 @@ def main() -> None:
     results["seal_64k_MBps"], results["open_64k_MBps"] = seal, unseal
     seal_small, open_small = layer_throughput(300, 2000 if args.quick else 20000)
     results["seal_300B_MBps"], results["open_300B_MBps"] = seal_small, open_small
-    width = max(map(len, results))
-    for name, value in results.items():
-        print(f"{name:<{width}}  {value:10.3f}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    report(results, args.json)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from chromium import LAN_HOST, LAN_RULE, chromium  # noqa: E402
-from servers import Server, percentile  # noqa: E402
+from servers import Server, percentile, report  # noqa: E402
 
 from htagweb.pages import fallback_bundle  # noqa: E402
 
@@ -120,11 +119,7 @@ def main() -> None:
         if name != "plain":
             results[f"{name}_crypto_per_click_ms"] = crypto[name] / len(values)
             results[f"{name}_click_p50_overhead_pct"] = (results[f"{name}_click_p50_ms"] / results["plain_click_p50_ms"] - 1) * 100
-    width = max(map(len, results))
-    for name, value in results.items():
-        print(f"{name:<{width}}  {value:10.3f}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    report(results, args.json)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ serving the same counter app, an HTTP client and a percentile helper."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import tempfile
@@ -69,3 +70,12 @@ def ws_connect(url: str, cookie: str, **options: Any) -> Any:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def report(results: dict[str, float], json_path: Path | None) -> None:
+    """Print one aligned line per result; write them as JSON too with ``--json``."""
+    width = max(map(len, results))
+    for name, value in results.items():
+        print(f"{name:<{width}}  {value:10.3f}")
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=2))
