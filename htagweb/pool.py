@@ -150,8 +150,11 @@ class ProcessPool:
             try:
                 return await asyncio.open_unix_connection(path)
             except (FileNotFoundError, ConnectionRefusedError):
-                forkserver.start(self.runtime, self.config, self.apps)
-                return await asyncio.open_unix_connection(path)
+                pass
+            # started outside the except: the fork-server and every user process would
+            # otherwise carry this FileNotFoundError as the context of each later traceback
+            forkserver.start(self.runtime, self.config, self.apps)
+            return await asyncio.open_unix_connection(path)
         finally:
             os.close(fd)
 
