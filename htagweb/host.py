@@ -26,6 +26,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from . import logs
 from .config import Config
 from .pages import error_page
 from .sessions import Session
@@ -55,6 +56,7 @@ class HtagHost:
             app_cls.session = session
         #: the app could not be built: this process must end so the next load starts afresh
         self.broken = False
+        logs.drop_htag_error_prints()  # this process hosts htag: its errors are logged, not also printed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope["session"] = self.session

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
+from . import logs
 from .appspec import AppSpec
 from .config import Config
 from .front import HtagEndpoint
@@ -75,6 +76,7 @@ class WebServer(Starlette):
         routes: Sequence[BaseRoute] | None = None,
         middleware: Sequence[Middleware] | None = None,
     ) -> None:
+        logs.quiet_htag()  # before any user process is forked: they inherit it
         self.config = Config(
             debug=debug,
             http_only=self.http_only,
@@ -174,8 +176,7 @@ class WebServer(Starlette):
         """Serve with uvicorn (``uvicorn_options`` are passed on)."""
         import uvicorn
 
-        if not logging.getLogger().handlers:
-            logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+        logs.configure()
         uvicorn_options.setdefault("proxy_headers", self.trust_proxy_headers)
         # an SSE stream never ends by itself: without a limit, a stop waits for every browser to leave
         uvicorn_options.setdefault("timeout_graceful_shutdown", max(1, int(self.config.shutdown_grace)))

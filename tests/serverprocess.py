@@ -70,17 +70,23 @@ class ServerProcess:
         except FileNotFoundError:
             return ""
 
-    def start(self, *uvicorn_args: str, command: list[str] | None = None, gunicorn: bool = False) -> ServerProcess:
+    def start(
+        self, *uvicorn_args: str, command: list[str] | None = None, gunicorn: bool = False, script: bool = False
+    ) -> ServerProcess:
         """``uvicorn srv:app`` with ``uvicorn_args`` (gunicorn's arguments with ``gunicorn``),
-        or ``python -m htagweb`` with ``command``."""
-        self.args = (uvicorn_args, command, gunicorn)
+        ``python -m htagweb`` with ``command``, or ``python srv.py`` with ``script``
+        (its ``app.run(port=0)`` serving on a free port)."""
+        self.args = (uvicorn_args, command, gunicorn, script)
         env = {
             **os.environ,
             "HTAGWEB_TEST_MARKER": self.marker,
             "HTAGWEB_RUNTIME_DIR": str(self.runtime_dir),
             "PYTHONPATH": f"{ROOT}{os.pathsep}{self.workdir}",
+            "PYTHONUNBUFFERED": "1",  # every print reaches the log as in a terminal, even from a process ended by os._exit
         }
-        if command is not None:
+        if script:
+            cmd = [self.python, "srv.py"]
+        elif command is not None:
             cmd = [self.python, "-m", "htagweb", *command, "--port", "0"]
         elif gunicorn:
             cmd = [self.python, "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker", "-b", "127.0.0.1:0", *uvicorn_args, "srv:app"]
@@ -119,8 +125,8 @@ class ServerProcess:
         """Stop (checked as ``stop`` does) and start again on the same runtime directory."""
         self.halt()
         self.log_path.unlink(missing_ok=True)
-        uvicorn_args, command, gunicorn = self.args
-        return self.start(*uvicorn_args, command=command, gunicorn=gunicorn)
+        uvicorn_args, command, gunicorn, script = self.args
+        return self.start(*uvicorn_args, command=command, gunicorn=gunicorn, script=script)
 
     def processes(self) -> list[psutil.Process]:
         """Every live process of this server: workers, fork-server, user processes."""
