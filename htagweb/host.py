@@ -19,6 +19,7 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 from htag import current_request
+from htag.client_js import CLIENT_JS
 from htag.runner import AppRunner
 from htag.utils import _obf_loads
 from starlette.requests import Request
@@ -37,8 +38,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger("htagweb")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
-# htag's own switch to pure-HTTP mode: its page mocks WebSocket and EventSource
-PURE_HTTP_COOKIE = (b"cookie", b"htag_mode=http")
+CLIENT_SCRIPT = f"<script>{CLIENT_JS}</script>"
+# htag's client in pure-HTTP mode from the start: it starts no WebSocket (HTAG_EXT_INIT) and
+# posts every event for an answer in the response (htag's own cookie switch instead mocks
+# WebSocket and EventSource, which fail in turn, with errors in the console, at every load)
+PURE_HTTP_CLIENT = (
+    f"<script>window.HTAG_EXT_INIT=true</script>{CLIENT_SCRIPT}<script>window.use_pure_http=window.use_fallback=true</script>"
+)
 
 
 class HtagHost:
@@ -61,8 +67,6 @@ class HtagHost:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope["session"] = self.session
         endpoint = scope["htagweb"]["endpoint"]
-        if self.config.http_only:
-            scope["headers"] = [*scope["headers"], PURE_HTTP_COOKIE]
         if self.app_cls is None:  # its import failed: say so, then end
             self.broken = True
             if scope["type"] == "websocket":
@@ -124,9 +128,10 @@ class HtagHost:
         token = current_request.set(request)
         try:
             with self.watchdog.interaction():
-                return HTMLResponse(instance._render_page())
+                page = instance._render_page()
         finally:
             current_request.reset(token)
+        return HTMLResponse(page.replace(CLIENT_SCRIPT, PURE_HTTP_CLIENT, 1) if self.config.http_only else page)
 
     async def stream(self, request: Request) -> Response:
         instance = self._instance(request)

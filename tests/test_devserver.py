@@ -173,7 +173,7 @@ def test_one_module_app_and_http_only(server):
     async def scenario():
         async with User(srv.url) as user:
             page = (await user.page("/")).text
-            assert "VERSION-1 count 0" in page and "window.WebSocket=window.EventSource=" in page
+            assert "VERSION-1 count 0" in page and "window.use_pure_http=window.use_fallback=true" in page
             payloads = (await user.post_event("inc")).json()["payloads"]
             assert "VERSION-1 count 1" in json.loads(payloads[-1])["updates"]["count"]
 

@@ -47,7 +47,7 @@ def test_http_only_server_uses_pure_http_mode(server):
     async def scenario():
         async with User(srv.url) as user:
             page = await user.page()
-            assert "window.WebSocket=window.EventSource=" in page.text  # htag's pure-HTTP switch
+            assert "window.use_pure_http=window.use_fallback=true" in page.text  # htag's client in pure-HTTP mode
             assert (await user.http.get("/stream")).status_code == 404
             response = await user.post_event("inc")
             assert response.status_code == 200
