@@ -30,3 +30,6 @@ class Config:
     parano: bool = False
     #: seconds the fork-server waits for a worker to come back after the last one vanished without saying bye
     orphan_grace: float = 10.0
+    #: what this server serves (its first app, a script by its file, or a folder): a fork-server
+    #: refuses workers of another server, so a shared runtime directory never serves the wrong app
+    server_id: str = ""

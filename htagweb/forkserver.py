@@ -242,6 +242,9 @@ class ForkServer:
         if op == "list":
             return {"ok": True, "processes": [{"pid": c.pid, "app": c.app, "label": c.label} for c in self.by_pid.values()]}
         if op == "hello":
+            if request.get("server") != self.config.server_id:
+                error = f"this runtime directory serves another application ({self.config.server_id}), not {request.get('server')}"
+                return {"ok": False, "status": 409, "error": error + ": give each server its own runtime_dir"}
             self.presence.add(conn)
             self.server_pids |= {pid for pid in (request.get("pid"), request.get("ppid")) if isinstance(pid, int) and pid > 1}
             self.orphaned_since = None

@@ -18,7 +18,7 @@ from typing import Any
 from . import forkserver
 from .appspec import AppSpec
 from .config import Config
-from .runtime import Runtime
+from .runtime import Runtime, RuntimeDirError
 
 logger = logging.getLogger("htagweb")
 
@@ -51,8 +51,13 @@ class ProcessPool:
         async with self._start_lock:
             if self._presence is not None and not self._presence[0].at_eof():
                 return
-            self._presence = await self._connect_forkserver()
-            await self._ask(self._presence, {"op": "hello", "pid": os.getpid(), "ppid": os.getppid()})
+            presence = await self._connect_forkserver()
+            hello = {"op": "hello", "pid": os.getpid(), "ppid": os.getppid(), "server": self.config.server_id}
+            reply = await self._ask(presence, hello)
+            if not reply.get("ok"):
+                presence[1].close()
+                raise RuntimeDirError(f"{self.runtime.path}: {reply.get('error')}")
+            self._presence = presence
 
     async def stop(self) -> None:
         """Say bye; the last worker to leave waits while user processes end."""

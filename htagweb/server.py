@@ -77,7 +77,9 @@ class WebServer(Starlette):
         middleware: Sequence[Middleware] | None = None,
     ) -> None:
         logs.quiet_htag()  # before any user process is forked: they inherit it
+        server_id = self._identity(app)
         self.config = Config(
+            server_id=server_id,
             debug=debug,
             http_only=self.http_only,
             timeout_inactivity=timeout_inactivity,
@@ -90,7 +92,7 @@ class WebServer(Starlette):
             shutdown_grace=shutdown_grace,
             parano=parano,
         )
-        self.runtime = Runtime(runtime_dir or default_runtime_dir(self._identity(app)), secret)
+        self.runtime = Runtime(runtime_dir or default_runtime_dir(server_id), secret)
         self.store = make_store(session_store, self.runtime.sqlite_path)
         self.apps: dict[str, AppSpec] = {}
         self.pool = ProcessPool(self.runtime, self.config, self.apps)
@@ -133,8 +135,8 @@ class WebServer(Starlette):
         self._install(app)
 
     def _identity(self, app: Any) -> str:
-        """What names this server for its default runtime directory."""
-        return AppSpec.of(app).name
+        """What names this server, for its default runtime directory and its fork-server."""
+        return AppSpec.of(app).identity
 
     def _install(self, app: Any) -> None:
         self.add_app("/", app)

@@ -24,7 +24,7 @@ def server(tmp_path: Path):
         files: dict[str, str] | None = None,
         command: list[str] | None = None,
         gunicorn: bool = False,
-        script: bool = False,
+        script: str | None = None,
     ) -> ServerProcess:
         workdir = tmp_path / f"srv{len(started)}"
         workdir.mkdir()

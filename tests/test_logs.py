@@ -46,7 +46,7 @@ async def type_and_fail(url: str) -> None:
 @pytest.mark.parametrize("how", ["app.run", "python -m htagweb --no-debug"])
 def test_what_users_type_is_not_logged_and_errors_are_logged_once(server, how):
     if how == "app.run":
-        srv = server(RUN, script=True)
+        srv = server(RUN, script="srv.py")
     else:
         srv = server("", files={"typing_app.py": APP}, command=["typing_app:App", "--no-debug"])
     asyncio.run(type_and_fail(srv.url))
