@@ -33,3 +33,8 @@ class Config:
     #: what this server serves (its first app, a script by its file, or a folder): a fork-server
     #: refuses workers of another server, so a shared runtime directory never serves the wrong app
     server_id: str = ""
+    #: origins (scheme://host[:port]) besides the server's own whose pages may open its WebSocket
+    #: and SSE streams and reset its apps: for apps deliberately embedded in another site
+    allowed_origins: tuple[str, ...] = ()
+    #: honour X-Forwarded-Proto, X-Forwarded-Host and X-Forwarded-For (set only behind a proxy that sets them)
+    trust_proxy_headers: bool = False

@@ -19,6 +19,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from . import bridge
 from .config import Config
+from .origin import OriginPolicy
 from .pages import error_page
 from .pool import Connection, ProcessPool, SpawnRefused
 from .runtime import Runtime
@@ -50,6 +51,7 @@ class HtagEndpoint:
         self.config = config
         self.bootstrap = bootstrap
         self.source = source
+        self.origins = OriginPolicy(config.allowed_origins, config.trust_proxy_headers)
         #: a development file app is checked for changed source at each page load
         self.recheck = endpoint == "page" and source is not None and source["kind"] == "file"
 
@@ -61,6 +63,10 @@ class HtagEndpoint:
                 await self.bootstrap(scope, receive, send)
             else:
                 await self._refuse(scope, receive, send, 403, "This server accepts only encrypted (parano) exchanges.")
+            return
+        if parano is None and self.endpoint in ("ws", "stream") and not self.origins.allows(scope):
+            # a parano channel authenticates itself; a plain one is refused to another site's page
+            await self._refuse_origin(scope, receive, send)
             return
         if self.endpoint != "page" and scope[SCOPE_NEW]:
             await self._refuse(scope, receive, send, 403, "No valid session: reload the page.")
@@ -86,6 +92,13 @@ class HtagEndpoint:
                 await exchange.http(scope, receive, send, extra)
         finally:
             connection[1].close()
+
+    async def _refuse_origin(self, scope: Scope, receive: Receive, send: Send) -> None:
+        origin = dict(scope["headers"]).get(b"origin", b"").decode("latin-1")
+        kind = "WebSocket" if scope["type"] == "websocket" else "request"
+        client = scope.get("client") or ("?",)
+        logger.warning("refused a cross-origin %s to %s from %s: Origin %r", kind, scope["path"], client[0], origin[:100])
+        await self._refuse(scope, receive, send, 403, "Refused: this page is not allowed to connect to this application.")
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, message: str, trace: str | None = None) -> None:
         if scope["type"] == "websocket":

@@ -68,6 +68,7 @@ class WebServer(Starlette):
         runtime_dir: str | None = None,
         https_only: bool = False,
         trust_proxy_headers: bool = False,
+        allowed_origins: Sequence[str] = (),
         shutdown_grace: float = Config.shutdown_grace,
         parano: bool = False,
         parano_identity: str | None = None,
@@ -91,6 +92,8 @@ class WebServer(Starlette):
             max_open_files=max_open_files,
             shutdown_grace=shutdown_grace,
             parano=parano,
+            allowed_origins=tuple(allowed_origins),
+            trust_proxy_headers=trust_proxy_headers,
         )
         self.runtime = Runtime(runtime_dir or default_runtime_dir(server_id), secret)
         self.store = make_store(session_store, self.runtime.sqlite_path)

@@ -3,6 +3,12 @@ hold against pages of other sites, and a clean console for its own users."""
 
 from __future__ import annotations
 
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 from chromium import chromium
 from helpers import server_source
@@ -38,3 +44,85 @@ def test_http_only_server_is_pure_http_from_the_first_load(server, browser: Brow
         assert not [url for url in requests if url.endswith(("/ws", "/stream"))], requests
     finally:
         context.close()
+
+
+
+#: a page that opens the app's WebSocket (the app's port in its query string), clicks, and shows what it read
+PROBE = """<!DOCTYPE html><html><body><pre id="out">waiting</pre><script>
+var out = document.getElementById("out");
+var ws = new WebSocket("ws://localhost:" + new URLSearchParams(location.search).get("app") + "/ws");
+ws.onopen = function () { out.textContent = "open"; ws.send(JSON.stringify({id: "inc", event: "click", data: {callback_id: "x"}})); };
+ws.onmessage = function (e) { out.textContent = "read: " + e.data; };
+ws.onclose = function (e) { if (out.textContent.indexOf("read") != 0) out.textContent = "refused (" + e.code + ")"; };
+</script></body></html>"""
+
+PROBE_ROUTE = f"""
+from starlette.responses import HTMLResponse
+async def probe(request):
+    return HTMLResponse({PROBE!r})
+app.add_route("/probe.html", probe)
+"""
+
+
+@contextmanager
+def other_site() -> Iterator[str]:
+    """The probe on another loopback port: the same host name, so the same "site" for SameSite cookies."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = PROBE.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://localhost:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+def visit_probe(browser: Browser, app_port: int, probe_origin: str) -> tuple[str, str]:
+    """A user with the app open visits the probe: what the probe read, and the user's count after."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"http://localhost:{app_port}/")
+        expect(page.locator("#count")).to_have_text("Count: 0")
+        probe = context.new_page()
+        probe.goto(f"{probe_origin}/probe.html?app={app_port}")
+        expect(probe.locator("#out")).not_to_have_text(re.compile("^(waiting|open)$"))
+        verdict = probe.inner_text("#out")
+        page.reload()
+        expect(page.locator("#count")).to_have_text(re.compile(r"Count: \d"))
+        return verdict, page.inner_text("#count")
+    finally:
+        context.close()
+
+
+def test_a_page_on_another_port_cannot_drive_a_users_app(server, browser: Browser):
+    srv = server(server_source("WebServerWS") + PROBE_ROUTE)
+    with other_site() as elsewhere:
+        verdict, count = visit_probe(browser, srv.port, elsewhere)
+    assert verdict.startswith("refused") and count == "Count: 0", verdict
+    verdict, count = visit_probe(browser, srv.port, f"http://localhost:{srv.port}")  # the same page from the app's origin
+    assert verdict.startswith("read: ") and "Count: 1" in verdict and count == "Count: 1", verdict
+    srv.wait_log("refused a cross-origin WebSocket")
+
+
+def test_allowed_origins_let_a_chosen_site_embed_the_app(server, browser: Browser):
+    with other_site() as partner, other_site() as stranger:
+        srv = server(server_source("WebServerWS", allowed_origins=[partner]))
+        verdict, count = visit_probe(browser, srv.port, partner)
+        assert verdict.startswith("read: ") and count == "Count: 1", verdict
+        verdict, count = visit_probe(browser, srv.port, stranger)
+        assert verdict.startswith("refused") and count == "Count: 0", verdict
