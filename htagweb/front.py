@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
@@ -68,6 +69,9 @@ class HtagEndpoint:
             # a parano channel authenticates itself; a plain one is refused to another site's page
             await self._refuse_origin(scope, receive, send)
             return
+        if self.endpoint == "page" and "n" in dict(_query(scope)) and not self.origins.allows_navigation(scope):
+            logger.warning("ignored a cross-site reset (?n=) of app %s: the user's app is served as it is", self.app)
+            scope = {**scope, "query_string": _without_query_name(scope, "n")}
         if self.endpoint != "page" and scope[SCOPE_NEW]:
             await self._refuse(scope, receive, send, 403, "No valid session: reload the page.")
             return
@@ -111,6 +115,15 @@ class HtagEndpoint:
         else:
             response = error_page(status, message, trace, RETRY_AFTER if status == 503 else None)
         await response(scope, receive, send)
+
+
+def _query(scope: Scope) -> list[tuple[str, str]]:
+    """The query as the app reads it (names decoded: ``%6E`` is ``n``)."""
+    return parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+
+
+def _without_query_name(scope: Scope, name: str) -> bytes:
+    return urlencode([(k, v) for k, v in _query(scope) if k != name]).encode("latin-1")
 
 
 def _htag_error(message: str) -> str:

@@ -43,10 +43,24 @@ class OriginPolicy:
         self.trust_proxy_headers = trust_proxy_headers
 
     def allows(self, scope: Scope) -> bool:
+        """A WebSocket or SSE stream (fetches that always name their page's origin when cross-origin)."""
+        origin = Headers(scope=scope).get("origin")
+        return origin is None or self._accepts(origin, scope)
+
+    def allows_navigation(self, scope: Scope) -> bool:
+        """A page load that would change the user's app (htag's ``?n=`` reset): a link
+        followed from another site carries no ``Origin``, but browsers say where it came
+        from in ``Sec-Fetch-Site`` (``none``: typed or bookmarked by the user), and
+        older ones in ``Referer``."""
         headers = Headers(scope=scope)
-        origin = headers.get("origin")
-        if origin is None:
-            return True
+        referer = normalize(_origin_of(headers.get("referer", "")))
+        site = headers.get("sec-fetch-site")
+        if site is not None:
+            return site in ("same-origin", "none") or referer in self.allowed
+        return not headers.get("referer") or (referer is not None and self._accepts(referer, scope))
+
+    def _accepts(self, origin: str, scope: Scope) -> bool:
+        headers = Headers(scope=scope)
         normal = normalize(origin)
         if normal is None:  # "null" (sandboxed frames, file:// pages) or garbage
             return False
@@ -62,3 +76,8 @@ class OriginPolicy:
 def _without_default_port(host: str) -> str:
     name, colon, port = host.rpartition(":")
     return name if colon and port in ("80", "443") else host
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else ""

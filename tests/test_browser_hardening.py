@@ -64,13 +64,20 @@ app.add_route("/probe.html", probe)
 """
 
 
+#: a page of another site linking to the app's "new instance" URL (the app's port in its query string)
+RESET_LINK = """<!DOCTYPE html><html><body><a id="reset">reset</a><script>
+document.getElementById("reset").href = "http://localhost:" + new URLSearchParams(location.search).get("app") + "/?n=1";
+</script></body></html>"""
+
+
 @contextmanager
 def other_site() -> Iterator[str]:
-    """The probe on another loopback port: the same host name, so the same "site" for SameSite cookies."""
+    """The probe (/probe.html) and the reset link (/reset.html) on another loopback port: the
+    same host name, so the same "site" for SameSite cookies."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = PROBE.encode()
+            body = (RESET_LINK if self.path.startswith("/reset.html") else PROBE).encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/html")
             self.send_header("Content-Length", str(len(body)))
@@ -126,3 +133,24 @@ def test_allowed_origins_let_a_chosen_site_embed_the_app(server, browser: Browse
         assert verdict.startswith("read: ") and count == "Count: 1", verdict
         verdict, count = visit_probe(browser, srv.port, stranger)
         assert verdict.startswith("refused") and count == "Count: 0", verdict
+
+
+def test_a_link_from_another_site_does_not_reset_a_users_app(server, browser: Browser):
+    srv = server(server_source("WebServerWS"))
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"http://localhost:{srv.port}/")
+        for n in (1, 2):
+            page.click("#inc")
+            expect(page.locator("#count")).to_have_text(f"Count: {n}")
+        with other_site() as elsewhere:
+            page.goto(f"{elsewhere}/reset.html?app={srv.port}")
+            page.click("#reset")
+            page.wait_for_url(re.compile(r"/\?n=1$"))
+            expect(page.locator("#count")).to_have_text("Count: 2")  # the user's app, not a new one
+        page.evaluate("location.href = '/?n=1'")  # htag's reset, from the app's own page: honoured
+        expect(page.locator("#count")).to_have_text("Count: 0")
+    finally:
+        context.close()
+    srv.wait_log("ignored a cross-site reset")

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 import websockets
-from helpers import User, server_source
+from helpers import User, click, count, pid, server_source
 
 from htagweb.origin import OriginPolicy, normalize
 
@@ -55,5 +55,35 @@ def test_websocket_and_sse_refuse_another_sites_page(server):
                 assert '"action": "update"' in await ws.recv()
             async with user.http.stream("GET", "/stream", headers={"Origin": own}) as stream:
                 assert stream.status_code == 200 and (await anext(stream.aiter_lines())).startswith("data: ")
+
+    asyncio.run(scenario())
+
+
+def test_reset_navigation_policy():
+    policy = OriginPolicy(["https://partner.example"])
+    own = "http://localhost:8000/"
+    assert policy.allows_navigation(scope(None, sec_fetch_site="same-origin", referer=own))
+    assert policy.allows_navigation(scope(None, sec_fetch_site="none"))  # typed or bookmarked
+    assert not policy.allows_navigation(scope(None, sec_fetch_site="same-site", referer="http://localhost:9999/x"))
+    assert not policy.allows_navigation(scope(None, sec_fetch_site="cross-site"))
+    assert policy.allows_navigation(scope(None, sec_fetch_site="cross-site", referer="https://partner.example/page"))
+    assert policy.allows_navigation(scope(None))  # a program
+    assert policy.allows_navigation(scope(None, referer=own))  # a browser without Sec-Fetch-Site
+    assert not policy.allows_navigation(scope(None, referer="http://evil.example/"))
+
+
+def test_a_cross_site_reset_serves_the_users_app(server):
+    srv = server(server_source("WebServerWS"))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            first = await user.page()
+            cross = await user.http.get("/?%6E=1", headers={"Sec-Fetch-Site": "cross-site"})
+            assert pid(cross.text) == pid(first.text)
+            async with user.ws() as ws:
+                await ws.recv()
+                await click(ws, "inc")
+            assert count((await user.http.get("/?n=", headers={"Sec-Fetch-Site": "same-site"})).text) == 1
+            assert count((await user.http.get("/?n=1", headers={"Sec-Fetch-Site": "same-origin"})).text) == 0
 
     asyncio.run(scenario())
