@@ -38,3 +38,9 @@ class Config:
     allowed_origins: tuple[str, ...] = ()
     #: honour X-Forwarded-Proto, X-Forwarded-Host and X-Forwarded-For (set only behind a proxy that sets them)
     trust_proxy_headers: bool = False
+    #: seconds a session lives without activity: the cookie's signature expires then and the
+    #: store forgets the data (renewed on activity, every 1/14 of it: a day for the default 14 days)
+    session_max_age: float = 14 * 24 * 3600
+    #: the cookie's SameSite: "lax"; "strict"; "none" for an app embedded in another site's frame
+    #: (the cookie is then sent with every request from any site: see the README before using it)
+    cookie_samesite: str = "lax"

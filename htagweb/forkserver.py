@@ -227,6 +227,8 @@ class ForkServer:
             return self._ensure(request["key"], request["app"], request["label"], request.get("source"))
         if op == "status":
             return self._status(request["key"])
+        if op == "rotate":
+            return self._rotate(request["old"], request["new"])
         if op == "stats":
             return {
                 "ok": True,
@@ -268,6 +270,24 @@ class ForkServer:
         if child is not None:
             return {"ok": True, "alive": child.kill_reason is None, "reason": child.kill_reason}
         return {"ok": True, "alive": False, "reason": self.deaths.get(key)}
+
+    def _rotate(self, old: str, new: str) -> dict[str, Any]:
+        """A session's id changed: its user processes move to the new id (their sockets
+        renamed), so that the old id reaches none of them."""
+        moved = 0
+        for child in list(self.by_key.values()):
+            if child.key != self.runtime.process_key(old, child.app):
+                continue
+            key = self.runtime.process_key(new, child.app)
+            os.rename(self.runtime.user_socket_path(child.key), self.runtime.user_socket_path(key))
+            deps = self.runtime.users_dir / f"{child.key}.deps"
+            if deps.exists():
+                deps.rename(self.runtime.users_dir / f"{key}.deps")
+            del self.by_key[child.key]
+            child.key = key
+            self.by_key[key] = child
+            moved += 1
+        return {"ok": True, "moved": moved}
 
     # --- user processes ----------------------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -24,7 +25,17 @@ from .origin import OriginPolicy
 from .pages import error_page
 from .pool import Connection, ProcessPool, SpawnRefused
 from .runtime import Runtime
-from .sessions import COOKIE_NAME, SCOPE_NEW, SCOPE_PARANO, Session
+from .sessions import (
+    COOKIE_NAME,
+    SCOPE_NEW,
+    SCOPE_PARANO,
+    SECURE_COOKIE_NAME,
+    Session,
+    make_rotation_signer,
+    move,
+    new_session_id,
+    rotation_script,
+)
 from .stores import SessionStore
 
 logger = logging.getLogger("htagweb")
@@ -53,6 +64,7 @@ class HtagEndpoint:
         self.bootstrap = bootstrap
         self.source = source
         self.origins = OriginPolicy(config.allowed_origins, config.trust_proxy_headers)
+        self.rotation_signer = make_rotation_signer(runtime.secrets)
         #: a development file app is checked for changed source at each page load
         self.recheck = endpoint == "page" and source is not None and source["kind"] == "file"
 
@@ -75,9 +87,7 @@ class HtagEndpoint:
         if self.endpoint != "page" and scope[SCOPE_NEW]:
             await self._refuse(scope, receive, send, 403, "No valid session: reload the page.")
             return
-        # in parano mode the process belongs to one key exchange: a stolen cookie does not reach it
-        owner = f"{session.sid}\0{parano['kx_id']}" if parano else session.sid
-        key = self.runtime.process_key(owner, self.app)
+        key = self.runtime.process_key(self.owner(scope, session.sid), self.app)
         label = session.sid[:8]
         try:
             connection, spawned = await self.pool.connect(key, self.app, label, self.source, self.recheck)
@@ -88,7 +98,7 @@ class HtagEndpoint:
         if self.endpoint == "page" and not spawned:
             logger.info("user process reused: session %s, app %s", label, self.app)
         extra = {"endpoint": self.endpoint, "session": session.snapshot()}
-        exchange = _Exchange(self, session, key, connection)
+        exchange = _Exchange(self, scope, session, key, connection)
         try:
             if scope["type"] == "websocket":
                 await exchange.websocket(scope, receive, send, extra)
@@ -96,6 +106,13 @@ class HtagEndpoint:
                 await exchange.http(scope, receive, send, extra)
         finally:
             connection[1].close()
+
+    @staticmethod
+    def owner(scope: Scope, sid: str) -> str:
+        """Whose user process serves this exchange. In parano mode the process belongs to
+        one key exchange: a stolen cookie does not reach it."""
+        parano = scope.get(SCOPE_PARANO)
+        return f"{sid}\0{parano['kx_id']}" if parano else sid
 
     async def _refuse_origin(self, scope: Scope, receive: Receive, send: Send) -> None:
         origin = dict(scope["headers"]).get(b"origin", b"").decode("latin-1")
@@ -136,7 +153,8 @@ def _forwarded_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
     headers = []
     for name, value in scope["headers"]:
         if name == b"cookie":
-            kept = [c for c in value.split(b";") if c.strip().partition(b"=")[0] != COOKIE_NAME.encode()]
+            ours = (COOKIE_NAME.encode(), SECURE_COOKIE_NAME.encode())
+            kept = [c for c in value.split(b";") if c.strip().partition(b"=")[0] not in ours]
             if not kept:
                 continue
             value = b";".join(kept)
@@ -147,13 +165,18 @@ def _forwarded_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
 class _Exchange:
     """One browser exchange relayed to one user process."""
 
-    def __init__(self, endpoint: HtagEndpoint, session: Session, key: str, connection: Connection) -> None:
+    def __init__(self, endpoint: HtagEndpoint, scope: Scope, session: Session, key: str, connection: Connection) -> None:
         self.endpoint = endpoint
+        self.scope = scope
         self.store = endpoint.store
         self.session = session
         self.key = key
         self.reader, self.writer = connection
         self.known_version = session.version
+        #: the browser is reading this connection as it goes (an accepted WebSocket, an SSE stream)
+        self.live = False
+        #: messages of ours for the browser, sent once it is live
+        self.pending: list[Message] = []
 
     def _open(self, scope: Scope, extra: dict[str, Any], first: bytes) -> None:
         """Send the scope and the first message in one write."""
@@ -164,18 +187,47 @@ class _Exchange:
         version = await self.store.update(self.session.sid, dict(data["set"]), list(data["delete"]))
         if version == self.known_version + 1:  # nobody else wrote meanwhile
             self.known_version = version
+        if data.get("rotate"):
+            await self._rotate()
+
+    async def _rotate(self) -> None:
+        """The app called ``session.rotate()``: a new id of our choosing (never the process'),
+        the data and the user processes moved to it, and the new cookie for the browser: in
+        this response if it has not started (the session layer adds it), else through the
+        live connection, whose page fetches it with a ticket."""
+        old, new = self.session.sid, new_session_id()
+        self.session.sid = new
+        self.known_version = self.session.version = await move(self.store, old, new)
+        owner = partial(HtagEndpoint.owner, self.scope)
+        await self.endpoint.pool.rotate(owner(old), owner(new))
+        self.key = self.endpoint.runtime.process_key(owner(new), self.endpoint.app)
+        logger.info("session %s rotated to %s by its app", old[:8], new[:8])
+        if self.scope.get(SCOPE_PARANO) or not (self.live or self.scope["type"] == "websocket" or self.endpoint.endpoint == "stream"):
+            return
+        script = rotation_script(self.endpoint.rotation_signer, self.scope.get("root_path", ""), old, new)
+        payload = json.dumps({"action": "update", "updates": {}, "js": [script]})
+        if self.scope["type"] == "websocket":
+            self.pending.append({"type": "websocket.send", "text": payload})
+        else:
+            self.pending.append({"type": "http.response.body", "body": f"data: {payload}\n\n".encode(), "more_body": True})
 
     async def _read(self) -> Message | None:
-        """The next ASGI message from the process, session changes applied; None at EOF."""
+        """The next ASGI message from the process (or of ours, once the browser reads the
+        connection live), session changes applied; None at EOF."""
         while True:
+            if self.live and self.pending:
+                return self.pending.pop(0)
             try:
                 kind, body = await bridge.read_frame(self.reader)
             except (asyncio.IncompleteReadError, ConnectionError):
                 return None
             if kind == bridge.SESSION_CHANGES:
                 await self._apply_changes(body)
-            else:
-                return bridge.decode_outbound(kind, body)
+                continue
+            message = bridge.decode_outbound(kind, body)
+            if message["type"] == "websocket.accept" or (message["type"] == "http.response.start" and self.endpoint.endpoint == "stream"):
+                self.live = True
+            return message
 
     async def _death_message(self) -> tuple[int, str]:
         """Why the process is gone, as an HTTP status and words for the user."""

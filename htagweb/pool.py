@@ -94,6 +94,10 @@ class ProcessPool:
             raise SpawnRefused(reply.get("status", 500), reply.get("error", "unknown error"), reply.get("traceback"))
         return await asyncio.open_unix_connection(path), bool(reply.get("spawned"))
 
+    async def rotate(self, old: str, new: str) -> None:
+        """A session id changed: its user processes answer to the new one only."""
+        await self.request({"op": "rotate", "old": old, "new": new})
+
     async def count(self, counter: str) -> None:
         """Add one to a server-wide counter of /_htagweb/metrics (on error paths only)."""
         try:

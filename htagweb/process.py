@@ -220,10 +220,12 @@ class UserProcess:
                 self.settle_after(SETTLE_DELAY)
             self.last_activity = time.monotonic()
             changed, deleted = session.changes()
-            if changed or deleted:
+            if changed or deleted or session.rotated:
                 # saved before any byte of the answer leaves: a route the browser calls next sees it
                 session.mark_synced(changed, deleted, session.version)
-                writer.write(bridge.json_frame(bridge.SESSION_CHANGES, {"set": changed, "delete": deleted}))
+                changes = {"set": changed, "delete": deleted, "rotate": session.rotated}
+                session.rotated = False  # the front applies it, with an id of its own choosing
+                writer.write(bridge.json_frame(bridge.SESSION_CHANGES, changes))
             writer.write(bridge.encode_outbound(message))
             await writer.drain()
 

@@ -69,6 +69,8 @@ class WebServer(Starlette):
         https_only: bool = False,
         trust_proxy_headers: bool = False,
         allowed_origins: Sequence[str] = (),
+        session_max_age: float = Config.session_max_age,
+        cookie_samesite: str = Config.cookie_samesite,
         shutdown_grace: float = Config.shutdown_grace,
         parano: bool = False,
         parano_identity: str | None = None,
@@ -94,15 +96,25 @@ class WebServer(Starlette):
             parano=parano,
             allowed_origins=tuple(allowed_origins),
             trust_proxy_headers=trust_proxy_headers,
+            session_max_age=session_max_age,
+            cookie_samesite=cookie_samesite,
         )
         self.runtime = Runtime(runtime_dir or default_runtime_dir(server_id), secret)
-        self.store = make_store(session_store, self.runtime.sqlite_path)
+        self.store = make_store(session_store, self.runtime.sqlite_path, session_max_age)
         self.apps: dict[str, AppSpec] = {}
         self.pool = ProcessPool(self.runtime, self.config, self.apps)
         self.trust_proxy_headers = trust_proxy_headers
         signer = make_signer(self.runtime.secrets)
         layers = [
-            Middleware(SessionMiddleware, store=self.store, signer=signer, https_only=https_only, trust_proxy_headers=trust_proxy_headers)
+            Middleware(
+                SessionMiddleware,
+                store=self.store,
+                signer=signer,
+                https_only=https_only,
+                trust_proxy_headers=trust_proxy_headers,
+                samesite=cookie_samesite,
+                on_rotate=self.pool.rotate,
+            )
         ]
         self.identity: IdentityKey | None = None
         if parano:  # imported only here: every user process is forked from this memory, the smaller the faster

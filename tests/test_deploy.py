@@ -23,8 +23,12 @@ http {{
     access_log {dir}/access.log;
     client_body_temp_path {dir}/body;
     proxy_temp_path {dir}/proxy;
+    map $http_cookie $htagweb_session {{
+        "~(?:^|;\\s*)(?:__Host-)?htagweb_session=(?<sid>[^;]+)" $sid;
+        default "";
+    }}
     upstream htagweb {{
-        hash $cookie_htagweb_session consistent;
+        hash $htagweb_session consistent;
         server 127.0.0.1:{one} max_fails=1 fail_timeout=30s;
         server 127.0.0.1:{two} max_fails=1 fail_timeout=30s;
     }}

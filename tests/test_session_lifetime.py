@@ -1,0 +1,171 @@
+"""Session lifetime and fixation: a rolling, timestamped cookie, and ``rotate()``
+(new id, same data, old id dead) from a route and from the app."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from helpers import APP, User, click, count, pid
+from itsdangerous import TimestampSigner
+
+SECRET = "a-test-secret"
+LOGIN = APP.replace(
+    '''        Tag.button("files", _id="files", _onclick=self.files)''',
+    '''        Tag.button("files", _id="files", _onclick=self.files)
+        Tag.button("login", _id="login", _onclick=self.login)''',
+).replace(
+    "    def hog(self, event):",
+    '''    def login(self, event):
+        self.session["user"] = "ada (app)"
+        self.session.rotate()
+        return True
+
+    def hog(self, event):''',
+) + '''
+
+async def login(request):
+    request.session["user"] = "ada (route)"
+    request.session.rotate()
+    return PlainTextResponse("welcome")
+'''
+
+
+def login_source(factory: str = "WebServerWS", **options) -> str:
+    opts = "".join(f", {k}={v!r}" for k, v in options.items())
+    return LOGIN + f'''
+app = {factory}(App, runtime_dir=RUNTIME_DIR, secret={SECRET!r}{opts})
+app.add_route("/set", set_value)
+app.add_route("/get", get_values)
+app.add_route("/login", login)
+'''
+
+
+def cookie_of(response) -> str:
+    return response.headers["set-cookie"].split(";")[0].split("=", 1)[1]
+
+
+def test_cookie_rolls_on_activity_and_a_stale_one_is_refused(server):
+    srv = server(login_source(session_max_age=3))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            first = await user.http.get("/set", params={"v": "kept"})
+            assert first.headers["vary"] == "Cookie"
+            issued = cookie_of(first)
+            for _ in range(5):  # active for longer than the maximum age: the cookie is renewed on the way
+                await asyncio.sleep(1)
+                response = await user.http.get("/get")
+                assert response.json() == {"from_route": "kept"} and response.headers["vary"] == "Cookie"
+            assert user.http.cookies["htagweb_session"] != issued
+            page = await user.page()
+            assert "Cookie" in page.headers["vary"]
+        async with User(srv.url) as stale:  # the first cookie, older than the maximum age
+            stale.http.cookies.set("htagweb_session", issued)
+            assert (await stale.http.get("/get")).json() == {}
+        ancient = TimestampSigner(SECRET, salt="htagweb.session").sign(issued.split(".")[0]).decode()
+        async with User(srv.url) as forged_time:  # a valid signature whose time is old: refused too
+            forged_time.http.cookies.set("htagweb_session", ancient.replace(ancient.split(".")[1], "AAAAAA"))
+            assert (await forged_time.http.get("/get")).json() == {}
+
+    asyncio.run(scenario())
+    srv.wait_log("expired session cookie")
+
+
+def test_secure_cookie_takes_the_host_prefix(server):
+    srv = server(login_source(trust_proxy_headers=True))
+    lax = server(login_source(cookie_samesite="none"))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            response = await user.http.get("/set", params={"v": "tls"}, headers={"X-Forwarded-Proto": "https"})
+            cookie = response.headers["set-cookie"]
+            assert cookie.startswith("__Host-htagweb_session=") and "; Secure" in cookie and "; Path=/" in cookie
+            assert "domain" not in cookie.lower() and "SameSite=Lax" in cookie
+            user.http.cookies.clear()
+            user.http.cookies.set("__Host-htagweb_session", cookie_of(response))
+            assert (await user.http.get("/get", headers={"X-Forwarded-Proto": "https"})).json() == {"from_route": "tls"}
+        async with User(lax.url) as user:
+            cookie = (await user.http.get("/get")).headers["set-cookie"]
+            assert cookie.startswith("__Host-htagweb_session=") and "SameSite=None" in cookie and "; Secure" in cookie
+
+    asyncio.run(scenario())
+
+
+def test_rotate_from_a_route_defeats_a_planted_cookie(server):
+    srv = server(login_source())
+
+    async def scenario():
+        async with User(srv.url) as attacker, User(srv.url) as victim:
+            await attacker.http.get("/get")
+            planted = attacker.http.cookies["htagweb_session"]
+            victim.http.cookies.set("htagweb_session", planted)  # set by a plain-HTTP attacker or a sibling subdomain
+            before = await victim.page()
+            async with victim.ws() as ws:
+                await ws.recv()
+                await click(ws, "inc")
+            response = await victim.http.get("/login")
+            assert response.text == "welcome" and cookie_of(response) != planted
+            assert (await victim.http.get("/get")).json() == {"user": "ada (route)"}
+            after = await victim.page()  # the victim keeps their process, moved to the new id
+            assert pid(after.text) == pid(before.text) and count(after.text) == 1
+            assert (await attacker.http.get("/get")).json() == {}  # the planted id is dead
+            assert pid((await attacker.page()).text) != pid(before.text)
+
+    asyncio.run(scenario())
+
+
+def test_rotate_from_the_app_in_pure_http_mode(server):
+    srv = server(login_source("WebServer"))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            first = await user.page()
+            planted = user.http.cookies["htagweb_session"]
+            response = await user.post_event("login")
+            assert json.loads(response.json()["payloads"][-1])["result"] is True
+            assert cookie_of(response) != planted
+            assert (await user.http.get("/get")).json() == {"user": "ada (app)"}
+            assert pid((await user.page()).text) == pid(first.text)
+        async with User(srv.url) as attacker:
+            attacker.http.cookies.set("htagweb_session", planted)
+            assert (await attacker.http.get("/get")).json() == {}
+
+    asyncio.run(scenario())
+
+
+def test_rotate_from_the_app_over_a_websocket_in_a_browser(server):
+    from chromium import chromium
+    from playwright.sync_api import expect
+
+    srv = server(login_source())
+    with chromium() as browser:
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(srv.url + "/")
+        expect(page.locator("#count")).to_have_text("Count: 0")
+        planted = next(c["value"] for c in context.cookies() if c["name"] == "htagweb_session")
+        pid_before = page.inner_text("#pid")
+        page.click("#inc")
+        expect(page.locator("#count")).to_have_text("Count: 1")
+        assert page.evaluate("window.ws && window.ws.readyState") == 1
+        page.click("#login")
+        deadline = time.monotonic() + 10
+        while next(c["value"] for c in context.cookies() if c["name"] == "htagweb_session") == planted:
+            assert time.monotonic() < deadline, "the browser never got the new cookie"
+            page.wait_for_timeout(50)
+        page.goto(srv.url + "/get")
+        assert json.loads(page.inner_text("body")) == {"user": "ada (app)"}
+        page.goto(srv.url + "/")
+        expect(page.locator("#count")).to_have_text("Count: 1")
+        assert page.inner_text("#pid") == pid_before
+        context.close()
+
+    async def attacker():
+        async with User(srv.url) as user:
+            user.http.cookies.set("htagweb_session", planted)
+            assert (await user.http.get("/get")).json() == {}
+
+    asyncio.run(attacker())
+
