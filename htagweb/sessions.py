@@ -263,7 +263,8 @@ class SessionMiddleware:
         """The new cookie for a ticket the app's live connection handed to its page,
         only to the browser holding the old one."""
         try:
-            old, _, new = self.tickets.unsign(connection.headers.get(ROTATION_HEADER, ""), max_age=ROTATION_TICKET_AGE).decode().partition(" ")
+            ticket = self.tickets.unsign(connection.headers.get(ROTATION_HEADER, ""), max_age=ROTATION_TICKET_AGE)
+            old, _, new = ticket.decode().partition(" ")
         except BadSignature:
             old = new = ""
         if scope["method"] != "POST" or not new or old != sid:
