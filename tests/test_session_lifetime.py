@@ -169,3 +169,23 @@ def test_rotate_from_the_app_over_a_websocket_in_a_browser(server):
 
     asyncio.run(attacker())
 
+
+
+def test_a_rotation_ticket_serves_only_the_holder_of_the_old_cookie(server):
+    srv = server(login_source())
+    tickets = TimestampSigner(SECRET, salt="htagweb.rotation")
+
+    async def scenario():
+        async with User(srv.url) as user, User(srv.url) as other:
+            await user.http.get("/get")
+            await other.http.get("/get")
+            old = user.http.cookies["htagweb_session"].split(".")[0]
+            ticket = tickets.sign(f"{old} brand-new-id").decode()
+            assert (await other.http.post("/_htagweb/session", headers={"X-Htagweb-Rotation": ticket})).status_code == 403
+            forged = ticket[:-2] + ("AA" if not ticket.endswith("AA") else "BB")
+            assert (await user.http.post("/_htagweb/session", headers={"X-Htagweb-Rotation": forged})).status_code == 403
+            assert (await user.http.get("/_htagweb/session", headers={"X-Htagweb-Rotation": ticket})).status_code == 403
+            response = await user.http.post("/_htagweb/session", headers={"X-Htagweb-Rotation": ticket})
+            assert response.status_code == 204 and user.http.cookies["htagweb_session"].startswith("brand-new-id.")
+
+    asyncio.run(scenario())
