@@ -241,3 +241,31 @@ def test_parano_option_serves_the_bootstrap(server):
             assert (await user.http.get("/_htagweb/identity")).json()["fingerprint"].startswith("SHA256:")
 
     run(scenario())
+
+
+def test_the_examples_that_build_their_own_server_say_why_they_cannot_run_here(server):
+    files = {name: (ROOT / "examples" / name).read_text() for name in ("counter.py", "multi.py", "oauth.py")}
+    srv = server("", files=files, command=["."])
+
+    async def scenario():
+        async with User(srv.url) as user:
+            index = (await user.page("/")).text
+            assert 'href="/counter"' in index
+            for name in ("multi", "oauth"):
+                assert f'href="/{name}"' not in index
+                card = re.search(rf"{name}</span><small[^>]*>([^<]*)<", index)
+                assert card and "builds its own server" in card.group(1) and f"python {name}.py" in card.group(1), index
+                page = await user.page(f"/{name}")
+                assert page.status_code == 404 and "builds its own server" in page.text
+
+    run(scenario())
+    assert "KeyError" not in srv.log  # oauth.py was never imported (it needs its provider's settings)
+
+
+def test_one_app_from_the_wrong_folder_fails_at_start_up(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HTAGWEB_RUNTIME_DIR": str(tmp_path / "rt")}
+    result = subprocess.run(
+        [sys.executable, "-m", "htagweb", "counter:App", "--port", "0"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert f"cannot find module 'counter' in {tmp_path}" in result.stderr
