@@ -39,12 +39,17 @@ logger = logging.getLogger("htagweb")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
 CLIENT_SCRIPT = f"<script>{CLIENT_JS}</script>"
+# htag's error overlay shows messages in a <pre> that does not wrap: a sentence longer
+# than the dialog is cut off at its edge (ours, like "took longer than ... Reload the page")
+WRAPPED_OVERLAY = (
+    '<script>(function(){var s=document.createElement("style");'
+    's.textContent="pre{white-space:pre-wrap;overflow-wrap:anywhere}";_error_overlay.shadowRoot.appendChild(s)})()</script>'
+)
+CLIENT = CLIENT_SCRIPT + WRAPPED_OVERLAY
 # htag's client in pure-HTTP mode from the start: it starts no WebSocket (HTAG_EXT_INIT) and
 # posts every event for an answer in the response (htag's own cookie switch instead mocks
 # WebSocket and EventSource, which fail in turn, with errors in the console, at every load)
-PURE_HTTP_CLIENT = (
-    f"<script>window.HTAG_EXT_INIT=true</script>{CLIENT_SCRIPT}<script>window.use_pure_http=window.use_fallback=true</script>"
-)
+PURE_HTTP_CLIENT = f"<script>window.HTAG_EXT_INIT=true</script>{CLIENT}<script>window.use_pure_http=window.use_fallback=true</script>"
 
 
 class HtagHost:
@@ -131,7 +136,7 @@ class HtagHost:
                 page = instance._render_page()
         finally:
             current_request.reset(token)
-        return HTMLResponse(page.replace(CLIENT_SCRIPT, PURE_HTTP_CLIENT, 1) if self.config.http_only else page)
+        return HTMLResponse(page.replace(CLIENT_SCRIPT, PURE_HTTP_CLIENT if self.config.http_only else CLIENT, 1))
 
     async def stream(self, request: Request) -> Response:
         instance = self._instance(request)

@@ -154,3 +154,21 @@ def test_a_link_from_another_site_does_not_reset_a_users_app(server, browser: Br
     finally:
         context.close()
     srv.wait_log("ignored a cross-site reset")
+
+
+def test_the_timeout_message_fits_in_htags_overlay(server, browser: Browser):
+    srv = server(server_source("WebServerWS", timeout_interaction=1))
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(srv.url + "/")
+        expect(page.locator("#count")).to_have_text("Count: 0")
+        page.click("#hang")
+        trace = page.locator("htag-error #trace")  # playwright's locators pierce the open shadow root
+        expect(trace).to_contain_text("Reload the page to start again.", timeout=15000)
+        text = " ".join(trace.inner_text().split())
+        assert text == "The application took longer than 1s to answer and was stopped. Reload the page to start again."
+        width = trace.evaluate("e => [e.scrollWidth, e.clientWidth]")
+        assert width[0] <= width[1], f"the message overflows its box: {width}"
+    finally:
+        context.close()
