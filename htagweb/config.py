@@ -44,3 +44,6 @@ class Config:
     #: the cookie's SameSite: "lax"; "strict"; "none" for an app embedded in another site's frame
     #: (the cookie is then sent with every request from any site: see the README before using it)
     cookie_samesite: str = "lax"
+    #: new user processes one client address may cause per minute (an IPv6 client counts by its /64;
+    #: the address is the socket's, or X-Forwarded-For's last with trust_proxy_headers); 0: no limit
+    new_processes_per_minute: int = 60

@@ -33,16 +33,28 @@ from pathlib import Path
 from typing import Any
 
 from . import folder
+from .admission import Candidate, NewProcessLimit, make_room_from
 from .appspec import AppSpec
 from .config import Config
 from .devindex import index_app
-from .process import EXITING, PAGE, SETTLE_LIMIT, new_page, run_spare
+from .process import EXITING, PAGE, SETTLE_LIMIT, activity, new_page, run_spare
 from .process import run as run_user_process
 from .runtime import Runtime
 
 logger = logging.getLogger("htagweb")
 
-COUNTERS = ("spawns", "expiries", "kills", "interaction_timeouts", "resource_kills", "crashes", "bridge_errors", "parano_rejections")
+COUNTERS = (
+    "spawns",
+    "expiries",
+    "kills",
+    "interaction_timeouts",
+    "resource_kills",
+    "crashes",
+    "bridge_errors",
+    "parano_rejections",
+    "evictions",
+    "address_refusals",
+)
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -100,6 +112,7 @@ class ForkServer:
         self.settling: dict[socket.socket, float] = {}
         #: INFO lines written once the reply has left: a front waits for the reply, nobody for the log
         self.after_reply: list[tuple[str, object]] = []
+        self.new_process_limit = NewProcessLimit(config.new_processes_per_minute)
 
     # --- life ------------------------------------------------------------
 
@@ -224,17 +237,21 @@ class ForkServer:
     def _handle(self, conn: socket.socket, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         if op == "ensure":
-            return self._ensure(request["key"], request["app"], request["label"], request.get("source"))
+            return self._ensure(request["key"], request["app"], request["label"], request.get("source"), request.get("client", ""))
         if op == "status":
             return self._status(request["key"])
         if op == "rotate":
             return self._rotate(request["old"], request["new"])
         if op == "stats":
+            self._reap()  # a process killed a moment ago is counted as such
+            candidates = self._candidates()
             return {
                 "ok": True,
                 "processes": len(self.by_pid),
                 "max_processes": self.config.max_processes,
                 "spares": len(self.spares),
+                "provisional": sum(not c.live for c in candidates),
+                "busy": sum(c.busy for c in candidates),
                 "counters": self.counters,
             }
         if op == "count":
@@ -291,7 +308,7 @@ class ForkServer:
 
     # --- user processes ----------------------------------------------------
 
-    def _ensure(self, key: str, app: str, label: str, source: dict[str, str] | None = None) -> dict[str, Any]:
+    def _ensure(self, key: str, app: str, label: str, source: dict[str, str] | None = None, client: str = "") -> dict[str, Any]:
         """The user process of ``key``, spawned if needed. ``source`` describes an app of
         a development folder: a file app is imported in its process, and replaced when
         a file it imported changed."""
@@ -305,9 +322,9 @@ class ForkServer:
             child.kill_reason = "reloaded: its source changed"
             logger.info("user process reloaded: %s (its source changed)", child)
             self._signal(child, signal.SIGTERM)
-        if len(self.by_pid) >= self.config.max_processes:
-            logger.warning("max_processes (%d) reached: refusing a new user process for session %s", self.config.max_processes, label)
-            return {"ok": False, "status": 503, "error": "The server has reached its limit of live user sessions."}
+        refusal = self._admit(client, label)
+        if refusal is not None:
+            return refusal
         if fresh:
             assert source is not None
             root = Path(source["root"])
@@ -359,6 +376,39 @@ class ForkServer:
         self.counters["spawns"] += 1
         self.after_reply.append(("user process spawned: %s", child))
         return {"ok": True, "pid": pid, "spawned": True}
+
+    def _admit(self, client: str, label: str) -> dict[str, Any] | None:
+        """None if a new process may start now (room made if needed), else the refusal."""
+        if not self.new_process_limit.admit(client, time.monotonic()):
+            self.counters["address_refusals"] += 1
+            limit = self.config.new_processes_per_minute
+            logger.warning("new process refused: over %d new processes per minute from %s", limit, client)
+            return {"ok": False, "status": 429, "error": "Too many new sessions from your address: try again in a minute."}
+        candidates = self._candidates()
+        if len(candidates) < self.config.max_processes:
+            return None
+        victim = make_room_from(candidates)
+        if victim is None:
+            logger.warning("max_processes (%d) reached, all busy: refusing a new user process for session %s", len(candidates), label)
+            return {"ok": False, "status": 503, "error": "The server has reached its limit of live user sessions."}
+        child = self.by_key[victim.key]
+        idle = time.monotonic() - victim.last_activity
+        why = f"idle for {idle:.0f}s" if victim.live else f"provisional: its page never went live, {idle:.0f}s ago"
+        child.kill_reason = "evicted: made room for a new user at max_processes"
+        self.counters["evictions"] += 1
+        logger.info("user process evicted: %s (%s)", child, why)
+        self._signal(child, signal.SIGTERM)  # on_destroy runs
+        return None
+
+    def _candidates(self) -> list[Candidate]:
+        """The user processes that count towards max_processes (not those already ending)."""
+        candidates = []
+        for child in self.by_pid.values():
+            if child.kill_reason is None and self.by_key.get(child.key) is child:
+                last, live = activity(child.page)
+                busy = PAGE.unpack_from(child.page)[0] != 0
+                candidates.append(Candidate(child.key, live, busy, last))
+        return candidates
 
     def _load(self, app: str, source: dict[str, str] | None) -> type:
         if app not in self.classes:

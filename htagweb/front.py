@@ -73,6 +73,7 @@ class HtagEndpoint:
         parano = scope.get(SCOPE_PARANO)
         if self.config.parano and parano is None:  # plaintext never reaches a parano app
             if self.endpoint == "page" and self.bootstrap is not None:
+                session.used = True  # the key exchange binds its ticket to this cookie's session
                 await self.bootstrap(scope, receive, send)
             else:
                 await self._refuse(scope, receive, send, 403, "This server accepts only encrypted (parano) exchanges.")
@@ -88,13 +89,17 @@ class HtagEndpoint:
             await self._refuse(scope, receive, send, 403, "No valid session: reload the page.")
             return
         key = self.runtime.process_key(self.owner(scope, session.sid), self.app)
+        if self.endpoint == "page" and scope.get("method") == "HEAD":  # a probe, not a user: no process
+            await Response(media_type="text/html", headers={"Cache-Control": "no-store"})(scope, receive, send)
+            return
         label = session.sid[:8]
         try:
-            connection, spawned = await self.pool.connect(key, self.app, label, self.source, self.recheck)
+            connection, spawned = await self.pool.connect(key, self.app, label, self.source, self.recheck, self.origins.client(scope))
         except SpawnRefused as exc:
             trace = exc.traceback if self.config.debug else None
             await self._refuse(scope, receive, send, exc.status, str(exc), trace)
             return
+        session.used = True  # a user now: the session's cookie is sent
         if self.endpoint == "page" and not spawned:
             logger.info("user process reused: session %s, app %s", label, self.app)
         extra = {"endpoint": self.endpoint, "session": session.snapshot()}
@@ -123,14 +128,14 @@ class HtagEndpoint:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, message: str, trace: str | None = None) -> None:
         if scope["type"] == "websocket":
-            code = 1013 if status == 503 else 4403 if status == 403 else 1011
+            code = 1013 if status in (429, 503) else 4403 if status == 403 else 1011
             await send({"type": "websocket.close", "code": code, "reason": message[:120]})
             return
         response: Response
         if self.endpoint == "event":
             response = JSONResponse({"status": "error", "payloads": [_htag_error(message)]}, status_code=status)
         else:
-            response = error_page(status, message, trace, RETRY_AFTER if status == 503 else None)
+            response = error_page(status, message, trace, RETRY_AFTER if status in (429, 503) else None)
         await response(scope, receive, send)
 
 
@@ -238,6 +243,8 @@ class _Exchange:
             reason = "unknown"
         if reason == "ended":
             return 410, "This session ended (inactivity or server restart). Reload the page to start again."
+        if reason.startswith("evicted"):  # said, not closed quietly as an ended session: the user did nothing wrong
+            return 503, "This idle session was ended to make room for other users. Reload the page to start again."
         await self.endpoint.pool.count("bridge_errors")
         if reason.startswith(("memory limit", "open files limit")):
             return 507, f"The application went over its {reason.split(':')[0]} and was stopped. Reload the page to start again."

@@ -42,6 +42,16 @@ class OriginPolicy:
             self.allowed.add(normal)
         self.trust_proxy_headers = trust_proxy_headers
 
+    def client(self, scope: Scope) -> str:
+        """The client's address: the socket's, or with ``trust_proxy_headers`` the last
+        ``X-Forwarded-For`` entry (the one our proxy added: earlier ones are the client's say)."""
+        if self.trust_proxy_headers:
+            forwarded = Headers(scope=scope).get("x-forwarded-for", "")
+            if forwarded.strip():
+                return forwarded.split(",")[-1].strip()
+        client = scope.get("client")
+        return str(client[0]) if client else ""
+
     def allows(self, scope: Scope) -> bool:
         """A WebSocket or SSE stream (fetches that always name their page's origin when cross-origin)."""
         origin = Headers(scope=scope).get("origin")

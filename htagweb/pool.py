@@ -78,18 +78,19 @@ class ProcessPool:
             writer.close()
 
     async def connect(
-        self, key: str, app: str, label: str, source: dict[str, str] | None = None, recheck: bool = False
+        self, key: str, app: str, label: str, source: dict[str, str] | None = None, recheck: bool = False, client: str = ""
     ) -> tuple[Connection, bool]:
         """A bridge connection to the user process of ``key``, and whether it was just spawned.
 
-        ``recheck`` asks the fork-server first (it replaces a development app whose source changed)."""
+        ``recheck`` asks the fork-server first (it replaces a development app whose source changed);
+        ``client`` is the address a new process would count against (see admission.py)."""
         path = str(self.runtime.user_socket_path(key))
         if not recheck:
             try:
                 return await asyncio.open_unix_connection(path), False
             except (FileNotFoundError, ConnectionRefusedError):
                 pass
-        reply = await self.request({"op": "ensure", "key": key, "app": app, "label": label, "source": source})
+        reply = await self.request({"op": "ensure", "key": key, "app": app, "label": label, "source": source, "client": client})
         if not reply.get("ok"):
             raise SpawnRefused(reply.get("status", 500), reply.get("error", "unknown error"), reply.get("traceback"))
         return await asyncio.open_unix_connection(path), bool(reply.get("spawned"))

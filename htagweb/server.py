@@ -59,6 +59,7 @@ class WebServer(Starlette):
         timeout_inactivity: float = Config.timeout_inactivity,
         timeout_interaction: float = Config.timeout_interaction,
         max_processes: int = Config.max_processes,
+        new_processes_per_minute: int = Config.new_processes_per_minute,
         spare_processes: int | None = None,
         memory_limit: int = Config.memory_limit,
         max_open_files: int = Config.max_open_files,
@@ -88,6 +89,7 @@ class WebServer(Starlette):
             timeout_inactivity=timeout_inactivity,
             timeout_interaction=timeout_interaction,
             max_processes=max_processes,
+            new_processes_per_minute=new_processes_per_minute,
             # a crowd of 50 new users at once costs no fork; a small server keeps a tenth of its cap
             spare_processes=min(50, max_processes // 10) if spare_processes is None else spare_processes,
             memory_limit=memory_limit,

@@ -101,21 +101,29 @@ class Session(MutableMapping[str, Any]):
         self._data: dict[str, Any] = {k: json.loads(v) for k, v in self._synced.items()}
         #: rotate() was called and not yet applied
         self.rotated = False
+        #: read or written (by a route, or given to a user process): a new session then gets its
+        #: cookie; one nobody used costs nothing (a probe, a favicon, a 404 or a refused visitor)
+        self.used = False
 
     def __getitem__(self, key: str) -> Any:
+        self.used = True
         return self._data[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
         json.dumps(value)  # fail here, at the caller, for a value a store cannot keep
+        self.used = True
         self._data[key] = value
 
     def __delitem__(self, key: str) -> None:
+        self.used = True
         del self._data[key]
 
     def __iter__(self) -> Iterator[str]:
+        self.used = True
         return iter(self._data)
 
     def __len__(self) -> int:
+        self.used = True
         return len(self._data)
 
     def __repr__(self) -> str:
@@ -131,7 +139,7 @@ class Session(MutableMapping[str, Any]):
         the app answers: in the answer's cookie, or, over a live WebSocket or SSE stream,
         by having the page fetch its new cookie."""
         self.sid = new_session_id()
-        self.rotated = True
+        self.rotated = self.used = True
 
     def snapshot(self) -> dict[str, Any]:
         """The data as last synced with the store, for a user process."""
@@ -227,7 +235,7 @@ class SessionMiddleware:
         is_new = sid is None
         if sid is None:
             sid = new_session_id()
-        version, items = await self.store.load(sid)
+        version, items = (0, {}) if is_new else await self.store.load(sid)  # a new id has nothing stored
         session = Session(sid, version, items)
         scope["session"] = session
         scope[SCOPE_NEW] = is_new
@@ -240,7 +248,7 @@ class SessionMiddleware:
                 await save(self.store, session)
                 headers = MutableHeaders(scope=message)
                 headers.add_vary_header("Cookie")
-                if not parano and (is_new or renew or session.sid != sid):
+                if not parano and ((is_new and session.used) or renew or session.sid != sid):
                     if renew:
                         await self.store.touch(session.sid)
                     headers.append("Set-Cookie", self.cookie(session.sid, connection))
