@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runtime_bench import HTAG_SOURCE, click, htag_python, visit  # noqa: E402
@@ -68,8 +67,7 @@ async def scenario(server: Server, gets: int) -> dict[str, float]:
     n = 0
     for n in range(1, 21):  # warm-up
         await click(ws, n)
-    main_process = psutil.Process(server.proc.pid)
-    memory_before = sum(p.memory_full_info().uss for p in [main_process, *server.processes()] if p.is_running())
+    memory_before = sum(p.memory_full_info().uss for p in server.processes() if p.is_running())
     clicks: list[float] = []
     flooding = asyncio.create_task(flood(server.url, gets))
     while not flooding.done():

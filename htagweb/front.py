@@ -69,6 +69,9 @@ class HtagEndpoint:
         self.recheck = endpoint == "page" and source is not None and source["kind"] == "file"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.endpoint == "page" and scope.get("method") == "HEAD":  # a probe, not a user: no session, no process
+            await Response(media_type="text/html", headers={"Cache-Control": "no-store"})(scope, receive, send)
+            return
         session: Session = scope["session"]
         parano = scope.get(SCOPE_PARANO)
         if self.config.parano and parano is None:  # plaintext never reaches a parano app
@@ -89,9 +92,6 @@ class HtagEndpoint:
             await self._refuse(scope, receive, send, 403, "No valid session: reload the page.")
             return
         key = self.runtime.process_key(self.owner(scope, session.sid), self.app)
-        if self.endpoint == "page" and scope.get("method") == "HEAD":  # a probe, not a user: no process
-            await Response(media_type="text/html", headers={"Cache-Control": "no-store"})(scope, receive, send)
-            return
         label = session.sid[:8]
         try:
             connection, spawned = await self.pool.connect(key, self.app, label, self.source, self.recheck, self.origins.client(scope))
