@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -22,7 +21,7 @@ from starlette.types import Message, Receive, Scope, Send
 from . import bridge
 from .config import Config
 from .origin import OriginPolicy
-from .pages import error_page
+from .pages import error_page, htag_error
 from .pool import Connection, ProcessPool, SpawnRefused
 from .runtime import Runtime
 from .sessions import (
@@ -76,7 +75,6 @@ class HtagEndpoint:
         parano = scope.get(SCOPE_PARANO)
         if self.config.parano and parano is None:  # plaintext never reaches a parano app
             if self.endpoint == "page" and self.bootstrap is not None:
-                session.used = True  # the key exchange binds its ticket to this cookie's session
                 await self.bootstrap(scope, receive, send)
             else:
                 await self._refuse(scope, receive, send, 403, "This server accepts only encrypted (parano) exchanges.")
@@ -91,7 +89,7 @@ class HtagEndpoint:
         if self.endpoint != "page" and scope[SCOPE_NEW]:
             await self._refuse(scope, receive, send, 403, "No valid session: reload the page.")
             return
-        key = self.runtime.process_key(self.owner(scope, session.sid), self.app)
+        key = self.runtime.process_key(session.sid, self.app)
         label = session.sid[:8]
         try:
             connection, spawned = await self.pool.connect(key, self.app, label, self.source, self.recheck, self.origins.client(scope))
@@ -103,6 +101,8 @@ class HtagEndpoint:
         if self.endpoint == "page" and not spawned:
             logger.info("user process reused: session %s, app %s", label, self.app)
         extra = {"endpoint": self.endpoint, "session": session.snapshot()}
+        if parano and parano.get("page"):  # the page's events are delivered in its order (crypto/PROTOCOL.md §7)
+            extra["order"] = {"page": parano["page"], "seq": parano.get("seq")}
         exchange = _Exchange(self, scope, session, key, connection)
         try:
             if scope["type"] == "websocket":
@@ -111,13 +111,6 @@ class HtagEndpoint:
                 await exchange.http(scope, receive, send, extra)
         finally:
             connection[1].close()
-
-    @staticmethod
-    def owner(scope: Scope, sid: str) -> str:
-        """Whose user process serves this exchange. In parano mode the process belongs to
-        one key exchange: a stolen cookie does not reach it."""
-        parano = scope.get(SCOPE_PARANO)
-        return f"{sid}\0{parano['kx_id']}" if parano else sid
 
     async def _refuse_origin(self, scope: Scope, receive: Receive, send: Send) -> None:
         origin = dict(scope["headers"]).get(b"origin", b"").decode("latin-1")
@@ -133,7 +126,7 @@ class HtagEndpoint:
             return
         response: Response
         if self.endpoint == "event":
-            response = JSONResponse({"status": "error", "payloads": [_htag_error(message)]}, status_code=status)
+            response = JSONResponse({"status": "error", "payloads": [htag_error(message)]}, status_code=status)
         else:
             response = error_page(status, message, trace, RETRY_AFTER if status in (429, 503) else None)
         await response(scope, receive, send)
@@ -146,11 +139,6 @@ def _query(scope: Scope) -> list[tuple[str, str]]:
 
 def _without_query_name(scope: Scope, name: str) -> bytes:
     return urlencode([(k, v) for k, v in _query(scope) if k != name]).encode("latin-1")
-
-
-def _htag_error(message: str) -> str:
-    """A payload htag's client shows in its error overlay."""
-    return json.dumps({"action": "error", "traceback": message, "callback_id": None, "result": None})
 
 
 def _forwarded_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
@@ -203,9 +191,8 @@ class _Exchange:
         old, new = self.session.sid, new_session_id()
         self.session.sid = new
         self.known_version = self.session.version = await move(self.store, old, new)
-        owner = partial(HtagEndpoint.owner, self.scope)
-        await self.endpoint.pool.rotate(owner(old), owner(new))
-        self.key = self.endpoint.runtime.process_key(owner(new), self.endpoint.app)
+        await self.endpoint.pool.rotate(old, new)
+        self.key = self.endpoint.runtime.process_key(new, self.endpoint.app)
         logger.info("session %s rotated to %s by its app", old[:8], new[:8])
         if self.scope.get(SCOPE_PARANO) or not (self.live or self.scope["type"] == "websocket" or self.endpoint.endpoint == "stream"):
             return
@@ -296,10 +283,10 @@ class _Exchange:
     async def _died(self, scope: Scope, receive: Receive, send: Send, started: bool) -> None:
         status, message = await self._death_message()
         if started:  # an SSE stream: tell htag's client in its own format, then end
-            chunk = f"data: {_htag_error(message)}\n\n".encode()
+            chunk = f"data: {htag_error(message)}\n\n".encode()
             await send({"type": "http.response.body", "body": chunk, "more_body": False})
         elif self.endpoint.endpoint == "event":
-            await JSONResponse({"status": "error", "payloads": [_htag_error(message)]})(scope, receive, send)
+            await JSONResponse({"status": "error", "payloads": [htag_error(message)]})(scope, receive, send)
         else:
             await error_page(status, message)(scope, receive, send)
 
@@ -319,7 +306,7 @@ class _Exchange:
         if downstream in done and downstream.result() == "died" and upstream not in done:
             status, message = await self._death_message()
             if status != 410:  # an ended session closes quietly: htag's client reconnects on the next event
-                await send({"type": "websocket.send", "text": _htag_error(message)})
+                await send({"type": "websocket.send", "text": htag_error(message)})
             await send({"type": "websocket.close", "code": 1001 if status == 410 else 1000, "reason": message[:120]})
         upstream.cancel()
         downstream.cancel()

@@ -116,12 +116,13 @@ class WebServer(Starlette):
                 trust_proxy_headers=trust_proxy_headers,
                 samesite=cookie_samesite,
                 on_rotate=self.pool.rotate,
+                parano=parano,
             )
         ]
         self.identity: IdentityKey | None = None
         if parano:  # imported only here: every user process is forked from this memory, the smaller the faster
             from .cipher import IdentityKey, TicketSealer
-            from .parano import ParanoMiddleware
+            from .parano import Credentials, ParanoMiddleware
 
             identity_path = parano_identity or os.environ.get(IDENTITY_ENV) or self.runtime.identity_path
             self.identity = IdentityKey.load_or_create(Path(identity_path))
@@ -129,10 +130,11 @@ class WebServer(Starlette):
                 ParanoMiddleware,
                 identity=self.identity,
                 sealer=TicketSealer(self.runtime.secrets),
+                credentials=Credentials(self.runtime.secrets, self.store.max_age),
                 store=self.store,
-                signer=signer,
                 ticket_lifetime=parano_ticket_lifetime,
                 max_body_size=max_body_size,
+                debug=debug,
                 on_rejection=partial(self.pool.count, "parano_rejections"),
             )
             layers.insert(0, paranoid)

@@ -67,11 +67,6 @@ def cookie_value(connection: HTTPConnection) -> str | None:
     return connection.cookies.get(SECURE_COOKIE_NAME) or connection.cookies.get(COOKIE_NAME)
 
 
-def cookie_session_id(signer: Signer, connection: HTTPConnection, max_age: float | None = None) -> str | None:
-    """The session id of a verified cookie; None if absent; logs a forged or expired one."""
-    return verified_cookie(signer, connection, max_age)[0]
-
-
 def verified_cookie(signer: Signer, connection: HTTPConnection, max_age: float | None = None) -> tuple[str | None, float]:
     """(session id, seconds since the cookie was signed) of a verified cookie; (None, 0) otherwise."""
     cookie = cookie_value(connection)
@@ -170,6 +165,23 @@ class Session(MutableMapping[str, Any]):
         self.version = version
 
 
+class PlaintextSession(Session):
+    """``request.session`` of a request that reached a parano server in clear: no
+    session at all (crypto/PROTOCOL.md §5). Reading finds nothing; writing raises,
+    so that a route never believes it stored something."""
+
+    def __init__(self) -> None:
+        super().__init__("")
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        raise RuntimeError(
+            "parano mode: this request came in clear, not through the encrypted channel, so it has no session. "
+            "Call this route from the page (fetch), where it runs inside the channel with the user's session."
+        )
+
+    __delitem__ = __setitem__  # type: ignore[assignment]
+
+
 async def save(store: SessionStore, session: Session) -> None:
     changed, deleted = session.changes()
     if changed or deleted:
@@ -210,10 +222,13 @@ class SessionMiddleware:
         trust_proxy_headers: bool = False,
         samesite: str = "lax",
         on_rotate: OnRotate | None = None,
+        parano: bool = False,
     ) -> None:
         if samesite.lower() not in ("lax", "strict", "none"):
             raise ValueError(f"cookie_samesite must be 'lax', 'strict' or 'none', not {samesite!r}")
         self.app = app
+        #: a parano server names sessions only inside its channels: no cookie is read or set
+        self.parano = parano
         self.store = store
         self.signer = signer
         self.tickets = TimestampSigner(signer.secret_keys, salt="htagweb.rotation")  # as make_rotation_signer
@@ -228,11 +243,18 @@ class SessionMiddleware:
             return
         connection = HTTPConnection(scope)
         parano = scope.get(SCOPE_PARANO)
-        sid, age = (parano["sid"], 0.0) if parano else verified_cookie(self.signer, connection, self.store.max_age)
-        if scope["type"] == "http" and scope["path"] == ROTATION_PATH and not parano:
-            await self._rotation_ticket(connection, sid, scope, receive, send)
+        if self.parano and parano is None:
+            scope["session"], scope[SCOPE_NEW] = PlaintextSession(), True
+            await self.app(scope, receive, send)
             return
-        is_new = sid is None
+        if parano:
+            sid, is_new, age = parano["sid"], parano["new"], 0.0
+        else:
+            sid, age = verified_cookie(self.signer, connection, self.store.max_age)
+            if scope["type"] == "http" and scope["path"] == ROTATION_PATH:
+                await self._rotation_ticket(connection, sid, scope, receive, send)
+                return
+            is_new = sid is None
         if sid is None:
             sid = new_session_id()
         version, items = (0, {}) if is_new else await self.store.load(sid)  # a new id has nothing stored
@@ -248,7 +270,7 @@ class SessionMiddleware:
                 await save(self.store, session)
                 headers = MutableHeaders(scope=message)
                 headers.add_vary_header("Cookie")
-                if not parano and ((is_new and session.used) or renew or session.sid != sid):
+                if not self.parano and ((is_new and session.used) or renew or session.sid != sid):
                     if renew:
                         await self.store.touch(session.sid)
                     headers.append("Set-Cookie", self.cookie(session.sid, connection))
