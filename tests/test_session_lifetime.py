@@ -189,3 +189,25 @@ def test_a_rotation_ticket_serves_only_the_holder_of_the_old_cookie(server):
             assert response.status_code == 204 and user.http.cookies["htagweb_session"].startswith("brand-new-id.")
 
     asyncio.run(scenario())
+
+
+def test_rotate_in_parano_mode_hands_the_page_a_new_credential(server):
+    from paranoclient import ParanoUser
+
+    srv = server(login_source(parano=True))
+
+    async def scenario():
+        async with ParanoUser(srv.url) as user, ParanoUser(srv.url) as copier:
+            await user.connect()
+            assert (await user.request("GET", "/set?v=before"))[0] == 200
+            old = user.credential
+            status, body = await user.request("GET", "/login")
+            assert (status, body) == (200, b"welcome") and user.credential != old
+            status, body = await user.request("GET", "/get")
+            assert json.loads(body) == {"from_route": "before", "user": "ada (route)"}
+            await copier.start()
+            copier.credential = old  # a credential copied before the login grants nothing after it
+            status, body = await copier.request("GET", "/get")
+            assert status != 200 or json.loads(body) == {}
+
+    asyncio.run(scenario())
