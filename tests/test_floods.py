@@ -198,3 +198,20 @@ def test_two_thousand_cookieless_gets_leave_room_for_users(server):
                 assert count((await click(ws, "inc", callback_id="3"))["updates"]["count"]) == 3
 
     run(scenario())
+
+
+def test_parano_key_exchanges_from_one_address_are_limited_too(server):
+    from paranoclient import ParanoUser
+
+    srv = server(server_source("WebServerWS", parano=True, new_processes_per_minute=2, spare_processes=0))
+
+    async def scenario():
+        statuses = []
+        for _ in range(3):
+            async with ParanoUser(srv.url) as visitor:
+                await visitor.start()
+                status, body = await visitor.request("GET", "/")
+                statuses.append(status)
+        assert statuses == [200, 200, 429] and b"Too many new sessions from your address" in body
+
+    run(scenario())
