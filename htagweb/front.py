@@ -194,8 +194,10 @@ class _Exchange:
         await self.endpoint.pool.rotate(old, new)
         self.key = self.endpoint.runtime.process_key(new, self.endpoint.app)
         logger.info("session %s rotated to %s by its app", old[:8], new[:8])
-        if self.scope.get(SCOPE_PARANO) or not (self.live or self.scope["type"] == "websocket" or self.endpoint.endpoint == "stream"):
-            return
+        if self.scope.get(SCOPE_PARANO):
+            return  # the parano layer hands the page its new credential, inside the channel
+        if self.scope["type"] == "http" and self.endpoint.endpoint != "stream":
+            return  # the answer has not started: the session layer adds the cookie to it
         script = rotation_script(self.endpoint.rotation_signer, self.scope.get("root_path", ""), old, new)
         payload = json.dumps({"action": "update", "updates": {}, "js": [script]})
         if self.scope["type"] == "websocket":

@@ -211,3 +211,29 @@ def test_rotate_in_parano_mode_hands_the_page_a_new_credential(server):
             assert status != 200 or json.loads(body) == {}
 
     asyncio.run(scenario())
+
+
+def test_rotate_from_the_app_over_sse_hands_the_page_a_ticket(server):
+    srv = server(login_source())
+
+    async def scenario():
+        async with User(srv.url) as user:
+            await user.page()
+            planted = user.http.cookies["htagweb_session"]
+            async with user.http.stream("GET", "/stream") as stream:
+                lines = stream.aiter_lines()
+                await anext(lines)  # the initial payload
+                assert (await user.post_event("login", fallback=False)).json() == {"status": "ok"}
+                async for line in lines:
+                    if line.startswith("data: ") and "/_htagweb/session" in line:
+                        script = json.loads(line[6:])["js"][0]
+                        break
+            ticket = script.split('"X-Htagweb-Rotation": "')[1].split('"')[0]
+            response = await user.http.post("/_htagweb/session", headers={"X-Htagweb-Rotation": ticket})
+            assert response.status_code == 204 and user.http.cookies["htagweb_session"] != planted
+            assert (await user.http.get("/get")).json() == {"user": "ada (app)"}
+        async with User(srv.url) as attacker:
+            attacker.http.cookies.set("htagweb_session", planted)
+            assert (await attacker.http.get("/get")).json() == {}
+
+    asyncio.run(scenario())
