@@ -296,7 +296,10 @@ class ForkServer:
             if child.key != self.runtime.process_key(old, child.app):
                 continue
             key = self.runtime.process_key(new, child.app)
-            os.rename(self.runtime.user_socket_path(child.key), self.runtime.user_socket_path(key))
+            try:
+                os.rename(self.runtime.user_socket_path(child.key), self.runtime.user_socket_path(key))
+            except FileNotFoundError:  # ending already (its socket removed): the old id reaches it no more
+                continue
             deps = self.runtime.users_dir / f"{child.key}.deps"
             if deps.exists():
                 deps.rename(self.runtime.users_dir / f"{key}.deps")
