@@ -121,7 +121,7 @@ def test_provisional_then_least_recently_active_idle_processes_make_room(server)
 
 
 def test_a_503_only_when_every_process_is_busy(server):
-    srv = server(server_source("WebServerWS", max_processes=1, spare_processes=0, metrics=True))
+    srv = server(server_source("WebServerWS", max_processes=1, spare_processes=0, metrics=True, shutdown_grace=1))
 
     async def scenario():
         async with User(srv.url) as busy, User(srv.url) as late:
