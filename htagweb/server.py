@@ -27,7 +27,7 @@ from .observe import Observability
 from .pages import bootstrap_page
 from .pool import ProcessPool
 from .runtime import Runtime, default_runtime_dir
-from .sessions import SessionMiddleware, make_signer
+from .sessions import SessionMiddleware, make_signer, samesite_attribute
 from .stores import SessionStore, make_store
 
 if TYPE_CHECKING:
@@ -81,6 +81,7 @@ class WebServer(Starlette):
         middleware: Sequence[Middleware] | None = None,
     ) -> None:
         logs.quiet_htag()  # before any user process is forked: they inherit it
+        samesite_attribute(cookie_samesite)  # a wrong value fails here, not at the first request
         server_id = self._identity(app)
         self.config = Config(
             server_id=server_id,

@@ -50,6 +50,13 @@ def make_signer(secrets: list[bytes]) -> TimestampSigner:
     return TimestampSigner(list(reversed(secrets)), salt="htagweb.session")
 
 
+def samesite_attribute(samesite: str) -> str:
+    """The cookie's ``SameSite`` value for the ``cookie_samesite`` option; ValueError if none."""
+    if samesite.lower() not in ("lax", "strict", "none"):
+        raise ValueError(f"cookie_samesite must be 'lax', 'strict' or 'none', not {samesite!r}")
+    return samesite.capitalize()
+
+
 def make_rotation_signer(secrets: list[bytes]) -> TimestampSigner:
     """Signs the tickets with which a rotated session's page fetches its new cookie."""
     return TimestampSigner(list(reversed(secrets)), salt="htagweb.rotation")
@@ -224,8 +231,6 @@ class SessionMiddleware:
         on_rotate: OnRotate | None = None,
         parano: bool = False,
     ) -> None:
-        if samesite.lower() not in ("lax", "strict", "none"):
-            raise ValueError(f"cookie_samesite must be 'lax', 'strict' or 'none', not {samesite!r}")
         self.app = app
         #: a parano server names sessions only inside its channels: no cookie is read or set
         self.parano = parano
@@ -234,7 +239,7 @@ class SessionMiddleware:
         self.tickets = TimestampSigner(signer.secret_keys, salt="htagweb.rotation")  # as make_rotation_signer
         self.https_only = https_only
         self.trust_proxy_headers = trust_proxy_headers
-        self.samesite = samesite.capitalize()
+        self.samesite = samesite_attribute(samesite)
         self.on_rotate = on_rotate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 
+import pytest
 from helpers import APP, User, click, count, pid
 from itsdangerous import TimestampSigner
 
@@ -237,3 +238,17 @@ def test_rotate_from_the_app_over_sse_hands_the_page_a_ticket(server):
             assert (await attacker.http.get("/get")).json() == {}
 
     asyncio.run(scenario())
+
+
+def test_a_wrong_samesite_or_origin_fails_at_construction(tmp_path):
+    from htag import Tag
+
+    from htagweb import WebServer
+
+    class App(Tag.App):
+        pass
+
+    with pytest.raises(ValueError, match="cookie_samesite must be 'lax', 'strict' or 'none'"):
+        WebServer(App, runtime_dir=str(tmp_path / "a"), cookie_samesite="sometimes")
+    with pytest.raises(ValueError, match="not an origin"):
+        WebServer(App, runtime_dir=str(tmp_path / "b"), allowed_origins=["partner.example"])
