@@ -30,3 +30,20 @@ class Config:
     parano: bool = False
     #: seconds the fork-server waits for a worker to come back after the last one vanished without saying bye
     orphan_grace: float = 10.0
+    #: what this server serves (its first app, a script by its file, or a folder): a fork-server
+    #: refuses workers of another server, so a shared runtime directory never serves the wrong app
+    server_id: str = ""
+    #: origins (scheme://host[:port]) besides the server's own whose pages may open its WebSocket
+    #: and SSE streams and reset its apps: for apps deliberately embedded in another site
+    allowed_origins: tuple[str, ...] = ()
+    #: honour X-Forwarded-Proto, X-Forwarded-Host and X-Forwarded-For (set only behind a proxy that sets them)
+    trust_proxy_headers: bool = False
+    #: seconds a session lives without activity: the cookie's signature expires then and the
+    #: store forgets the data (renewed on activity, every 1/14 of it: a day for the default 14 days)
+    session_max_age: float = 14 * 24 * 3600
+    #: the cookie's SameSite: "lax"; "strict"; "none" for an app embedded in another site's frame
+    #: (the cookie is then sent with every request from any site: see the README before using it)
+    cookie_samesite: str = "lax"
+    #: new user processes one client address may cause per minute (an IPv6 client counts by its /64;
+    #: the address is the socket's, or X-Forwarded-For's last with trust_proxy_headers); 0: no limit
+    new_processes_per_minute: int = 60

@@ -33,16 +33,28 @@ from pathlib import Path
 from typing import Any
 
 from . import folder
+from .admission import Candidate, NewProcessLimit, make_room_from
 from .appspec import AppSpec
 from .config import Config
 from .devindex import index_app
-from .process import EXITING, PAGE, SETTLE_LIMIT, new_page, run_spare
+from .process import EXITING, PAGE, SETTLE_LIMIT, activity, new_page, run_spare
 from .process import run as run_user_process
 from .runtime import Runtime
 
 logger = logging.getLogger("htagweb")
 
-COUNTERS = ("spawns", "expiries", "kills", "interaction_timeouts", "resource_kills", "crashes", "bridge_errors", "parano_rejections")
+COUNTERS = (
+    "spawns",
+    "expiries",
+    "kills",
+    "interaction_timeouts",
+    "resource_kills",
+    "crashes",
+    "bridge_errors",
+    "parano_rejections",
+    "evictions",
+    "address_refusals",
+)
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -100,6 +112,7 @@ class ForkServer:
         self.settling: dict[socket.socket, float] = {}
         #: INFO lines written once the reply has left: a front waits for the reply, nobody for the log
         self.after_reply: list[tuple[str, object]] = []
+        self.new_process_limit = NewProcessLimit(config.new_processes_per_minute)
 
     # --- life ------------------------------------------------------------
 
@@ -224,15 +237,21 @@ class ForkServer:
     def _handle(self, conn: socket.socket, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         if op == "ensure":
-            return self._ensure(request["key"], request["app"], request["label"], request.get("source"))
+            return self._ensure(request["key"], request["app"], request["label"], request.get("source"), request.get("client", ""))
         if op == "status":
             return self._status(request["key"])
+        if op == "rotate":
+            return self._rotate(request["old"], request["new"])
         if op == "stats":
+            self._reap()  # a process killed a moment ago is counted as such
+            candidates = self._candidates()
             return {
                 "ok": True,
                 "processes": len(self.by_pid),
                 "max_processes": self.config.max_processes,
                 "spares": len(self.spares),
+                "provisional": sum(not c.live for c in candidates),
+                "busy": sum(c.busy for c in candidates),
                 "counters": self.counters,
             }
         if op == "count":
@@ -242,6 +261,9 @@ class ForkServer:
         if op == "list":
             return {"ok": True, "processes": [{"pid": c.pid, "app": c.app, "label": c.label} for c in self.by_pid.values()]}
         if op == "hello":
+            if request.get("server") != self.config.server_id:
+                error = f"this runtime directory serves another application ({self.config.server_id}), not {request.get('server')}"
+                return {"ok": False, "status": 409, "error": error + ": give each server its own runtime_dir"}
             self.presence.add(conn)
             self.server_pids |= {pid for pid in (request.get("pid"), request.get("ppid")) if isinstance(pid, int) and pid > 1}
             self.orphaned_since = None
@@ -266,9 +288,30 @@ class ForkServer:
             return {"ok": True, "alive": child.kill_reason is None, "reason": child.kill_reason}
         return {"ok": True, "alive": False, "reason": self.deaths.get(key)}
 
+    def _rotate(self, old: str, new: str) -> dict[str, Any]:
+        """A session's id changed: its user processes move to the new id (their sockets
+        renamed), so that the old id reaches none of them."""
+        moved = 0
+        for child in list(self.by_key.values()):
+            if child.key != self.runtime.process_key(old, child.app):
+                continue
+            key = self.runtime.process_key(new, child.app)
+            try:
+                os.rename(self.runtime.user_socket_path(child.key), self.runtime.user_socket_path(key))
+            except FileNotFoundError:  # ending already (its socket removed): the old id reaches it no more
+                continue
+            deps = self.runtime.users_dir / f"{child.key}.deps"
+            if deps.exists():
+                deps.rename(self.runtime.users_dir / f"{key}.deps")
+            del self.by_key[child.key]
+            child.key = key
+            self.by_key[key] = child
+            moved += 1
+        return {"ok": True, "moved": moved}
+
     # --- user processes ----------------------------------------------------
 
-    def _ensure(self, key: str, app: str, label: str, source: dict[str, str] | None = None) -> dict[str, Any]:
+    def _ensure(self, key: str, app: str, label: str, source: dict[str, str] | None = None, client: str = "") -> dict[str, Any]:
         """The user process of ``key``, spawned if needed. ``source`` describes an app of
         a development folder: a file app is imported in its process, and replaced when
         a file it imported changed."""
@@ -282,9 +325,9 @@ class ForkServer:
             child.kill_reason = "reloaded: its source changed"
             logger.info("user process reloaded: %s (its source changed)", child)
             self._signal(child, signal.SIGTERM)
-        if len(self.by_pid) >= self.config.max_processes:
-            logger.warning("max_processes (%d) reached: refusing a new user process for session %s", self.config.max_processes, label)
-            return {"ok": False, "status": 503, "error": "The server has reached its limit of live user sessions."}
+        refusal = self._admit(client, label)
+        if refusal is not None:
+            return refusal
         if fresh:
             assert source is not None
             root = Path(source["root"])
@@ -336,6 +379,39 @@ class ForkServer:
         self.counters["spawns"] += 1
         self.after_reply.append(("user process spawned: %s", child))
         return {"ok": True, "pid": pid, "spawned": True}
+
+    def _admit(self, client: str, label: str) -> dict[str, Any] | None:
+        """None if a new process may start now (room made if needed), else the refusal."""
+        if not self.new_process_limit.admit(client, time.monotonic()):
+            self.counters["address_refusals"] += 1
+            limit = self.config.new_processes_per_minute
+            logger.warning("new process refused: over %d new processes per minute from %s", limit, client)
+            return {"ok": False, "status": 429, "error": "Too many new sessions from your address: try again in a minute."}
+        candidates = self._candidates()
+        if len(candidates) < self.config.max_processes:
+            return None
+        victim = make_room_from(candidates)
+        if victim is None:
+            logger.warning("max_processes (%d) reached, all busy: refusing a new user process for session %s", len(candidates), label)
+            return {"ok": False, "status": 503, "error": "The server has reached its limit of live user sessions."}
+        child = self.by_key[victim.key]
+        idle = time.monotonic() - victim.last_activity
+        why = f"idle for {idle:.0f}s" if victim.live else f"provisional: its page never went live, {idle:.0f}s ago"
+        child.kill_reason = "evicted: made room for a new user at max_processes"
+        self.counters["evictions"] += 1
+        logger.info("user process evicted: %s (%s)", child, why)
+        self._signal(child, signal.SIGTERM)  # on_destroy runs
+        return None
+
+    def _candidates(self) -> list[Candidate]:
+        """The user processes that count towards max_processes (not those already ending)."""
+        candidates = []
+        for child in self.by_pid.values():
+            if child.kill_reason is None and self.by_key.get(child.key) is child:
+                last, live = activity(child.page)
+                busy = PAGE.unpack_from(child.page)[0] != 0
+                candidates.append(Candidate(child.key, live, busy, last))
+        return candidates
 
     def _load(self, app: str, source: dict[str, str] | None) -> type:
         if app not in self.classes:

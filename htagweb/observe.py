@@ -20,6 +20,8 @@ HELP = {
     "crashes": "User processes that died on their own.",
     "bridge_errors": "Exchanges cut because their user process died.",
     "parano_rejections": "Parano messages refused (tampered, replayed, malformed, expired ticket...).",
+    "evictions": "Idle or provisional user processes ended to make room for a new user at max_processes.",
+    "address_refusals": "New user processes refused over new_processes_per_minute from one address.",
 }
 
 
@@ -46,6 +48,12 @@ class Observability:
             "# HELP htagweb_spare_processes User processes forked ahead of need, ready for new users.",
             "# TYPE htagweb_spare_processes gauge",
             f"htagweb_spare_processes {stats['spares']}",
+            "# HELP htagweb_provisional_processes User processes whose page never went live (the first to make room).",
+            "# TYPE htagweb_provisional_processes gauge",
+            f"htagweb_provisional_processes {stats['provisional']}",
+            "# HELP htagweb_busy_processes User processes running a handler.",
+            "# TYPE htagweb_busy_processes gauge",
+            f"htagweb_busy_processes {stats['busy']}",
         ]
         for name, value in stats["counters"].items():
             lines += [f"# HELP htagweb_{name}_total {HELP[name]}", f"# TYPE htagweb_{name}_total counter", f"htagweb_{name}_total {value}"]

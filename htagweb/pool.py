@@ -18,7 +18,7 @@ from typing import Any
 from . import forkserver
 from .appspec import AppSpec
 from .config import Config
-from .runtime import Runtime
+from .runtime import Runtime, RuntimeDirError
 
 logger = logging.getLogger("htagweb")
 
@@ -51,8 +51,13 @@ class ProcessPool:
         async with self._start_lock:
             if self._presence is not None and not self._presence[0].at_eof():
                 return
-            self._presence = await self._connect_forkserver()
-            await self._ask(self._presence, {"op": "hello", "pid": os.getpid(), "ppid": os.getppid()})
+            presence = await self._connect_forkserver()
+            hello = {"op": "hello", "pid": os.getpid(), "ppid": os.getppid(), "server": self.config.server_id}
+            reply = await self._ask(presence, hello)
+            if not reply.get("ok"):
+                presence[1].close()
+                raise RuntimeDirError(f"{self.runtime.path}: {reply.get('error')}")
+            self._presence = presence
 
     async def stop(self) -> None:
         """Say bye; the last worker to leave waits while user processes end."""
@@ -73,21 +78,26 @@ class ProcessPool:
             writer.close()
 
     async def connect(
-        self, key: str, app: str, label: str, source: dict[str, str] | None = None, recheck: bool = False
+        self, key: str, app: str, label: str, source: dict[str, str] | None = None, recheck: bool = False, client: str = ""
     ) -> tuple[Connection, bool]:
         """A bridge connection to the user process of ``key``, and whether it was just spawned.
 
-        ``recheck`` asks the fork-server first (it replaces a development app whose source changed)."""
+        ``recheck`` asks the fork-server first (it replaces a development app whose source changed);
+        ``client`` is the address a new process would count against (see admission.py)."""
         path = str(self.runtime.user_socket_path(key))
         if not recheck:
             try:
                 return await asyncio.open_unix_connection(path), False
             except (FileNotFoundError, ConnectionRefusedError):
                 pass
-        reply = await self.request({"op": "ensure", "key": key, "app": app, "label": label, "source": source})
+        reply = await self.request({"op": "ensure", "key": key, "app": app, "label": label, "source": source, "client": client})
         if not reply.get("ok"):
             raise SpawnRefused(reply.get("status", 500), reply.get("error", "unknown error"), reply.get("traceback"))
         return await asyncio.open_unix_connection(path), bool(reply.get("spawned"))
+
+    async def rotate(self, old: str, new: str) -> None:
+        """A session id changed: its user processes answer to the new one only."""
+        await self.request({"op": "rotate", "old": old, "new": new})
 
     async def count(self, counter: str) -> None:
         """Add one to a server-wide counter of /_htagweb/metrics (on error paths only)."""
@@ -150,8 +160,11 @@ class ProcessPool:
             try:
                 return await asyncio.open_unix_connection(path)
             except (FileNotFoundError, ConnectionRefusedError):
-                forkserver.start(self.runtime, self.config, self.apps)
-                return await asyncio.open_unix_connection(path)
+                pass
+            # started outside the except: the fork-server and every user process would
+            # otherwise carry this FileNotFoundError as the context of each later traceback
+            forkserver.start(self.runtime, self.config, self.apps)
+            return await asyncio.open_unix_connection(path)
         finally:
             os.close(fd)
 

@@ -35,6 +35,8 @@ logger = logging.getLogger("htagweb")
 #: shared with the fork-server: (monotonic start of the oldest running interaction or 0, state)
 PAGE = struct.Struct("<di")
 RUNNING, EXITING = 0, 1
+#: after PAGE, also for the fork-server: (monotonic time of the last exchange, whether the page went live)
+ACTIVITY = struct.Struct("<di")
 #: seconds after which a new user's arrival counts as over even if no answer followed its page
 SETTLE_LIMIT = 1.0
 #: from the first answer after the page to the arrival being over: time for the front and the browser to take it
@@ -42,9 +44,16 @@ SETTLE_DELAY = 0.01
 
 
 def new_page() -> mmap.mmap:
-    page = mmap.mmap(-1, PAGE.size)  # anonymous and shared: survives fork
+    page = mmap.mmap(-1, PAGE.size + ACTIVITY.size)  # anonymous and shared: survives fork
     PAGE.pack_into(page, 0, 0.0, RUNNING)
+    ACTIVITY.pack_into(page, PAGE.size, time.monotonic(), 0)
     return page
+
+
+def activity(page: mmap.mmap) -> tuple[float, bool]:
+    """(last exchange, went live) of the process publishing on ``page``."""
+    last, live = ACTIVITY.unpack_from(page, PAGE.size)
+    return last, bool(live)
 
 
 class Watchdog:
@@ -75,6 +84,10 @@ class Watchdog:
         self.state = EXITING
         self._publish()
 
+    def active(self, now: float, live: bool) -> None:
+        """An exchange now; ``live``: the page has opened a WebSocket or SSE stream, or sent an event."""
+        ACTIVITY.pack_into(self.page, PAGE.size, now, live)
+
     def _publish(self) -> None:
         PAGE.pack_into(self.page, 0, min(self._started.values(), default=0.0), self.state)
 
@@ -90,6 +103,8 @@ class UserProcess:
         self.session = Session(self.label)
         self.host: HtagHost | None = None
         self.assigned = asyncio.Event()
+        #: a page that never went live is provisional: the first to make room at max_processes
+        self.live = False
         self.last_activity = time.monotonic()
         self.writers: set[asyncio.StreamWriter] = set()
         self.stopping = asyncio.Event()
@@ -109,6 +124,15 @@ class UserProcess:
         self.host = HtagHost(app_cls, self.session, self.config, self.watchdog, load_error)
         self.last_activity = time.monotonic()
         self.assigned.set()
+
+    @property
+    def last_activity(self) -> float:
+        return self._last_activity
+
+    @last_activity.setter
+    def last_activity(self, now: float) -> None:
+        self._last_activity = now
+        self.watchdog.active(now, self.live)
 
     def settle_after(self, delay: float) -> None:
         """Calls :meth:`settled` in ``delay`` seconds, unless it is due sooner already."""
@@ -175,6 +199,9 @@ class UserProcess:
             if kind != bridge.SCOPE:
                 raise bridge.BridgeError("connection did not start with a scope")
             scope = bridge.decode_scope(body)
+            if scope["htagweb"]["endpoint"] != "page" and not self.live:
+                self.live = True
+                self.last_activity = time.monotonic()
             data = scope["htagweb"].pop("session")
             self.session.merge(data["version"], data["items"])
             receive = self._receiver(reader, scope["type"])
@@ -220,10 +247,12 @@ class UserProcess:
                 self.settle_after(SETTLE_DELAY)
             self.last_activity = time.monotonic()
             changed, deleted = session.changes()
-            if changed or deleted:
+            if changed or deleted or session.rotated:
                 # saved before any byte of the answer leaves: a route the browser calls next sees it
                 session.mark_synced(changed, deleted, session.version)
-                writer.write(bridge.json_frame(bridge.SESSION_CHANGES, {"set": changed, "delete": deleted}))
+                changes = {"set": changed, "delete": deleted, "rotate": session.rotated}
+                session.rotated = False  # the front applies it, with an id of its own choosing
+                writer.write(bridge.json_frame(bridge.SESSION_CHANGES, changes))
             writer.write(bridge.encode_outbound(message))
             await writer.drain()
 

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
+from . import logs
 from .appspec import AppSpec
 from .config import Config
 from .front import HtagEndpoint
@@ -26,7 +27,7 @@ from .observe import Observability
 from .pages import bootstrap_page
 from .pool import ProcessPool
 from .runtime import Runtime, default_runtime_dir
-from .sessions import SessionMiddleware, make_signer
+from .sessions import SessionMiddleware, make_signer, samesite_attribute
 from .stores import SessionStore, make_store
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ class WebServer(Starlette):
         timeout_inactivity: float = Config.timeout_inactivity,
         timeout_interaction: float = Config.timeout_interaction,
         max_processes: int = Config.max_processes,
+        new_processes_per_minute: int = Config.new_processes_per_minute,
         spare_processes: int | None = None,
         memory_limit: int = Config.memory_limit,
         max_open_files: int = Config.max_open_files,
@@ -67,6 +69,9 @@ class WebServer(Starlette):
         runtime_dir: str | None = None,
         https_only: bool = False,
         trust_proxy_headers: bool = False,
+        allowed_origins: Sequence[str] = (),
+        session_max_age: float = Config.session_max_age,
+        cookie_samesite: str = Config.cookie_samesite,
         shutdown_grace: float = Config.shutdown_grace,
         parano: bool = False,
         parano_identity: str | None = None,
@@ -75,21 +80,30 @@ class WebServer(Starlette):
         routes: Sequence[BaseRoute] | None = None,
         middleware: Sequence[Middleware] | None = None,
     ) -> None:
+        logs.quiet_htag()  # before any user process is forked: they inherit it
+        samesite_attribute(cookie_samesite)  # a wrong value fails here, not at the first request
+        server_id = self._identity(app)
         self.config = Config(
+            server_id=server_id,
             debug=debug,
             http_only=self.http_only,
             timeout_inactivity=timeout_inactivity,
             timeout_interaction=timeout_interaction,
             max_processes=max_processes,
+            new_processes_per_minute=new_processes_per_minute,
             # a crowd of 50 new users at once costs no fork; a small server keeps a tenth of its cap
             spare_processes=min(50, max_processes // 10) if spare_processes is None else spare_processes,
             memory_limit=memory_limit,
             max_open_files=max_open_files,
             shutdown_grace=shutdown_grace,
             parano=parano,
+            allowed_origins=tuple(allowed_origins),
+            trust_proxy_headers=trust_proxy_headers,
+            session_max_age=session_max_age,
+            cookie_samesite=cookie_samesite,
         )
-        self.runtime = Runtime(runtime_dir or default_runtime_dir(self._identity(app)), secret)
-        self.store = make_store(session_store, self.runtime.sqlite_path)
+        self.runtime = Runtime(runtime_dir or default_runtime_dir(server_id), secret)
+        self.store = make_store(session_store, self.runtime.sqlite_path, session_max_age)
         self.apps: dict[str, AppSpec] = {}
         self.pool = ProcessPool(self.runtime, self.config, self.apps)
         self.trust_proxy_headers = trust_proxy_headers
@@ -101,6 +115,8 @@ class WebServer(Starlette):
                 signer=signer,
                 https_only=https_only,
                 trust_proxy_headers=trust_proxy_headers,
+                samesite=cookie_samesite,
+                on_rotate=self.pool.rotate,
                 parano=parano,
             )
         ]
@@ -139,8 +155,8 @@ class WebServer(Starlette):
         self._install(app)
 
     def _identity(self, app: Any) -> str:
-        """What names this server for its default runtime directory."""
-        return AppSpec.of(app).name
+        """What names this server, for its default runtime directory and its fork-server."""
+        return AppSpec.of(app).identity
 
     def _install(self, app: Any) -> None:
         self.add_app("/", app)
@@ -182,8 +198,7 @@ class WebServer(Starlette):
         """Serve with uvicorn (``uvicorn_options`` are passed on)."""
         import uvicorn
 
-        if not logging.getLogger().handlers:
-            logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+        logs.configure()
         uvicorn_options.setdefault("proxy_headers", self.trust_proxy_headers)
         # an SSE stream never ends by itself: without a limit, a stop waits for every browser to leave
         uvicorn_options.setdefault("timeout_graceful_shutdown", max(1, int(self.config.shutdown_grace)))
