@@ -1,4 +1,6 @@
-/* htagweb parano client: crypto/PROTOCOL.md, version 2, on WebCrypto only.
+/* htagweb parano client: crypto/PROTOCOL.md, version 2, on WebCrypto, or where the
+ * page has none (plain HTTP to a non-local host name) on the audited noble libraries,
+ * bundled by the package build (never hand-written primitives).
  *
  * Runs in the bootstrap page: key exchange (or the ticket kept in IndexedDB),
  * the app's page fetched through an encrypted channel, then WebSocket,
