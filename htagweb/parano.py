@@ -194,8 +194,11 @@ class ParanoMiddleware:
 
     async def fallback_script(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert self.bundle is not None
-        headers = {"Cache-Control": "public, max-age=31536000, immutable", "X-Content-Type-Options": "nosniff"}
-        await Response(self.bundle.script, media_type="text/javascript", headers=headers)(scope, receive, send)
+        headers = {"Cache-Control": "public, max-age=31536000, immutable", "X-Content-Type-Options": "nosniff", "Vary": "Accept-Encoding"}
+        body = self.bundle.script
+        if b"gzip" in dict(scope["headers"]).get(b"accept-encoding", b""):
+            body, headers["Content-Encoding"] = self.bundle.gzipped, "gzip"
+        await Response(body, media_type="text/javascript", headers=headers)(scope, receive, send)
 
     async def refused_visitor(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A refused page's report: a fixed word in clear, nothing secret. Told to the

@@ -29,6 +29,9 @@ def test_the_bootstrap_names_the_bundle_the_server_serves(server):
         assert fallback["integrity"] == "sha384-" + base64.b64encode(hashlib.sha384(bundle.content).digest()).decode()
         assert hashlib.sha256(bundle.content).hexdigest().startswith(fallback["src"].removeprefix("/_htagweb/noble-")[:-3])
         assert http.get("/_htagweb/noble-0000000000000000.js").status_code != 200  # no other name serves it
+        assert bundle.headers["content-encoding"] == "gzip" and bundle.num_bytes_downloaded < len(bundle.content) / 2
+        identity = http.get(fallback["src"], headers={"accept-encoding": "identity"})
+        assert "content-encoding" not in identity.headers and identity.content == bundle.content
     assert "not built" not in srv.log
 
 
