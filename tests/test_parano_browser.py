@@ -390,3 +390,8 @@ def test_kiosk_holds_a_whole_app_its_links_stay_in_the_kiosk(server, tmp_path):
         page.go_back()
         page.go_back()
         expect(page.locator("#count")).to_have_text("count 1", timeout=15000)  # the same session all along
+        page.goto(kiosk.as_uri() + "?htagweb-path=/sub/hello")  # a page of the app, opened directly
+        expect(page.locator("#hello")).to_have_text("hello from sub", timeout=15000)
+        # a path naming another server is not followed: the kiosk shows its pinned server's home
+        page.goto(kiosk.as_uri() + f"?htagweb-path=//localhost:{srv.port}/counter")
+        expect(page.locator("header h1")).to_have_text("htag apps in /", timeout=15000)

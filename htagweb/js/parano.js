@@ -171,8 +171,8 @@
   var KIOSK_PATH = "htagweb-path";
   function kioskTarget() {
     var named = new URLSearchParams(location.search).get(KIOSK_PATH);
-    var url = named && /^\/(?!\/)/.test(named) ? new URL(named, origin) : null;
-    return url && url.origin === origin ? url : server;
+    var url = named ? new URL(named, origin) : null;
+    return url && url.origin === origin ? url : server;  // a path of the pinned server, nothing else
   }
   var target = server ? kioskTarget() : location;
   var appPath = target.pathname, appSearch = target.search;
