@@ -18,9 +18,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from . import bridge
+from .client import Connection, ForkServerClient, SpawnRefused
 from .config import Config
+from .ends import End
+from .forkserver import messages
 from .pages import error_page
-from .pool import Connection, ProcessPool, SpawnRefused
 from .runtime import Runtime
 from .sessions import COOKIE_NAME, SCOPE_NEW, SCOPE_PARANO, Session
 from .stores import SessionStore
@@ -28,6 +30,23 @@ from .stores import SessionStore
 logger = logging.getLogger("htagweb")
 
 RETRY_AFTER = 30
+RELOAD = "Reload the page to start again."
+
+#: what a user reads when the process of their session is gone, by why it is gone
+DEATHS: dict[End, tuple[int, str]] = {
+    End.EXPIRED: (410, f"This session ended after a time without activity. {RELOAD}"),
+    End.STOPPED: (410, f"This session ended: the server was restarted. {RELOAD}"),
+    End.RELOADED: (410, f"This session ended: the application's source changed. {RELOAD}"),
+    End.KILLED: (410, f"This session was ended by the server's administrator. {RELOAD}"),
+    End.LOST: (502, f"This session was lost: the server restarted its process manager. {RELOAD}"),
+    End.CRASHED: (502, f"The application stopped unexpectedly. {RELOAD}"),
+    End.BROKEN: (502, f"The application could not be started. {RELOAD}"),
+    End.MEMORY_LIMIT: (507, f"The application went over its memory limit and was stopped. {RELOAD}"),
+    End.OPEN_FILES_LIMIT: (507, f"The application went over its open files limit and was stopped. {RELOAD}"),
+    End.SHUTDOWN_GRACE: (503, f"The server is restarting. {RELOAD}"),
+}
+#: ends a front counts as a cut exchange (the others are the normal end of a session)
+QUIET = frozenset({End.EXPIRED, End.STOPPED, End.RELOADED, End.KILLED})
 
 
 class HtagEndpoint:
@@ -36,7 +55,7 @@ class HtagEndpoint:
         app: str,
         endpoint: str,
         runtime: Runtime,
-        pool: ProcessPool,
+        client: ForkServerClient,
         store: SessionStore,
         config: Config,
         bootstrap: Response | None = None,
@@ -45,7 +64,7 @@ class HtagEndpoint:
         self.app = app
         self.endpoint = endpoint
         self.runtime = runtime
-        self.pool = pool
+        self.client = client
         self.store = store
         self.config = config
         self.bootstrap = bootstrap
@@ -70,7 +89,7 @@ class HtagEndpoint:
         key = self.runtime.process_key(owner, self.app)
         label = session.sid[:8]
         try:
-            connection, spawned = await self.pool.connect(key, self.app, label, self.source, self.recheck)
+            connection, spawned = await self.client.connect(key, self.app, label, self.source, self.recheck)
         except SpawnRefused as exc:
             trace = exc.traceback if self.config.debug else None
             await self._refuse(scope, receive, send, exc.status, str(exc), trace)
@@ -154,21 +173,17 @@ class _Exchange:
     async def _death_message(self) -> tuple[int, str]:
         """Why the process is gone, as an HTTP status and words for the user."""
         try:
-            reply = await self.endpoint.pool.request({"op": "status", "key": self.key})
-            reason = reply.get("reason") or "unknown"
-        except (OSError, ValueError):
-            reason = "unknown"
-        if reason == "ended":
-            return 410, "This session ended (inactivity or server restart). Reload the page to start again."
-        await self.endpoint.pool.count("bridge_errors")
-        if reason.startswith(("memory limit", "open files limit")):
-            return 507, f"The application went over its {reason.split(':')[0]} and was stopped. Reload the page to start again."
-        if reason.startswith("interaction timeout"):
+            reply = await self.endpoint.client.request(messages.Status(self.key))
+            end = End(reply["reason"]) if reply.get("reason") else End.CRASHED
+        except (OSError, ValueError, KeyError):
+            end = End.LOST
+        if end not in QUIET:
+            await self.endpoint.client.count("bridge_errors")
+        if end is End.INTERACTION_TIMEOUT:
             return 504, (
-                f"The application took longer than {self.endpoint.config.timeout_interaction:g}s to answer and was stopped. "
-                "Reload the page to start again."
+                f"The application took longer than {self.endpoint.config.timeout_interaction:g}s to answer and was stopped. {RELOAD}"
             )
-        return 502, "The application stopped unexpectedly. Reload the page to start again."
+        return DEATHS[end]
 
     async def http(self, scope: Scope, receive: Receive, send: Send, extra: dict[str, Any]) -> None:
         body = bytearray()

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import traceback
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from htag import current_request
 from htag.runner import AppRunner
@@ -29,9 +29,7 @@ from starlette.websockets import WebSocket
 from .config import Config
 from .pages import error_page
 from .sessions import Session
-
-if TYPE_CHECKING:
-    from .process import Watchdog
+from .slot import Watchdog
 
 logger = logging.getLogger("htagweb")
 

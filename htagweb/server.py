@@ -20,11 +20,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from .appspec import AppSpec
+from .client import ForkServerClient
 from .config import Config
 from .front import HtagEndpoint
 from .observe import Observability
 from .pages import bootstrap_page
-from .pool import ProcessPool
 from .runtime import Runtime, default_runtime_dir
 from .sessions import SessionMiddleware, make_signer
 from .stores import SessionStore, make_store
@@ -91,7 +91,7 @@ class WebServer(Starlette):
         self.runtime = Runtime(runtime_dir or default_runtime_dir(self._identity(app)), secret)
         self.store = make_store(session_store, self.runtime.sqlite_path)
         self.apps: dict[str, AppSpec] = {}
-        self.pool = ProcessPool(self.runtime, self.config, self.apps)
+        self.client = ForkServerClient(self.runtime, self.config, self.apps)
         self.trust_proxy_headers = trust_proxy_headers
         signer = make_signer(self.runtime.secrets)
         layers = [
@@ -112,7 +112,7 @@ class WebServer(Starlette):
                 signer=signer,
                 ticket_lifetime=parano_ticket_lifetime,
                 max_body_size=max_body_size,
-                on_rejection=partial(self.pool.count, "parano_rejections"),
+                on_rejection=partial(self.client.count, "parano_rejections"),
             )
             layers.insert(0, paranoid)
         super().__init__(
@@ -124,7 +124,7 @@ class WebServer(Starlette):
         )
         self.add_route("/logo.png", _logo)
         self.add_route("/favicon.ico", _logo)
-        observability = Observability(self.pool)
+        observability = Observability(self.client)
         self.add_route("/_htagweb/health", observability.health)
         if metrics:
             self.add_route("/_htagweb/metrics", observability.metrics)
@@ -139,7 +139,7 @@ class WebServer(Starlette):
 
     def _endpoint(self, app: str, kind: str, source: dict[str, str] | None = None) -> HtagEndpoint:
         bootstrap = bootstrap_page(self.identity) if self.identity else None
-        return HtagEndpoint(app, kind, self.runtime, self.pool, self.store, self.config, bootstrap, source)
+        return HtagEndpoint(app, kind, self.runtime, self.client, self.store, self.config, bootstrap, source)
 
     def add_app(self, path: str, app: Any) -> None:
         """Serve another htag app at ``path`` (its own process per user)."""
@@ -163,11 +163,11 @@ class WebServer(Starlette):
         _share_uvicorn_logging()
         if self.identity:
             logger.info("parano mode: server identity fingerprint %s", self.identity.fingerprint)
-        await self.pool.start()
+        await self.client.start()
         try:
             yield
         finally:
-            await self.pool.stop()
+            await self.client.stop()
             await self.store.close()
 
     def run(self, host: str = "127.0.0.1", port: int = 8000, **uvicorn_options: Any) -> None:

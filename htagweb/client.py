@@ -1,8 +1,9 @@
-"""The front's handle on user processes: connect, spawning through the fork-server.
+"""A worker's client of the fork-server, and its way to user processes.
 
 Connecting to a user socket that exists is the common case and costs one
 ``connect()``. Only when it fails is the fork-server asked to ensure the
 process, which it does at most once per user whatever the number of workers.
+The fork-server is started by the first worker that finds none.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from . import forkserver
 from .appspec import AppSpec
 from .config import Config
+from .forkserver import messages
 from .runtime import Runtime
 
 logger = logging.getLogger("htagweb")
@@ -32,7 +34,7 @@ class SpawnRefused(Exception):
         self.traceback = traceback
 
 
-class ProcessPool:
+class ForkServerClient:
     def __init__(self, runtime: Runtime, config: Config, apps: dict[str, AppSpec]) -> None:
         self.runtime = runtime
         self.config = config
@@ -52,7 +54,7 @@ class ProcessPool:
             if self._presence is not None and not self._presence[0].at_eof():
                 return
             self._presence = await self._connect_forkserver()
-            await self._ask(self._presence, {"op": "hello", "pid": os.getpid(), "ppid": os.getppid()})
+            await self._ask(self._presence, messages.Hello(os.getpid(), os.getppid()))
 
     async def stop(self) -> None:
         """Say bye; the last worker to leave waits while user processes end."""
@@ -64,7 +66,7 @@ class ProcessPool:
             self._channel.close()
             self._channel = None
         try:
-            reply = await self._ask((reader, writer), {"op": "bye"})
+            reply = await self._ask((reader, writer), messages.Bye())
             if reply.get("remaining") == 0:
                 await asyncio.wait_for(reader.read(), self.config.shutdown_grace + 5)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError, OSError):
@@ -84,7 +86,7 @@ class ProcessPool:
                 return await asyncio.open_unix_connection(path), False
             except (FileNotFoundError, ConnectionRefusedError):
                 pass
-        reply = await self.request({"op": "ensure", "key": key, "app": app, "label": label, "source": source})
+        reply = await self.request(messages.Ensure(key, app, label, source))
         if not reply.get("ok"):
             raise SpawnRefused(reply.get("status", 500), reply.get("error", "unknown error"), reply.get("traceback"))
         return await asyncio.open_unix_connection(path), bool(reply.get("spawned"))
@@ -92,11 +94,11 @@ class ProcessPool:
     async def count(self, counter: str) -> None:
         """Add one to a server-wide counter of /_htagweb/metrics (on error paths only)."""
         try:
-            await self.request({"op": "count", "counter": counter})
+            await self.request(messages.Count(counter))
         except (OSError, ValueError):
             logger.warning("could not count %s: fork-server unreachable", counter)
 
-    async def request(self, message: dict[str, Any]) -> dict[str, Any]:
+    async def request(self, message: messages.Request) -> dict[str, Any]:
         """One request to the fork-server, on a connection this worker keeps.
 
         Requests are pipelined: each is written as soon as it comes and the replies,
@@ -125,9 +127,9 @@ class ProcessPool:
         return self._channel
 
     @staticmethod
-    async def _ask(connection: Connection, message: dict[str, Any]) -> dict[str, Any]:
+    async def _ask(connection: Connection, message: messages.Request) -> dict[str, Any]:
         reader, writer = connection
-        writer.write(json.dumps(message).encode() + b"\n")
+        writer.write(messages.encode(message))
         line = await reader.readline()
         if not line:
             raise ConnectionError("fork-server closed the connection")
@@ -166,12 +168,12 @@ class _Channel:
         self.closed = False
         self.reading = asyncio.create_task(self._read_replies())
 
-    async def ask(self, message: dict[str, Any]) -> dict[str, Any]:
+    async def ask(self, message: messages.Request) -> dict[str, Any]:
         if self.closed:
             raise ConnectionError("fork-server connection closed")
         reply = asyncio.get_running_loop().create_future()
         self.waiting.append(reply)  # a waiter that gives up leaves its future: its reply is read and dropped
-        self.writer.write(json.dumps(message).encode() + b"\n")
+        self.writer.write(messages.encode(message))
         return await reply
 
     def close(self) -> None:
