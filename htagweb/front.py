@@ -45,8 +45,9 @@ DEATHS: dict[End, tuple[int, str]] = {
     End.OPEN_FILES_LIMIT: (507, f"The application went over its open files limit and was stopped. {RELOAD}"),
     End.SHUTDOWN_GRACE: (503, f"The server is restarting. {RELOAD}"),
 }
-#: ends a front counts as a cut exchange (the others are the normal end of a session)
-QUIET = frozenset({End.EXPIRED, End.STOPPED, End.RELOADED, End.KILLED})
+#: the normal ends of a session: not counted as cut exchanges, and a WebSocket closes
+#: quietly (htag's client reconnects on the next event, and gets a fresh process)
+QUIET = frozenset({End.EXPIRED, End.STOPPED, End.RELOADED})
 
 
 class HtagEndpoint:
@@ -147,10 +148,13 @@ class _Exchange:
         self.key = key
         self.reader, self.writer = connection
         self.known_version = session.version
+        #: the store's generation when the session was last read (see SessionStore.generation)
+        self.seen_generation = session.generation
 
-    def _open(self, scope: Scope, extra: dict[str, Any], first: bytes) -> None:
+    async def _open(self, scope: Scope, extra: dict[str, Any], first: bytes) -> None:
         """Send the scope and the first message in one write."""
         self.writer.write(bridge.encode_scope({**scope, "headers": _forwarded_headers(scope)}, extra) + first)
+        await self.writer.drain()
 
     async def _apply_changes(self, body: bytes) -> None:
         data = json.loads(body)
@@ -170,20 +174,19 @@ class _Exchange:
             else:
                 return bridge.decode_outbound(kind, body)
 
-    async def _death_message(self) -> tuple[int, str]:
-        """Why the process is gone, as an HTTP status and words for the user."""
+    async def _death_message(self) -> tuple[int, str, bool]:
+        """Why the process is gone, as an HTTP status and words for the user, and whether it is a normal end."""
         try:
             reply = await self.endpoint.client.request(messages.Status(self.key))
             end = End(reply["reason"]) if reply.get("reason") else End.CRASHED
         except (OSError, ValueError, KeyError):
             end = End.LOST
-        if end not in QUIET:
+        if end not in QUIET | {End.KILLED}:
             await self.endpoint.client.count("bridge_errors")
         if end is End.INTERACTION_TIMEOUT:
-            return 504, (
-                f"The application took longer than {self.endpoint.config.timeout_interaction:g}s to answer and was stopped. {RELOAD}"
-            )
-        return DEATHS[end]
+            limit = self.endpoint.config.timeout_interaction
+            return 504, f"The application took longer than {limit:g}s to answer and was stopped. {RELOAD}", False
+        return *DEATHS[end], end in QUIET
 
     async def http(self, scope: Scope, receive: Receive, send: Send, extra: dict[str, Any]) -> None:
         body = bytearray()
@@ -194,15 +197,11 @@ class _Exchange:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        self._open(scope, extra, bridge.frame(bridge.HTTP_BODY, b"\x00" + bytes(body)))
+        await self._open(scope, extra, bridge.frame(bridge.HTTP_BODY, b"\x00" + bytes(body)))
         relaying = asyncio.create_task(self._relay_response(scope, receive, send))
         gone = asyncio.create_task(self._client_gone(receive))
-        done, _ = await asyncio.wait({relaying, gone}, return_when=asyncio.FIRST_COMPLETED)
         # a client that left ends the exchange: closing the bridge tells the process (an SSE stream stops)
-        relaying.cancel()
-        gone.cancel()
-        if relaying in done:
-            relaying.result()
+        await _first_of(relaying, gone)
 
     async def _relay_response(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
@@ -224,7 +223,7 @@ class _Exchange:
         await asyncio.sleep(0)  # a response just completed also reads as a disconnect: let the relay finish first
 
     async def _died(self, scope: Scope, receive: Receive, send: Send, started: bool) -> None:
-        status, message = await self._death_message()
+        status, message, _ = await self._death_message()
         if started:  # an SSE stream: tell htag's client in its own format, then end
             chunk = f"data: {_htag_error(message)}\n\n".encode()
             await send({"type": "http.response.body", "body": chunk, "more_body": False})
@@ -235,7 +234,7 @@ class _Exchange:
 
     async def websocket(self, scope: Scope, receive: Receive, send: Send, extra: dict[str, Any]) -> None:
         await receive()  # websocket.connect
-        self._open(scope, extra, bridge.frame(bridge.WS_CONNECT))
+        await self._open(scope, extra, bridge.frame(bridge.WS_CONNECT))
         first = await self._read()
         if first is None:
             await send({"type": "websocket.close", "code": 1011, "reason": (await self._death_message())[1][:120]})
@@ -246,26 +245,35 @@ class _Exchange:
         upstream = asyncio.create_task(self._client_to_process(receive))
         downstream = asyncio.create_task(self._process_to_client(send))
         done, _ = await asyncio.wait({upstream, downstream}, return_when=asyncio.FIRST_COMPLETED)
-        if downstream in done and downstream.result() == "died" and upstream not in done:
-            status, message = await self._death_message()
-            if status != 410:  # an ended session closes quietly: htag's client reconnects on the next event
+        if downstream in done and not downstream.exception() and downstream.result() == "died" and upstream not in done:
+            _, message, quiet = await self._death_message()
+            if not quiet:
                 await send({"type": "websocket.send", "text": _htag_error(message)})
-            await send({"type": "websocket.close", "code": 1001 if status == 410 else 1000, "reason": message[:120]})
-        upstream.cancel()
-        downstream.cancel()
+            await send({"type": "websocket.close", "code": 1001 if quiet else 1000, "reason": message[:120]})
+        await _first_of(downstream, upstream)
 
     async def _client_to_process(self, receive: Receive) -> None:
         while True:
             message = await receive()
             if message["type"] == "websocket.receive":
-                version = await self.store.version(self.session.sid)
-                if version != self.known_version:  # a route changed the session since
-                    _, items = await self.store.load(self.session.sid)
-                    self.writer.write(bridge.json_frame(bridge.SESSION_DATA, {"version": version, "items": items}))
-                    self.known_version = version
+                await self._refresh_session()
             self.writer.write(bridge.encode_inbound(message))
             if message["type"] == "websocket.disconnect":
                 return
+            await self.writer.drain()  # a process that does not read holds the client back
+
+    async def _refresh_session(self) -> None:
+        """Before a click reaches the process: the session data, if a route changed it since.
+        Asks the store only when its generation says something may have changed."""
+        generation = self.store.generation()
+        if generation is not None and generation == self.seen_generation:
+            return
+        version = await self.store.version(self.session.sid)
+        if version != self.known_version:  # a route changed the session since
+            _, items = await self.store.load(self.session.sid)
+            self.writer.write(bridge.json_frame(bridge.SESSION_DATA, {"version": version, "items": items}))
+            self.known_version = version
+        self.seen_generation = generation
 
     async def _process_to_client(self, send: Send) -> str:
         while True:
@@ -275,3 +283,19 @@ class _Exchange:
             await send(message)
             if message["type"] == "websocket.close":
                 return "closed"
+
+
+async def _first_of(main: asyncio.Task[Any], other: asyncio.Task[Any]) -> None:
+    """Wait for either task; cancel and await both. ``main``'s failure is raised,
+    ``other``'s logged: no task is left running, no exception lost."""
+    await asyncio.wait({main, other}, return_when=asyncio.FIRST_COMPLETED)
+    main_done = main.done()
+    for task in (main, other):
+        task.cancel()
+    results = await asyncio.gather(main, other, return_exceptions=True)
+    if isinstance(results[1], ConnectionError | asyncio.IncompleteReadError):  # the other end went first
+        logger.debug("bridge relay ended: %r", results[1])
+    elif isinstance(results[1], Exception):
+        logger.warning("bridge relay failed", exc_info=results[1])
+    if main_done and isinstance(results[0], Exception):
+        raise results[0]

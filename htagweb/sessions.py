@@ -54,6 +54,8 @@ class Session(MutableMapping[str, Any]):
     def __init__(self, sid: str, version: int = 0, items: Items | None = None) -> None:
         self.sid = sid
         self.version = version
+        #: the store's generation when this data was read (see SessionStore.generation)
+        self.generation: int | None = None
         self._synced: Items = dict(items or {})
         self._data: dict[str, Any] = {k: json.loads(v) for k, v in self._synced.items()}
 
@@ -144,8 +146,10 @@ class SessionMiddleware:
         is_new = sid is None
         if sid is None:
             sid = secrets.token_urlsafe(24)
+        generation = self.store.generation()  # read first: a write meanwhile changes it
         version, items = await self.store.load(sid)
         session = Session(sid, version, items)
+        session.generation = generation
         scope["session"] = session
         scope[SCOPE_NEW] = is_new
 
