@@ -210,6 +210,7 @@ class UserProcess:
 
 
 def new_loop() -> asyncio.AbstractEventLoop:
+    loop: asyncio.AbstractEventLoop
     try:  # the fastest loop at hand: a click's round trip crosses this loop twice
         import uvloop
 

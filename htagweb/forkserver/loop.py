@@ -242,8 +242,9 @@ class ForkServer:
         """Send what can be sent now of the replies that are ready, in order."""
         if line.closed:
             return
-        while line.replies and line.replies[0].data is not None:
-            line.outbox += line.replies.popleft().data  # type: ignore[operator]
+        while line.replies and (ready := line.replies[0].data) is not None:
+            line.outbox += ready
+            line.replies.popleft()
         if line.outbox:
             try:
                 sent = line.sock.send(line.outbox)
