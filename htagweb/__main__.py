@@ -16,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+from .config import Config
+
 
 def serve(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
@@ -34,10 +36,18 @@ def serve(argv: list[str]) -> int:
         "--debug", action=argparse.BooleanOptionalAction, default=True, help="tracebacks in error pages and htag's overlay (default: on)"
     )
     parser.add_argument(
-        "--timeout-inactivity", type=float, default=600, metavar="S", help="destroy a user process idle for S seconds (default 600)"
+        "--timeout-inactivity",
+        type=float,
+        default=Config.timeout_inactivity,
+        metavar="S",
+        help=f"destroy a user process idle for S seconds (default {Config.timeout_inactivity:g})",
     )
     parser.add_argument(
-        "--timeout-interaction", type=float, default=60, metavar="S", help="kill a user process whose handler runs S seconds (default 60)"
+        "--timeout-interaction",
+        type=float,
+        default=Config.timeout_interaction,
+        metavar="S",
+        help=f"kill a user process whose handler runs S seconds (default {Config.timeout_interaction:g})",
     )
     args = parser.parse_args(argv)
     options = {

@@ -27,7 +27,7 @@ from .observe import Observability
 from .pages import bootstrap_page
 from .runtime import Runtime, default_runtime_dir
 from .sessions import SessionMiddleware, make_signer
-from .stores import SessionStore, make_store
+from .stores import make_store
 
 if TYPE_CHECKING:
     from .cipher import IdentityKey
@@ -51,58 +51,31 @@ class WebServer(Starlette):
     http_only = True
 
     def __init__(
-        self,
-        app: Any,
-        *,
-        debug: bool = False,
-        timeout_inactivity: float = Config.timeout_inactivity,
-        timeout_interaction: float = Config.timeout_interaction,
-        max_processes: int = Config.max_processes,
-        spare_processes: int | None = None,
-        memory_limit: int = Config.memory_limit,
-        max_open_files: int = Config.max_open_files,
-        max_body_size: int = 1024 * 1024,
-        session_store: SessionStore | str | None = None,
-        secret: str | bytes | None = None,
-        runtime_dir: str | None = None,
-        https_only: bool = False,
-        trust_proxy_headers: bool = False,
-        shutdown_grace: float = Config.shutdown_grace,
-        parano: bool = False,
-        parano_identity: str | None = None,
-        parano_ticket_lifetime: float = 24 * 3600,
-        metrics: bool = False,
-        routes: Sequence[BaseRoute] | None = None,
-        middleware: Sequence[Middleware] | None = None,
+        self, app: Any, *, routes: Sequence[BaseRoute] | None = None, middleware: Sequence[Middleware] | None = None, **settings: Any
     ) -> None:
-        self.config = Config(
-            debug=debug,
-            http_only=self.http_only,
-            timeout_inactivity=timeout_inactivity,
-            timeout_interaction=timeout_interaction,
-            max_processes=max_processes,
-            # a crowd of 50 new users at once costs no fork; a small server keeps a tenth of its cap
-            spare_processes=min(50, max_processes // 10) if spare_processes is None else spare_processes,
-            memory_limit=memory_limit,
-            max_open_files=max_open_files,
-            shutdown_grace=shutdown_grace,
-            parano=parano,
-        )
-        self.runtime = Runtime(runtime_dir or default_runtime_dir(self._identity(app)), secret)
-        self.store = make_store(session_store, self.runtime.sqlite_path)
+        """``settings``: any field of :class:`htagweb.config.Config` (``timeout_inactivity=60``,
+        ``session_store="redis://..."``, ``parano=True``...), documented there."""
+        self.config = config = Config.of({**settings, "http_only": self.http_only})
+        self.runtime = Runtime(config.runtime_dir or default_runtime_dir(self._identity(app)), config.secret)
+        self.store = make_store(config.session_store, self.runtime.sqlite_path)
         self.apps: dict[str, AppSpec] = {}
         self.client = ForkServerClient(self.runtime, self.config, self.apps)
-        self.trust_proxy_headers = trust_proxy_headers
         signer = make_signer(self.runtime.secrets)
         layers = [
-            Middleware(SessionMiddleware, store=self.store, signer=signer, https_only=https_only, trust_proxy_headers=trust_proxy_headers)
+            Middleware(
+                SessionMiddleware,
+                store=self.store,
+                signer=signer,
+                https_only=config.https_only,
+                trust_proxy_headers=config.trust_proxy_headers,
+            )
         ]
         self.identity: IdentityKey | None = None
-        if parano:  # imported only here: every user process is forked from this memory, the smaller the faster
+        if config.parano:  # imported only here: every user process is forked from this memory, the smaller the faster
             from .cipher import IdentityKey, TicketSealer
             from .parano import ParanoMiddleware
 
-            identity_path = parano_identity or os.environ.get(IDENTITY_ENV) or self.runtime.identity_path
+            identity_path = config.parano_identity or os.environ.get(IDENTITY_ENV) or self.runtime.identity_path
             self.identity = IdentityKey.load_or_create(Path(identity_path))
             paranoid = Middleware(
                 ParanoMiddleware,
@@ -110,23 +83,23 @@ class WebServer(Starlette):
                 sealer=TicketSealer(self.runtime.secrets),
                 store=self.store,
                 signer=signer,
-                ticket_lifetime=parano_ticket_lifetime,
-                max_body_size=max_body_size,
+                ticket_lifetime=config.parano_ticket_lifetime,
+                max_body_size=config.max_body_size,
                 on_rejection=partial(self.client.count, "parano_rejections"),
             )
             layers.insert(0, paranoid)
         super().__init__(
-            debug=debug,
+            debug=config.debug,
             routes=list(routes or []),
             middleware=[*layers, *(middleware or [])],
             lifespan=self._lifespan,
-            max_body_size=max_body_size,
+            max_body_size=config.max_body_size,
         )
         self.add_route("/logo.png", _logo)
         self.add_route("/favicon.ico", _logo)
         observability = Observability(self.client)
         self.add_route("/_htagweb/health", observability.health)
-        if metrics:
+        if config.metrics:
             self.add_route("/_htagweb/metrics", observability.metrics)
         self._install(app)
 
@@ -176,7 +149,7 @@ class WebServer(Starlette):
 
         if not logging.getLogger().handlers:
             logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
-        uvicorn_options.setdefault("proxy_headers", self.trust_proxy_headers)
+        uvicorn_options.setdefault("proxy_headers", self.config.trust_proxy_headers)
         # an SSE stream never ends by itself: without a limit, a stop waits for every browser to leave
         uvicorn_options.setdefault("timeout_graceful_shutdown", max(1, int(self.config.shutdown_grace)))
         if self.config.parano:  # ciphertext does not compress: deflating it only costs time

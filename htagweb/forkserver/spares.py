@@ -49,7 +49,7 @@ class Spares:
         if not classes or self.settling:
             return False
         room = self.config.max_processes - users
-        return len(self.spares) < min(self.config.spare_processes, room)
+        return len(self.spares) < min(self.config.spares, room)
 
     def fork(self, classes: Mapping[str, type]) -> None:
         """A spare listens already, under a name of its own: giving it to a user is a rename."""
