@@ -13,13 +13,16 @@ import collections
 import fcntl
 import json
 import logging
+import multiprocessing
 import os
+import sys
 from typing import Any
 
 from . import forkserver
 from .appspec import AppSpec
 from .config import Config
 from .forkserver import messages
+from .generation import code_generation
 from .runtime import Runtime
 
 logger = logging.getLogger("htagweb")
@@ -53,8 +56,10 @@ class ForkServerClient:
         async with self._start_lock:
             if self._presence is not None and not self._presence[0].at_eof():
                 return
+            if not self.runtime.generation:  # once every app is added: the code this worker serves
+                self.runtime.generation = code_generation(self.apps.values())
             self._presence = await self._connect_forkserver()
-            await self._ask(self._presence, messages.Hello(os.getpid(), os.getppid()))
+            await self._ask(self._presence, messages.Hello(os.getpid(), os.getppid(), _supervised()))
 
     async def stop(self) -> None:
         """Say bye; the last worker to leave waits while user processes end."""
@@ -67,7 +72,7 @@ class ForkServerClient:
             self._channel = None
         try:
             reply = await self._ask((reader, writer), messages.Bye())
-            if reply.get("remaining") == 0:
+            if reply.get("stopping"):  # the last worker: the fork-server ends every user process, then hangs up
                 await asyncio.wait_for(reader.read(), self.config.shutdown_grace + 5)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError, OSError):
             pass
@@ -156,6 +161,11 @@ class ForkServerClient:
                 return await asyncio.open_unix_connection(path)
         finally:
             os.close(fd)
+
+
+def _supervised() -> bool:
+    """Whether this worker's parent manages workers, and may replace them (gunicorn's HUP, uvicorn --workers)."""
+    return multiprocessing.parent_process() is not None or "gunicorn.arbiter" in sys.modules
 
 
 class _Channel:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .forkserver import messages
-from .runtime import RUNTIME_DIR_ENV
+from .runtime import RUNTIME_DIR_ENV, forkserver_sockets
 
 
 class ManageError(RuntimeError):
@@ -47,7 +47,7 @@ class UserProcessInfo:
 
 def users(runtime_dir: str | os.PathLike[str] | None = None) -> list[UserProcessInfo]:
     """The live user processes of the server of ``runtime_dir`` (default: $HTAGWEB_RUNTIME_DIR)."""
-    return [_info(process) for process in _ask(runtime_dir, messages.Users())["processes"]]
+    return [_info(process) for process in _ask(runtime_dir, messages.Users())]
 
 
 def kill(session_prefix: str, app: str | None = None, runtime_dir: str | os.PathLike[str] | None = None) -> list[UserProcessInfo]:
@@ -56,34 +56,42 @@ def kill(session_prefix: str, app: str | None = None, runtime_dir: str | os.Path
     the page open is told the session was ended. Returns those it ends."""
     if not session_prefix:
         raise ManageError("a session prefix is needed")
-    return [_info(process) for process in _ask(runtime_dir, messages.Kill(session_prefix, app))["processes"]]
+    return [_info(process) for process in _ask(runtime_dir, messages.Kill(session_prefix, app))]
 
 
-def socket_path(runtime_dir: str | os.PathLike[str] | None) -> Path:
+def _folder(runtime_dir: str | os.PathLike[str] | None) -> Path:
     folder = runtime_dir or os.environ.get(RUNTIME_DIR_ENV)
     if not folder:
         raise ManageError(f"which server? give its runtime directory (--runtime-dir, or ${RUNTIME_DIR_ENV})")
-    return Path(folder) / "forkserver.sock"
+    return Path(folder)
 
 
-def _ask(runtime_dir: str | os.PathLike[str] | None, request: messages.Request) -> dict[str, Any]:
-    path = socket_path(runtime_dir)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as line:
-        line.settimeout(10)
-        try:
-            line.connect(str(path))
-            line.sendall(messages.encode(request))
-            reply = line.makefile("rb").readline()
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise ManageError(f"no server is running with the runtime directory {path.parent}") from None
-        except OSError as exc:
-            raise ManageError(f"the server of {path.parent} did not answer: {exc}") from None
-    if not reply:
-        raise ManageError(f"the server of {path.parent} closed the connection")
-    data = json.loads(reply)
-    if not data.get("ok"):
-        raise ManageError(data.get("error", "refused"))
-    return data
+def _ask(runtime_dir: str | os.PathLike[str] | None, request: messages.Request) -> list[dict[str, Any]]:
+    """The processes every fork-server of the server (one per code generation) answers ``request`` with."""
+    folder = _folder(runtime_dir)
+    processes: list[dict[str, Any]] = []
+    answered = False
+    for path in forkserver_sockets(folder):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as line:
+            line.settimeout(10)
+            try:
+                line.connect(str(path))
+                line.sendall(messages.encode(request))
+                reply = line.makefile("rb").readline()
+            except (FileNotFoundError, ConnectionRefusedError):
+                continue  # left by a fork-server that was killed
+            except OSError as exc:
+                raise ManageError(f"the server of {folder} did not answer: {exc}") from None
+        if not reply:
+            raise ManageError(f"the server of {folder} closed the connection")
+        data = json.loads(reply)
+        if not data.get("ok"):
+            raise ManageError(data.get("error", "refused"))
+        processes += data["processes"]
+        answered = True
+    if not answered:
+        raise ManageError(f"no server is running with the runtime directory {folder}")
+    return processes
 
 
 def _info(process: dict[str, Any]) -> UserProcessInfo:

@@ -53,7 +53,9 @@ class StandIn:
 
 
 def client_in(path: Path) -> ForkServerClient:
-    return ForkServerClient(Runtime(path), Config(), {"app": AppSpec("app", None)})
+    runtime = Runtime(path)
+    runtime.generation = "test"
+    return ForkServerClient(runtime, Config(), {"app": AppSpec("app", None)})
 
 
 def test_requests_are_pipelined_and_replies_matched(tmp_path):

@@ -21,6 +21,7 @@ import socket
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from setproctitle import setproctitle
@@ -90,8 +91,14 @@ class ForkServer:
         self.presence: set[Line] = set()
         #: the workers that said hello, and their parents (a gunicorn or uvicorn master)
         self.server_pids: set[int] = set()
+        #: the parents that manage workers: while one lives, workers that all left may be replaced (a reload)
+        self.masters: set[int] = set()
         self.orphaned_since: float | None = time.monotonic()
         self.stop_requested = False
+        #: a fork-server of newer code took over: no more spares, and it ends once its last user process has
+        self.retired = False
+        #: the sockets of the older generations' fork-servers this one retired
+        self.predecessors: list[Path] = []
         #: what /_htagweb/metrics reports, for the whole server (fronts add theirs with the "count" request)
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.spares = Spares(runtime, config, self.selector, self._fork)
@@ -112,7 +119,7 @@ class ForkServer:
             signal.signal(sig, self._on_stop_signal)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # its byte on the wake-up pipe is what counts
         self.selector.register(self.wakeup_r, selectors.EVENT_READ, self._woken)
-        self._sweep()
+        self._retire_predecessors()
         path = self.runtime.forkserver_socket
         path.unlink(missing_ok=True)
         self.listener = listen(path)
@@ -121,22 +128,28 @@ class ForkServer:
         gc.freeze()  # what is here now is shared copy-on-write by every user process
         os.write(ready_fd, b"1")
         os.close(ready_fd)
-        logger.info("fork-server %d serving %s", os.getpid(), self.runtime.path)
+        logger.info("fork-server %d serving %s (code generation %s)", os.getpid(), self.runtime.path, self.runtime.generation)
         while not self.stop_requested:
             for key, mask in self.selector.select(self._timeout()):
                 key.data(mask)
             self._reap()
             self._answer_status_waits()
             self.spares.expire_settling()
-            if not self.stop_requested and self.spares.wanted(self.loader.classes, len(self.users)):
+            if self._spares_wanted():
                 self.spares.fork(self.loader.classes)
             self.watchdogs.check(self.users.values())
             if self.orphaned_since is not None:
                 self._check_orphaned()
+            if self.retired and not self.users and not self.presence:
+                logger.info("fork-server %d (code generation %s): its last user process ended", os.getpid(), self.runtime.generation)
+                self.stop_requested = True
         self._shutdown()
 
+    def _spares_wanted(self) -> bool:
+        return not self.stop_requested and not self.retired and self.spares.wanted(self.loader.classes, len(self.users))
+
     def _timeout(self) -> float:
-        if self.spares.wanted(self.loader.classes, len(self.users)):
+        if self._spares_wanted():
             return 0
         waits = [wait.deadline - time.monotonic() for wait in self.status_waits]
         return max(0.0, min(self.watchdogs.next_check(self.users.values()), self.spares.next_expiry(), *waits))
@@ -151,9 +164,22 @@ class ForkServer:
     def _on_stop_signal(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
 
+    def _retire_predecessors(self) -> None:
+        """Older code generations' fork-servers keep their users but fork no more (a reload:
+        gunicorn's HUP); what a killed one left behind goes."""
+        for path in self.runtime.forkserver_sockets():
+            if path == self.runtime.forkserver_socket:
+                continue
+            if _tell(path, messages.Retire()):
+                self.predecessors.append(path)
+            else:
+                path.unlink(missing_ok=True)
+
     def _sweep(self) -> None:
-        """What a previous fork-server of this directory left when it was killed: its
-        processes end with it (they die with their parent), their files go now."""
+        """At the stop of the last fork-server: what killed ones left behind (their
+        processes ended with them) goes too."""
+        if self.retired or any(path != self.runtime.forkserver_socket for path in self.runtime.forkserver_sockets()):
+            return
         for pattern in ("*.sock", ".spare-*.sock", "*.stack", "*.deps"):
             for path in self.runtime.users_dir.glob(pattern):
                 path.unlink(missing_ok=True)
@@ -165,6 +191,11 @@ class ForkServer:
         if self.server_pids and not any(_alive(pid) for pid in self.server_pids):
             logger.info("fork-server: the server is gone, stopping")
             self.stop_requested = True
+        elif self.masters and not any(_alive(pid) for pid in self.masters):
+            logger.info("fork-server: the server's master is gone, stopping")
+            self.stop_requested = True
+        elif self.retired and self.users:
+            return  # its workers were replaced by newer ones: its users stay until they leave
         elif time.monotonic() - self.orphaned_since > self.config.orphan_grace:
             logger.warning("fork-server: no worker for %ss, stopping", self.config.orphan_grace)
             self.stop_requested = True
@@ -187,6 +218,12 @@ class ForkServer:
             if child.status is not None and child.pid in self.users:
                 self._ended(self.users.pop(child.pid))
         self.runtime.forkserver_socket.unlink(missing_ok=True)
+        for path in self.predecessors:  # the server stops: the older generations' users end too
+            _tell(path, messages.Stop())
+        deadline = time.monotonic() + self.config.shutdown_grace + 5
+        while any(path.exists() for path in self.predecessors) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._sweep()
         for line in list(self.lines.values()):
             line.sock.close()
         os._exit(0)
@@ -295,13 +332,34 @@ class ForkServer:
         elif isinstance(request, messages.Hello):
             self.presence.add(line)
             self.server_pids |= {pid for pid in (request.pid, request.ppid) if pid > 1}
+            if request.supervised and request.ppid > 1:
+                self.masters.add(request.ppid)
             self.orphaned_since = None
             reply.set({"ok": True, "pid": os.getpid()})
         elif isinstance(request, messages.Bye):
             self.presence.discard(line)
-            if not self.presence:
+            if self.presence or (self.retired and self.users):
+                pass
+            elif any(_alive(pid) for pid in self.masters):  # a reload: new workers come (see _check_orphaned)
+                self.orphaned_since = time.monotonic()
+                logger.info("fork-server: its workers left, their master lives: waiting for new ones")
+            else:
                 self.stop_requested = True  # the connection stays open: EOF tells the worker we are done
-            reply.set({"ok": True, "remaining": len(self.presence)})
+            reply.set({"ok": True, "remaining": len(self.presence), "stopping": self.stop_requested})
+        elif isinstance(request, messages.Retire):
+            if not self.retired:
+                self.retired = True
+                self.spares.stop()
+                logger.info(
+                    "fork-server %d (code generation %s) retired by newer code: its %d user processes stay until they leave",
+                    os.getpid(),
+                    self.runtime.generation,
+                    len(self.users),
+                )
+            reply.set({"ok": True})
+        elif isinstance(request, messages.Stop):
+            self.stop_requested = True
+            reply.set({"ok": True})
 
     def _status(self, line: Line, key: str, reply: Reply) -> None:
         """Why the process of ``key`` is gone. Asked when a front saw its connection end:
@@ -464,6 +522,18 @@ class ForkServer:
             self.runtime.user_socket_path(child.key).unlink(missing_ok=True)
             self.loader.forget(child.key)
         child.slot.close()
+
+
+def _tell(path: Path, request: messages.Request) -> bool:
+    """One request to another fork-server (blocking, briefly: at this one's start or stop); whether it answered."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as line:
+            line.settimeout(5)
+            line.connect(str(path))
+            line.sendall(messages.encode(request))
+            return bool(line.makefile("rb").readline())
+    except OSError:
+        return False
 
 
 def _alive(pid: int) -> bool:

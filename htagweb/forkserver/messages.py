@@ -70,11 +70,13 @@ class Kill:
 
 @dataclass(frozen=True)
 class Hello:
-    """A worker is alive: the fork-server stays while one is."""
+    """A worker is alive: the fork-server stays while one is. A ``supervised`` worker's
+    parent (gunicorn's arbiter, uvicorn's supervisor) may replace it (a reload)."""
 
     op: ClassVar[str] = "hello"
     pid: int
     ppid: int
+    supervised: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,12 +86,27 @@ class Bye:
     op: ClassVar[str] = "bye"
 
 
-Request = Ensure | Status | Stats | Count | Users | Kill | Hello | Bye
-REQUESTS: dict[str, type[Request]] = {cls.op: cls for cls in (Ensure, Status, Stats, Count, Users, Kill, Hello, Bye)}
+@dataclass(frozen=True)
+class Retire:
+    """From the fork-server of a newer code generation: fork no more, end once the last user process has."""
+
+    op: ClassVar[str] = "retire"
+
+
+@dataclass(frozen=True)
+class Stop:
+    """From the fork-server of a newer code generation, at server stop: end every user process now."""
+
+    op: ClassVar[str] = "stop"
+
+
+Request = Ensure | Status | Stats | Count | Users | Kill | Hello | Bye | Retire | Stop
+REQUESTS: dict[str, type[Request]] = {cls.op: cls for cls in (Ensure, Status, Stats, Count, Users, Kill, Hello, Bye, Retire, Stop)}
 #: the JSON types each annotation accepts
 _TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,),
     "int": (int,),
+    "bool": (bool,),
     "str | None": (str, type(None)),
     "Source | None": (dict, type(None)),
 }
@@ -113,7 +130,8 @@ def decode(line: bytes) -> Request:
     if unknown := set(data) - set(known):
         raise BadRequest(f"unknown fields for {cls.op}: {sorted(unknown)}")
     for name, value in data.items():
-        if not isinstance(value, _TYPES[str(known[name].type)]) or isinstance(value, bool):
+        expected = str(known[name].type)
+        if not isinstance(value, _TYPES[expected]) or (isinstance(value, bool) and expected != "bool"):
             raise BadRequest(f"{cls.op}: {name} must be {known[name].type}")
     try:
         return cls(**data)
