@@ -79,6 +79,13 @@ class ForkServerClient:
         finally:
             writer.close()
 
+    async def open(self, key: str) -> Connection | None:
+        """A bridge connection to the live user process of ``key``; None if there is none."""
+        try:
+            return await asyncio.open_unix_connection(str(self.runtime.user_socket_path(key)))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return None
+
     async def connect(
         self, key: str, app: str, label: str, source: dict[str, str] | None = None, recheck: bool = False
     ) -> tuple[Connection, bool]:
@@ -86,11 +93,8 @@ class ForkServerClient:
 
         ``recheck`` asks the fork-server first (it replaces a development app whose source changed)."""
         path = str(self.runtime.user_socket_path(key))
-        if not recheck:
-            try:
-                return await asyncio.open_unix_connection(path), False
-            except (FileNotFoundError, ConnectionRefusedError):
-                pass
+        if not recheck and (connection := await self.open(key)) is not None:
+            return connection, False
         reply = await self.request(messages.Ensure(key, app, label, source))
         if not reply.get("ok"):
             raise SpawnRefused(reply.get("status", 500), reply.get("error", "unknown error"), reply.get("traceback"))

@@ -90,7 +90,16 @@ class HtagEndpoint:
         key = self.runtime.process_key(owner, self.app)
         label = session.sid[:8]
         try:
-            connection, spawned = await self.client.connect(key, self.app, label, self.source, self.recheck)
+            connection = None if self.recheck else await self.client.open(key)
+            if connection is None and self.endpoint != "page":
+                # the page's process is gone: a fresh one would silently show another state, unless its end was a normal one
+                status, message, quiet = await death_message(self.client, key, self.config)
+                if not quiet:
+                    await self._tell_gone(scope, receive, send, status, message)
+                    return
+            spawned = False
+            if connection is None:
+                connection, spawned = await self.client.connect(key, self.app, label, self.source, recheck=True)
         except SpawnRefused as exc:
             trace = exc.traceback if self.config.debug else None
             await self._refuse(scope, receive, send, exc.status, str(exc), trace)
@@ -107,6 +116,16 @@ class HtagEndpoint:
         finally:
             connection[1].close()
 
+    async def _tell_gone(self, scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:
+        """Say, in htag's error overlay, that the page's process is gone."""
+        if scope["type"] == "websocket":
+            await receive()  # websocket.connect
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.send", "text": _htag_error(message)})
+            await send({"type": "websocket.close", "code": 1000, "reason": message[:120]})
+        else:
+            await self._refuse(scope, receive, send, status, message)
+
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, message: str, trace: str | None = None) -> None:
         if scope["type"] == "websocket":
             code = 1013 if status == 503 else 4403 if status == 403 else 1011
@@ -118,6 +137,21 @@ class HtagEndpoint:
         else:
             response = error_page(status, message, trace, RETRY_AFTER if status == 503 else None)
         await response(scope, receive, send)
+
+
+async def death_message(client: ForkServerClient, key: str, config: Config) -> tuple[int, str, bool]:
+    """Why the process of ``key`` is gone, as an HTTP status and words for the user,
+    and whether it is a normal end (counted as a cut exchange otherwise)."""
+    try:
+        reply = await client.request(messages.Status(key))
+        end = End(reply["reason"]) if reply.get("reason") else End.CRASHED
+    except (OSError, ValueError, KeyError):
+        end = End.LOST
+    if end not in QUIET | {End.KILLED}:
+        await client.count("bridge_errors")
+    if end is End.INTERACTION_TIMEOUT:
+        return 504, f"The application took longer than {config.timeout_interaction:g}s to answer and was stopped. {RELOAD}", False
+    return *DEATHS[end], end in QUIET
 
 
 def _htag_error(message: str) -> str:
@@ -175,18 +209,7 @@ class _Exchange:
                 return bridge.decode_outbound(kind, body)
 
     async def _death_message(self) -> tuple[int, str, bool]:
-        """Why the process is gone, as an HTTP status and words for the user, and whether it is a normal end."""
-        try:
-            reply = await self.endpoint.client.request(messages.Status(self.key))
-            end = End(reply["reason"]) if reply.get("reason") else End.CRASHED
-        except (OSError, ValueError, KeyError):
-            end = End.LOST
-        if end not in QUIET | {End.KILLED}:
-            await self.endpoint.client.count("bridge_errors")
-        if end is End.INTERACTION_TIMEOUT:
-            limit = self.endpoint.config.timeout_interaction
-            return 504, f"The application took longer than {limit:g}s to answer and was stopped. {RELOAD}", False
-        return *DEATHS[end], end in QUIET
+        return await death_message(self.endpoint.client, self.key, self.endpoint.config)
 
     async def http(self, scope: Scope, receive: Receive, send: Send, extra: dict[str, Any]) -> None:
         body = bytearray()

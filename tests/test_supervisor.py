@@ -66,6 +66,9 @@ def test_user_processes_end_with_their_fork_server_and_users_are_told(server):
                 await asyncio.to_thread(wait_for, lambda: not alive(children), outlived)
                 message = json.loads(await ws.recv())
                 assert message["action"] == "error" and "Reload the page" in message["traceback"]
+            async with reader.ws() as ws:  # a page loaded before: its state is gone, a fresh process must not pretend otherwise
+                message = json.loads(await ws.recv())
+                assert message["action"] == "error" and "Reload the page" in message["traceback"]
             again = await reader.page()
             assert pid(again.text) not in children and count(again.text) == 0
         assert len(re.findall(r"fork-server \d+ serving", srv.log)) == 2
