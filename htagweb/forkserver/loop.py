@@ -34,7 +34,7 @@ from ..process import run as run_user_process
 from ..runtime import Runtime
 from ..slot import EXITING, new_slot, read_slot
 from . import messages
-from .children import UserChild, fork, listen, resident_memory
+from .children import UserChild, fork, listen, resident_memory, stack_path
 from .loader import AppLoader
 from .spares import Spares
 from .watchdogs import Watchdogs
@@ -497,6 +497,8 @@ class ForkServer:
             if child is not None:
                 child.reaped(status)
                 self._ended(child)
+            else:  # a spare dropped earlier
+                stack_path(self.runtime.users_dir, pid).unlink(missing_ok=True)
 
     def _ended(self, child: UserChild) -> None:
         assert child.status is not None
