@@ -2,7 +2,8 @@
 
 - WebSocket interaction round trip, p50/p99 over N clicks, plain and parano (the
   parano client is tests/paranoclient.py: Python, pycryptodome);
-- server CPU time of one key exchange (what a new user costs the server);
+- server CPU time of one key exchange (what a new user costs the server), and of
+  refusing a replayed hello, measured in the server process over HTTP;
 - throughput of the encryption layer (channel seal/open), MB/s.
 """
 
@@ -18,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from paranoclient import ParanoUser, click_message, head  # noqa: E402
+from paranoclient import ParanoUser, click_message, text  # noqa: E402
 from servers import Server, http_client, percentile, ws_connect  # noqa: E402
 
 from htagweb import cipher  # noqa: E402
@@ -42,11 +44,9 @@ async def plain_user(url: str) -> tuple[httpx.AsyncClient, Any]:
 
 async def parano_user(url: str) -> tuple[ParanoUser, Any, Any]:
     user = ParanoUser(url)
-    await user.http.get("/")
-    await user.key_exchange()
-    channel = user.channel(b"W")
+    await user.connect()
     ws = await user.websocket().__aenter__()
-    await ws.send(channel.open_message(head("GET", "/ws")))
+    channel = await user.open_websocket(ws)
     channel.open(await ws.recv())
     return user, ws, channel
 
@@ -54,7 +54,7 @@ async def parano_user(url: str) -> tuple[ParanoUser, Any, Any]:
 async def compare(plain_url: str, parano_url: str, clicks: int) -> tuple[list[float], list[float]]:
     """One user on each server, kept; rounds of clicks alternate between them."""
     _, plain_ws = await plain_user(plain_url)
-    _, parano_ws, channel = await parano_user(parano_url)
+    user, parano_ws, channel = await parano_user(parano_url)
     plain_times: list[float] = []
     parano_times: list[float] = []
     n = 0
@@ -69,28 +69,49 @@ async def compare(plain_url: str, parano_url: str, clicks: int) -> tuple[list[fl
         for _ in range(clicks // 20):
             n += 1
             start = time.perf_counter()
-            await parano_ws.send(channel.data(click_message("inc", str(n))))
-            while json.loads(channel.open(await parano_ws.recv())).get("callback_id") != str(n):
+            await parano_ws.send(user.event_frame(channel, click_message("inc", str(n))))
+            while json.loads(text(channel.open(await parano_ws.recv()))).get("callback_id") != str(n):
                 pass
             parano_times.append(time.perf_counter() - start)
     return plain_times, parano_times
 
 
 def key_exchange_cpu(rounds: int) -> float:
-    """Server CPU seconds per key exchange (ECDH, ECDSA signature, HKDF, ticket)."""
+    """CPU seconds of one key exchange in-process (ECDH, ECDSA signature, HKDF, ticket)."""
     identity = cipher.IdentityKey(cipher.ECC.generate(curve="P-256"))
     sealer = cipher.TicketSealer([os.urandom(32)])
     key = cipher.ECC.generate(curve="P-256")
-    hello = cipher.ClientHello.parse(bytes([1, 1]) + key.public_key().export_key(format="SEC1", compress=False) + b"http://x")
+    hello = cipher.ClientHello.parse(ParanoUser.hello(key.public_key().export_key(format="SEC1", compress=False), "http://x"))
     start = time.process_time()
     for _ in range(rounds):
-        cipher.key_exchange(hello, identity, sealer, "sid", 3600)
+        cipher.key_exchange(hello, identity, sealer, 3600)
     return (time.process_time() - start) / rounds
+
+
+async def server_cpu_per_hello(server: Server, rounds: int) -> tuple[float, float]:
+    """Server CPU seconds (its worker, over HTTP) per fresh key exchange and per replayed hello."""
+    main = psutil.Process(server.proc.pid)
+    worker = max([main, *main.children(recursive=True)], key=lambda p: p.cpu_times().user)
+    async with http_client(server.url) as http:
+        hellos = []
+        for _ in range(rounds):
+            key = cipher.ECC.generate(curve="P-256")
+            hellos.append(ParanoUser.hello(key.public_key().export_key(format="SEC1", compress=False), server.url))
+
+        async def cost(bodies: list[bytes], status: int) -> float:
+            before = sum(worker.cpu_times()[:2])
+            for body in bodies:
+                assert (await http.post("/_htagweb/kx", content=body)).status_code == status
+            return (sum(worker.cpu_times()[:2]) - before) / len(bodies)
+
+        fresh = await cost(hellos, 200)
+        replayed = await cost(hellos, 409)
+    return fresh, replayed
 
 
 def layer_throughput(size: int, rounds: int) -> tuple[float, float]:
     """MB/s of sealing and of opening ``size``-byte messages on one channel."""
-    ticket = cipher.Ticket(int(time.time()) + 60, "sid", os.urandom(16), os.urandom(32), os.urandom(32))
+    ticket = cipher.Ticket(int(time.time()) + 60, os.urandom(16), os.urandom(32), os.urandom(32))
     sender = cipher.Channel(ticket, b"W", os.urandom(16))
     payload = os.urandom(size)
     start = time.perf_counter()
@@ -99,7 +120,8 @@ def layer_throughput(size: int, rounds: int) -> tuple[float, float]:
     key = sender.outbound_key
     start = time.perf_counter()
     for n, message in enumerate(boxes):
-        cipher.open_box(key, b"W", cipher.S2C, sender.channel_id, n, cipher.data_box(message))
+        box = cipher.accept_box(message)[1] if n == 0 else cipher.data_box(message)
+        cipher.open_box(key, b"W", cipher.S2C, sender.channel_id, n, box)
     return seal_rate, size * rounds / (time.perf_counter() - start) / 1e6
 
 
@@ -116,11 +138,14 @@ def main() -> None:
         os.sched_setaffinity(0, {0})
         asyncio.run(compare(plain.url, parano.url, 200))  # warm-up
         plain_times, parano_times = asyncio.run(compare(plain.url, parano.url, clicks))
+        fresh, replayed = asyncio.run(server_cpu_per_hello(parano, 50 if args.quick else 200))
+    results["key_exchange_request_server_cpu_ms"] = fresh * 1000
+    results["replayed_hello_request_server_cpu_ms"] = replayed * 1000
     for name, times in (("plain", plain_times), ("parano", parano_times)):
         results[f"{name}_click_p50_ms"] = percentile(times, 50) * 1000
         results[f"{name}_click_p99_ms"] = percentile(times, 99) * 1000
     results["click_p50_overhead_pct"] = (results["parano_click_p50_ms"] / results["plain_click_p50_ms"] - 1) * 100
-    results["key_exchange_server_cpu_ms"] = key_exchange_cpu(50 if args.quick else 300) * 1000
+    results["key_exchange_in_process_cpu_ms"] = key_exchange_cpu(50 if args.quick else 300) * 1000
     seal, unseal = layer_throughput(64 * 1024, 200 if args.quick else 2000)
     results["seal_64k_MBps"], results["open_64k_MBps"] = seal, unseal
     seal_small, open_small = layer_throughput(300, 2000 if args.quick else 20000)

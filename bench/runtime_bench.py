@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from servers import Server, http_client, percentile, ws_connect  # noqa: E402
+
+from htagweb import manage  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 VENV = HERE / ".venv-htag"
@@ -174,10 +175,7 @@ def latencies(servers: list[Server], quick: bool) -> list[dict[str, float]]:
 
 def user_process_pids(server: Server) -> list[int]:
     """Asked to the fork-server, which knows them all."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.connect(str(server.runtime_dir / "forkserver.sock"))
-        sock.sendall(b'{"op": "list"}\n')
-        return [p["pid"] for p in json.loads(sock.makefile().readline())["processes"]]
+    return [user.pid for user in manage.users(server.runtime_dir)]
 
 
 def measure(server: Server, quick: bool, is_htagweb: bool, result: dict[str, float]) -> dict[str, float]:

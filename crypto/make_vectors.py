@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 from pathlib import Path
 
 from Crypto.PublicKey import ECC
@@ -33,12 +32,11 @@ def main() -> None:
     now, lifetime = 1_800_000_000, 86400
     client_pub = client.public_key().export_key(format="SEC1", compress=False)
     client_hello = bytes([cipher.VERSION, cipher.HELLO]) + client_pub + origin.encode()
-    kx_id, ticket_nonce, sid = bytes(range(16)), bytes(range(100, 112)), "vector-session-id"
+    kx_id, ticket_nonce = bytes(range(16)), bytes(range(100, 112))
     server_hello, ticket = cipher.key_exchange(
         cipher.ClientHello.parse(client_hello),
         identity,
         sealer,
-        sid,
         lifetime,
         now=now,
         server_key=server,
@@ -52,28 +50,41 @@ def main() -> None:
     sealed = server_hello[2 + 65 + 8 + 64 :]
 
     channels = []
-    for kind, channel_id in ((b"H", bytes([0xC1] * 16)), (b"W", bytes([0xC2] * 16)), (b"S", bytes([0xC3] * 16))):
-        kc = cipher.channel_key(ticket.k_c2s, channel_id, kind)
-        ks = cipher.channel_key(ticket.k_s2c, channel_id, kind)
-        c2s = [b'{"method":"GET","path":"/","headers":[]}\n', b'{"id":"inc","event":"click","data":{"callback_id":"1"}}']
-        s2c = [b'{"status":200,"headers":[]}\n<html>marker</html>', '{"action":"update","updates":{"count":"Count: 1 é€"}}'.encode()]
+    for kind, channel_id, server_nonce in (
+        (b"H", bytes([0xC1] * 16), bytes([0x51] * 16)),
+        (b"W", bytes([0xC2] * 16), bytes([0x52] * 16)),
+        (b"S", bytes([0xC3] * 16), bytes([0x53] * 16)),
+    ):
+        kc = cipher.client_key(ticket.k_c2s, channel_id, kind)
+        ks = cipher.server_key(ticket.k_s2c, channel_id, server_nonce, kind)
+        c2s = [
+            b'{"method":"GET","path":"/","headers":[],"page":"cGFnZS1pZC1vZi12ZWN0b3I"}\n',
+            cipher.text_plaintext(b'{"id":"inc","event":"click","data":{"callback_id":"1"}}', 1),
+        ]
+        s2c = [
+            b'{"status":200,"headers":[],"session":"credential"}\n<html>marker</html>',
+            cipher.text_plaintext('{"action":"update","updates":{"count":"Count: 1 \u00e9\u20ac"}}'.encode()),
+        ]
         c2s_boxes = [cipher.seal_box(kc, kind, cipher.C2S, channel_id, n, p) for n, p in enumerate(c2s)]
         s2c_boxes = [cipher.seal_box(ks, kind, cipher.S2C, channel_id, n, p) for n, p in enumerate(s2c)]
-        open_message = bytes([cipher.VERSION, cipher.OPEN]) + kind + channel_id + struct.pack(">H", len(sealed)) + sealed + c2s_boxes[0]
+        open_message = cipher.OpenMessage(kind, channel_id, sealed, c2s_boxes[0]).encode()
         channels.append(
             {
                 "kind": kind.decode(),
                 "channel_id": channel_id.hex(),
+                "server_nonce": server_nonce.hex(),
                 "kc": kc.hex(),
                 "ks": ks.hex(),
                 "c2s": [{"counter": n, "plaintext": p.hex(), "box": b.hex()} for n, (p, b) in enumerate(zip(c2s, c2s_boxes, strict=True))],
                 "s2c": [{"counter": n, "plaintext": p.hex(), "box": b.hex()} for n, (p, b) in enumerate(zip(s2c, s2c_boxes, strict=True))],
                 "open_message": open_message.hex(),
+                "accept_message": cipher.accept_message(server_nonce, s2c_boxes[0]).hex(),
+                "data_message": cipher.data_message(s2c_boxes[1]).hex(),
             }
         )
 
     vectors = {
-        "description": "htagweb parano protocol version 1 test vectors (crypto/PROTOCOL.md); hex unless noted",
+        "description": "htagweb parano protocol version 2 test vectors (crypto/PROTOCOL.md); hex unless noted",
         "label": cipher.LABEL.decode(),
         "identity": {
             "private_pkcs8": identity.key.export_key(format="DER").hex(),
@@ -97,7 +108,6 @@ def main() -> None:
             "k_c2s": ticket.k_c2s.hex(),
             "k_s2c": ticket.k_s2c.hex(),
             "signature": identity.sign(th).hex(),
-            "sid": sid,
             "kx_id": kx_id.hex(),
             "ticket_nonce": ticket_nonce.hex(),
             "ticket": sealed.hex(),

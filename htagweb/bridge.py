@@ -22,11 +22,12 @@ from typing import Any
 from starlette.types import Message, Scope
 
 HEADER = struct.Struct(">IB")
+SEQ = struct.Struct(">Q")
 MAX_FRAME = 64 * 1024 * 1024
 
 # front -> user process
 # (a client that leaves is told by closing the connection: the process reads EOF as a disconnect)
-SCOPE, HTTP_BODY, WS_CONNECT, WS_TEXT_IN, WS_BYTES_IN, WS_DISCONNECT, SESSION_DATA = b"SRCtydV"
+SCOPE, HTTP_BODY, WS_CONNECT, WS_TEXT_IN, WS_BYTES_IN, WS_DISCONNECT, SESSION_DATA, WS_EVENT_IN = b"SRCtydVe"
 # user process -> front
 RESPONSE_START, RESPONSE_BODY, WS_ACCEPT, WS_TEXT_OUT, WS_BYTES_OUT, WS_CLOSE, SESSION_CHANGES = b"HBATYXU"
 
@@ -103,6 +104,8 @@ def _more(flag: bool, body: bytes) -> bytes:
 def encode_inbound(message: Message) -> bytes:
     kind = message["type"]
     if kind == "websocket.receive":
+        if message.get("htagweb.seq") is not None:  # a parano page's numbered event
+            return frame(WS_EVENT_IN, SEQ.pack(message["htagweb.seq"]) + message["text"].encode())
         if message.get("text") is not None:
             return frame(WS_TEXT_IN, message["text"].encode())
         return frame(WS_BYTES_IN, message.get("bytes") or b"")
@@ -120,6 +123,8 @@ def decode_inbound(kind: int, body: bytes) -> Message:
         return {"type": "websocket.receive", "text": body.decode()}
     if kind == WS_BYTES_IN:
         return {"type": "websocket.receive", "bytes": body}
+    if kind == WS_EVENT_IN:
+        return {"type": "websocket.receive", "text": body[SEQ.size :].decode(), "htagweb.seq": SEQ.unpack_from(body)[0]}
     if kind == HTTP_BODY:
         return {"type": "http.request", "body": body[1:], "more_body": body[:1] == b"\x01"}
     if kind == WS_CONNECT:

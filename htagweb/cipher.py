@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from Crypto.Cipher import AES
 from Crypto.Hash import SHA256
@@ -28,20 +30,26 @@ from Crypto.Signature import DSS
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-LABEL = b"htagweb-parano/1"
-VERSION = 0x01
-HELLO, SERVER_HELLO, OPEN, DATA = 0x01, 0x02, 0x10, 0x11
+LABEL = b"htagweb-parano/2"
+VERSION = 0x02
+HELLO, SERVER_HELLO, OPEN, DATA, ACCEPT = 0x01, 0x02, 0x10, 0x11, 0x12
 KINDS = (b"H", b"W", b"S")
 C2S, S2C = b">", b"<"
+#: the type byte of a WebSocket or SSE message's plaintext (§4.2)
+TEXT, CONTROL = 0x00, 0x01
 POINT_SIZE = 65
 MAX_ORIGIN = 256
+NONCE_SIZE = 16
 
 
 class ParanoError(Exception):
-    """A message refused by the protocol (§6); ``code`` says which check failed."""
+    """A message refused by the protocol (§6); ``code`` says which check failed.
 
-    HTTP_STATUS = {"malformed": 400, "ticket": 401, "session": 403, "replay": 409, "integrity": 422}
-    WS_CODE = {"malformed": 4400, "ticket": 4401, "session": 4403, "replay": 4409, "integrity": 4422}
+    Refused before the ticket opens, it is answered in clear (``http_status``,
+    ``ws_code``); afterwards the layer seals it for the client."""
+
+    HTTP_STATUS = {"malformed": 400, "ticket": 401, "expired": 401, "session": 403, "replay": 409, "order": 409, "integrity": 422}
+    WS_CODE = {"malformed": 4400, "ticket": 4401, "timeout": 4408}
 
     def __init__(self, code: str, reason: str) -> None:
         super().__init__(f"{code}: {reason}")
@@ -50,11 +58,11 @@ class ParanoError(Exception):
 
     @property
     def http_status(self) -> int:
-        return self.HTTP_STATUS[self.code]
+        return self.HTTP_STATUS.get(self.code, 400)
 
     @property
     def ws_code(self) -> int:
-        return self.WS_CODE[self.code]
+        return self.WS_CODE.get(self.code, 4400)
 
 
 def hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
@@ -103,10 +111,15 @@ class IdentityKey:
 @dataclass(frozen=True)
 class Ticket:
     expires: int
-    sid: str
     kx_id: bytes
     k_c2s: bytes
     k_s2c: bytes
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.expires <= (time.time() if now is None else now)
+
+
+TICKET_PLAINTEXT = struct.Struct(">BQ16s32s32s")
 
 
 class TicketSealer:
@@ -119,32 +132,27 @@ class TicketSealer:
     def seal(self, ticket: Ticket, nonce: bytes | None = None) -> bytes:
         key = self.keys[0]
         key_id = hashlib.sha256(key).digest()[:4]
-        sid = ticket.sid.encode()
-        plaintext = struct.pack(">BQB", VERSION, ticket.expires, len(sid)) + sid + ticket.kx_id + ticket.k_c2s + ticket.k_s2c
+        plaintext = TICKET_PLAINTEXT.pack(VERSION, ticket.expires, ticket.kx_id, ticket.k_c2s, ticket.k_s2c)
         nonce = nonce or os.urandom(12)
         cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
         cipher.update(LABEL + b" ticket" + key_id)
         ciphertext, tag = cipher.encrypt_and_digest(plaintext)
         return key_id + nonce + ciphertext + tag
 
-    def open(self, sealed: bytes, now: float | None = None) -> Ticket:
+    def open(self, sealed: bytes) -> Ticket:
+        """The ticket's keys, expired or not: an expired ticket is refused sealed (§6)."""
         key = self.by_id.get(sealed[:4])
-        if key is None or len(sealed) < 4 + 12 + 16:
+        if key is None or len(sealed) != 4 + 12 + TICKET_PLAINTEXT.size + 16:
             raise ParanoError("ticket", "unknown or truncated ticket")
         cipher = AES.new(key, AES.MODE_GCM, nonce=sealed[4:16])
         cipher.update(LABEL + b" ticket" + sealed[:4])
         try:
-            plaintext = cipher.decrypt_and_verify(sealed[16:-16], sealed[-16:])
-            version, expires, sid_len = struct.unpack_from(">BQB", plaintext)
-            sid = plaintext[10 : 10 + sid_len].decode()
-            rest = plaintext[10 + sid_len :]
-        except (ValueError, struct.error, UnicodeDecodeError):
+            version, expires, kx_id, k_c2s, k_s2c = TICKET_PLAINTEXT.unpack(cipher.decrypt_and_verify(sealed[16:-16], sealed[-16:]))
+        except ValueError:
             raise ParanoError("ticket", "ticket does not open") from None
-        if version != VERSION or len(rest) != 80:
+        if version != VERSION:
             raise ParanoError("ticket", "ticket of another version")
-        if expires <= (time.time() if now is None else now):
-            raise ParanoError("ticket", "ticket expired")
-        return Ticket(expires, sid, rest[:16], rest[16:48], rest[48:80])
+        return Ticket(expires, kx_id, k_c2s, k_s2c)
 
 
 # --- key exchange (§2) -------------------------------------------------------
@@ -159,11 +167,16 @@ class ClientHello:
     @classmethod
     def parse(cls, data: bytes) -> ClientHello:
         if len(data) < 2 + POINT_SIZE + 1 or data[0] != VERSION or data[1] != HELLO:
-            raise ParanoError("malformed", "not a version 1 client hello")
+            raise ParanoError("malformed", "not a version 2 client hello")
         if len(data) > 2 + POINT_SIZE + MAX_ORIGIN:
             raise ParanoError("malformed", "origin too long")
+        point = data[2 : 2 + POINT_SIZE]
+        if point[0] != 0x04 or not any(point[1:]):  # uncompressed only; never the point at infinity
+            raise ParanoError("malformed", "client key is not a P-256 point")
         try:
-            client_pub = ECC.import_key(data[2 : 2 + POINT_SIZE], curve_name="P-256")
+            client_pub = ECC.import_key(point, curve_name="P-256")
+            if client_pub.pointQ.is_point_at_infinity():
+                raise ValueError
             origin = data[2 + POINT_SIZE :].decode()
         except (ValueError, UnicodeDecodeError):
             raise ParanoError("malformed", "client key is not a P-256 point") from None
@@ -182,7 +195,6 @@ def key_exchange(
     hello: ClientHello,
     identity: IdentityKey,
     sealer: TicketSealer,
-    sid: str,
     lifetime: float,
     *,
     now: float | None = None,
@@ -195,9 +207,12 @@ def key_exchange(
     server_pub = server_key.public_key().export_key(format="SEC1", compress=False)
     expires = int((time.time() if now is None else now) + lifetime)
     th = transcript_hash(hello.raw, server_pub, expires)
-    z = key_agreement(eph_priv=server_key, eph_pub=hello.client_pub, kdf=lambda x: x)
+    try:
+        z = key_agreement(eph_priv=server_key, eph_pub=hello.client_pub, kdf=lambda x: x)
+    except ValueError:
+        raise ParanoError("malformed", "no shared secret with this client key") from None
     k_c2s, k_s2c = session_keys(z, th)
-    ticket = Ticket(expires, sid, kx_id or os.urandom(16), k_c2s, k_s2c)
+    ticket = Ticket(expires, kx_id or os.urandom(16), k_c2s, k_s2c)
     sealed = sealer.seal(ticket, ticket_nonce)
     server_hello = bytes([VERSION, SERVER_HELLO]) + server_pub + struct.pack(">Q", expires) + identity.sign(th) + sealed
     return server_hello, ticket
@@ -206,8 +221,13 @@ def key_exchange(
 # --- channels (§4) -----------------------------------------------------------
 
 
-def channel_key(session_key: bytes, channel_id: bytes, kind: bytes) -> bytes:
-    return hkdf(session_key, channel_id, LABEL + b" channel " + kind)
+def client_key(k_c2s: bytes, channel_id: bytes, kind: bytes) -> bytes:
+    return hkdf(k_c2s, channel_id, LABEL + b" c2s " + kind)
+
+
+def server_key(k_s2c: bytes, channel_id: bytes, server_nonce: bytes, kind: bytes) -> bytes:
+    """Keyed with the server's own nonce: the server never seals twice under one (key, nonce)."""
+    return hkdf(k_s2c, channel_id + server_nonce, LABEL + b" s2c " + kind)
 
 
 def _aad(kind: bytes, direction: bytes, channel_id: bytes, counter: int) -> bytes:
@@ -245,31 +265,56 @@ class OpenMessage:
     @classmethod
     def parse(cls, data: bytes) -> OpenMessage:
         if len(data) < 3 + 16 + 2 or data[0] != VERSION or data[1] != OPEN or data[2:3] not in KINDS:
-            raise ParanoError("malformed", "not a version 1 channel open")
+            raise ParanoError("malformed", "not a version 2 channel open")
         (ticket_len,) = struct.unpack_from(">H", data, 19)
         if len(data) < 21 + ticket_len + 24:
             raise ParanoError("malformed", "truncated channel open")
         return cls(data[2:3], data[3:19], data[21 : 21 + ticket_len], data[21 + ticket_len :])
+
+    def encode(self) -> bytes:
+        return bytes([VERSION, OPEN]) + self.kind + self.channel_id + struct.pack(">H", len(self.ticket)) + self.ticket + self.box
 
 
 def data_message(box: bytes) -> bytes:
     return bytes([VERSION, DATA]) + box
 
 
+def accept_message(server_nonce: bytes, box: bytes) -> bytes:
+    return bytes([VERSION, ACCEPT]) + server_nonce + box
+
+
 def data_box(message: bytes) -> bytes:
     if len(message) < 2 or message[0] != VERSION or message[1] != DATA:
-        raise ParanoError("malformed", "not a version 1 data message")
+        raise ParanoError("malformed", "not a version 2 data message")
     return message[2:]
 
 
-class Channel:
-    """Both directions of one channel, with their counters."""
+def accept_box(message: bytes) -> tuple[bytes, bytes]:
+    """(server_nonce, box) of an Accept message."""
+    if len(message) < 2 + NONCE_SIZE or message[0] != VERSION or message[1] != ACCEPT:
+        raise ParanoError("malformed", "not a version 2 accept message")
+    return message[2 : 2 + NONCE_SIZE], message[2 + NONCE_SIZE :]
 
-    def __init__(self, ticket: Ticket, kind: bytes, channel_id: bytes) -> None:
+
+def text_plaintext(text: bytes, seq: int | None = None) -> bytes:
+    """A WebSocket or SSE text message; client to server with its event number (§7)."""
+    return bytes([TEXT]) + (b"" if seq is None else struct.pack(">Q", seq)) + text
+
+
+def control_plaintext(control: dict[str, Any]) -> bytes:
+    return bytes([CONTROL]) + json.dumps(control, separators=(",", ":")).encode()
+
+
+class Channel:
+    """The server's end of one channel: the client's key, and its own key made
+    with a nonce it draws itself, so that its first message is an Accept."""
+
+    def __init__(self, ticket: Ticket, kind: bytes, channel_id: bytes, server_nonce: bytes | None = None) -> None:
         self.kind = kind
         self.channel_id = channel_id
-        self.inbound_key = AESGCM(channel_key(ticket.k_c2s, channel_id, kind))  # one key schedule per channel
-        self.outbound_key = AESGCM(channel_key(ticket.k_s2c, channel_id, kind))
+        self.server_nonce = server_nonce or os.urandom(NONCE_SIZE)
+        self.inbound_key = AESGCM(client_key(ticket.k_c2s, channel_id, kind))  # one key schedule per channel
+        self.outbound_key = AESGCM(server_key(ticket.k_s2c, channel_id, self.server_nonce, kind))
         self.received = 0
         self.sent = 0
 
@@ -281,4 +326,4 @@ class Channel:
     def seal(self, plaintext: bytes) -> bytes:
         box = seal_box(self.outbound_key, self.kind, S2C, self.channel_id, self.sent, plaintext)
         self.sent += 1
-        return data_message(box)
+        return accept_message(self.server_nonce, box) if self.sent == 1 else data_message(box)

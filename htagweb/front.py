@@ -22,7 +22,7 @@ from .client import Connection, ForkServerClient, SpawnRefused
 from .config import Config
 from .ends import End
 from .forkserver import messages
-from .pages import error_page
+from .pages import error_page, htag_error
 from .runtime import Runtime
 from .sessions import COOKIE_NAME, SCOPE_NEW, SCOPE_PARANO, Session
 from .stores import SessionStore
@@ -85,9 +85,7 @@ class HtagEndpoint:
         if self.endpoint != "page" and scope[SCOPE_NEW]:
             await self._refuse(scope, receive, send, 403, "No valid session: reload the page.")
             return
-        # in parano mode the process belongs to one key exchange: a stolen cookie does not reach it
-        owner = f"{session.sid}\0{parano['kx_id']}" if parano else session.sid
-        key = self.runtime.process_key(owner, self.app)
+        key = self.runtime.process_key(session.sid, self.app)
         label = session.sid[:8]
         try:
             connection = None if self.recheck else await self.client.open(key)
@@ -107,6 +105,8 @@ class HtagEndpoint:
         if self.endpoint == "page" and not spawned:
             logger.info("user process reused: session %s, app %s", label, self.app)
         extra = {"endpoint": self.endpoint, "session": session.snapshot()}
+        if parano and parano.get("page"):  # the page's events are delivered in its order (crypto/PROTOCOL.md §7)
+            extra["order"] = {"page": parano["page"], "seq": parano.get("seq")}
         exchange = _Exchange(self, session, key, connection)
         try:
             if scope["type"] == "websocket":
@@ -121,7 +121,7 @@ class HtagEndpoint:
         if scope["type"] == "websocket":
             await receive()  # websocket.connect
             await send({"type": "websocket.accept"})
-            await send({"type": "websocket.send", "text": _htag_error(message)})
+            await send({"type": "websocket.send", "text": htag_error(message)})
             await send({"type": "websocket.close", "code": 1000, "reason": message[:120]})
         else:
             await self._refuse(scope, receive, send, status, message)
@@ -133,7 +133,7 @@ class HtagEndpoint:
             return
         response: Response
         if self.endpoint == "event":
-            response = JSONResponse({"status": "error", "payloads": [_htag_error(message)]}, status_code=status)
+            response = JSONResponse({"status": "error", "payloads": [htag_error(message)]}, status_code=status)
         else:
             response = error_page(status, message, trace, RETRY_AFTER if status == 503 else None)
         await response(scope, receive, send)
@@ -152,11 +152,6 @@ async def death_message(client: ForkServerClient, key: str, config: Config) -> t
     if end is End.INTERACTION_TIMEOUT:
         return 504, f"The application took longer than {config.timeout_interaction:g}s to answer and was stopped. {RELOAD}", False
     return *DEATHS[end], end in QUIET
-
-
-def _htag_error(message: str) -> str:
-    """A payload htag's client shows in its error overlay."""
-    return json.dumps({"action": "error", "traceback": message, "callback_id": None, "result": None})
 
 
 def _forwarded_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
@@ -248,10 +243,10 @@ class _Exchange:
     async def _died(self, scope: Scope, receive: Receive, send: Send, started: bool) -> None:
         status, message, _ = await self._death_message()
         if started:  # an SSE stream: tell htag's client in its own format, then end
-            chunk = f"data: {_htag_error(message)}\n\n".encode()
+            chunk = f"data: {htag_error(message)}\n\n".encode()
             await send({"type": "http.response.body", "body": chunk, "more_body": False})
         elif self.endpoint.endpoint == "event":
-            await JSONResponse({"status": "error", "payloads": [_htag_error(message)]})(scope, receive, send)
+            await JSONResponse({"status": "error", "payloads": [htag_error(message)]})(scope, receive, send)
         else:
             await error_page(status, message)(scope, receive, send)
 
@@ -271,7 +266,7 @@ class _Exchange:
         if downstream in done and not downstream.exception() and downstream.result() == "died" and upstream not in done:
             _, message, quiet = await self._death_message()
             if not quiet:
-                await send({"type": "websocket.send", "text": _htag_error(message)})
+                await send({"type": "websocket.send", "text": htag_error(message)})
             await send({"type": "websocket.close", "code": 1001 if quiet else 1000, "reason": message[:120]})
         await _first_of(downstream, upstream)
 

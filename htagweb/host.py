@@ -28,13 +28,16 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from .config import Config
-from .pages import error_page
+from .ordering import PageOrder
+from .pages import error_page, htag_error
 from .sessions import Session
 from .slot import Watchdog
 
 logger = logging.getLogger("htagweb")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
+#: marks an answer that refuses an event for its order: the parano layer tells the page, sealed
+ORDER_HEADER = "x-htagweb-refused"
 # htag's own switch to pure-HTTP mode: its page mocks WebSocket and EventSource
 PURE_HTTP_COOKIE = (b"cookie", b"htag_mode=http")
 
@@ -56,6 +59,8 @@ class HtagHost:
         self.broken = False
         #: events posted without waiting for their answer (it comes on the SSE stream), still running
         self.background: set[asyncio.Task[None]] = set()
+        #: parano pages number their events: delivered here in that order (crypto/PROTOCOL.md §7)
+        self.order = PageOrder()
 
     @property
     def app_name(self) -> str:
@@ -74,9 +79,19 @@ class HtagHost:
                 trace = self.load_error if self.config.debug else None
                 await error_page(500, "The application could not be loaded.", trace)(scope, receive, send)
             return
+        order = scope["htagweb"].get("order")
         if endpoint == "ws":
-            await self.websocket(WebSocket(scope, self._checked(receive, send), send))
+            await self.websocket(WebSocket(scope, self._checked(receive, send, order), send))
             return
+        if order and endpoint == "page":
+            self.order.register(order["page"])
+        elif order and order.get("seq") is not None:
+            refusal = await self.order.admit(order["page"], order["seq"])
+            if refusal is not None:
+                logger.warning("refused an htag event: %s", refusal)
+                payload = {"status": "error", "payloads": [htag_error(refusal)]}
+                await JSONResponse(payload, status_code=409, headers={ORDER_HEADER: "order"})(scope, receive, send)
+                return
         request = Request(scope, receive)
         handler = {"page": self.page, "stream": self.stream, "event": self.event}[endpoint]
         response = await handler(request)
@@ -177,12 +192,18 @@ class HtagHost:
         finally:
             current_request.reset(token)
 
-    @staticmethod
-    def _checked(receive: Receive, send: Send) -> Receive:
-        """Closes the socket (1003) on a frame htag could not read, before htag sees it."""
+    def _checked(self, receive: Receive, send: Send, order: dict[str, Any] | None) -> Receive:
+        """Closes the socket (1003) on a frame htag could not read, and (4409) on an
+        event out of its page's order, before htag sees it."""
 
         async def checked_receive() -> Message:
             message = await receive()
+            if message["type"] == "websocket.receive" and order and message.get("htagweb.seq") is not None:
+                refusal = await self.order.admit(order["page"], message["htagweb.seq"])
+                if refusal is not None:
+                    logger.warning("closing a WebSocket: %s", refusal)
+                    await send({"type": "websocket.close", "code": 4409, "reason": refusal})
+                    return {"type": "websocket.disconnect", "code": 4409}
             if message["type"] == "websocket.receive":
                 text = message.get("text")
                 try:

@@ -38,6 +38,11 @@ def error_page(status: int, message: str, traceback: str | None = None, retry_af
     return HTMLResponse(body, status_code=status, headers=headers)
 
 
+def htag_error(message: str) -> str:
+    """A payload htag's client shows in its error overlay."""
+    return json.dumps({"action": "error", "traceback": message, "callback_id": None, "result": None})
+
+
 def parano_script() -> str:
     return files("htagweb").joinpath("js/parano.js").read_text()
 
@@ -47,7 +52,7 @@ def bootstrap_html(identity_spki: bytes, server: str = "", kiosk: bool = False) 
     config = {"identity": base64.b64encode(identity_spki).decode(), "server": server, "kiosk": kiosk}
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Connecting securely…</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="viewport" content="width=device-width, initial-scale=1"><meta name="referrer" content="no-referrer">
 <style>body{{font-family:system-ui,sans-serif;max-width:46em;margin:4em auto;padding:0 1em;color:#222}}</style>
 </head><body><p id="htagweb-parano-status">Connecting securely…</p>
 <noscript>This application needs JavaScript: every exchange is encrypted in the page.</noscript>
@@ -57,4 +62,5 @@ def bootstrap_html(identity_spki: bytes, server: str = "", kiosk: bool = False) 
 
 
 def bootstrap_page(identity: IdentityKey) -> HTMLResponse:
-    return HTMLResponse(bootstrap_html(identity.spki), headers={"Cache-Control": "no-store"})
+    # the page's address is not repeated in the Referer of its channels (crypto/PROTOCOL.md §8)
+    return HTMLResponse(bootstrap_html(identity.spki), headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})

@@ -1,41 +1,96 @@
 """Parano mode's ASGI layer: key exchange, then channels decrypted here and
-handed inward as plain exchanges (``crypto/PROTOCOL.md``).
+handed inward as plain exchanges (``crypto/PROTOCOL.md``, version 2).
 
 It sits in front of the session layer and the routes: what is behind it, and the
 user processes above all, see plain htag messages and need no change. A message
-that fails any check is answered with the protocol's error and goes no further.
+that fails a check goes no further; once the ticket has opened, the refusal
+itself is sealed, so that the page can tell a real one from a forged one (§6).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
 import json
 import logging
 import secrets
+import time
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from itsdangerous import Signer
-from starlette.requests import HTTPConnection
+from itsdangerous import BadSignature, SignatureExpired, TimestampSigner
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .cipher import Channel, ClientHello, IdentityKey, OpenMessage, ParanoError, Ticket, TicketSealer, data_box, key_exchange
-from .sessions import SCOPE_PARANO, cookie_session_id
+from .cipher import (
+    TEXT,
+    Channel,
+    ClientHello,
+    IdentityKey,
+    OpenMessage,
+    ParanoError,
+    TicketSealer,
+    control_plaintext,
+    data_box,
+    key_exchange,
+    text_plaintext,
+)
+from .host import ORDER_HEADER
+from .sessions import SCOPE_PARANO
 from .stores import SessionStore
 
 logger = logging.getLogger("htagweb")
 
-PREFIX = "/_htagweb/"
 MAX_HELLO = 512
-MAX_MESSAGE = 1024 * 1024
-CORS = {"Access-Control-Allow-Origin": "*"}  # answers are sealed for the requester's keys: nothing to hide from other origins
+#: an HTTP channel buffers its answer to seal it whole: past this, it is refused
+MAX_ANSWER = 64 * 1024 * 1024
+#: seconds a WebSocket may wait, once upgraded, for the message that opens its channel
+OPEN_DEADLINE = 10.0
+CORS = {"Access-Control-Allow-Origin": "*"}  # answers are sealed for the requester's keys, and no cookie exists
+SEALED = {**CORS, "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 _DROPPED_INNER = {"cookie", "host", "content-length", "connection", "upgrade", "transfer-encoding"}
-_KEPT_OUTER = {b"cookie", b"host", b"user-agent", b"accept-language"}
+_KEPT_OUTER = {b"host", b"user-agent", b"accept-language"}
+#: the claims of key exchanges seen: a replayed hello is refused before any ECDH
+HELLO_CLAIMS = "kx-hello"
 
 
-def _error(exc: ParanoError) -> Response:
-    return JSONResponse({"error": exc.code, "reason": exc.reason}, status_code=exc.http_status, headers=CORS)
+class Credentials:
+    """The session credential (§5): a timestamped, signed session id that travels only
+    inside channels. Rotating the server secrets rotates it like the tickets."""
+
+    #: an answer hands a fresh credential once the one presented is this old (rolling expiry)
+    REFRESH = 3600
+
+    def __init__(self, server_secrets: list[bytes], max_age: float) -> None:
+        self.signer = TimestampSigner(list(reversed(server_secrets)), salt="htagweb.parano-session")
+        self.max_age = max_age
+
+    def issue(self, sid: str) -> str:
+        return self.signer.sign(sid).decode()
+
+    def verify(self, credential: str) -> tuple[str, bool]:
+        """(session id, whether to hand a fresh credential)."""
+        try:
+            sid, signed_at = self.signer.unsign(credential, max_age=int(self.max_age), return_timestamp=True)
+        except SignatureExpired:
+            raise ParanoError("session", "this session expired: reload to start a new one") from None
+        except BadSignature:
+            raise ParanoError("session", "this session credential is not valid here") from None
+        return sid.decode(), (_now() - signed_at.timestamp()) > self.REFRESH
+
+
+class _Refused(Exception):
+    """A refusal after the ticket opened: told to the client sealed, on ``channel``."""
+
+    def __init__(self, channel: Channel, error: ParanoError) -> None:
+        self.channel = channel
+        self.error = error
+
+
+class _Streaming(Exception):
+    pass
 
 
 class ParanoMiddleware:
@@ -45,18 +100,20 @@ class ParanoMiddleware:
         *,
         identity: IdentityKey,
         sealer: TicketSealer,
+        credentials: Credentials,
         store: SessionStore,
-        signer: Signer,
         ticket_lifetime: float,
         max_body_size: int,
+        debug: bool,
         on_rejection: Callable[[], Awaitable[None]],
     ) -> None:
         self.app = app
         self.identity = identity
         self.sealer = sealer
+        self.credentials = credentials
         self.store = store
-        self.signer = signer
         self.ticket_lifetime = ticket_lifetime
+        self.debug = debug
         self.on_rejection = on_rejection
         self.max_message = max(max_body_size, 4096) + 1024
         self.routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
@@ -81,19 +138,24 @@ class ParanoMiddleware:
         logger.warning("parano: refused %s: %s", what, exc)
         await self.on_rejection()
 
+    async def _clear_error(self, what: str, exc: ParanoError, scope: Scope, receive: Receive, send: Send) -> None:
+        """A refusal before any key is known: in clear, and the page will not trust it (§6)."""
+        await self._refused(what, exc)
+        await JSONResponse({"error": exc.code, "reason": exc.reason}, status_code=exc.http_status, headers=CORS)(scope, receive, send)
+
     # --- key exchange (§2) ----------------------------------------------------
 
     async def key_exchange(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            hello = ClientHello.parse(await _read_body(receive, MAX_HELLO))
+            body = await _read_body(receive, MAX_HELLO)
+            # a replay is refused first, for a hash and a store write: not even the point is checked
+            if not await self.store.claim(HELLO_CLAIMS, hashlib.sha256(body).hexdigest(), _now() + self.ticket_lifetime):
+                raise ParanoError("replay", "this key exchange was seen before")
+            server_hello, _ = key_exchange(ClientHello.parse(body), self.identity, self.sealer, self.ticket_lifetime)
         except ParanoError as exc:
-            await self._refused("a key exchange", exc)
-            await _error(exc)(scope, receive, send)
+            await self._clear_error("a key exchange", exc, scope, receive, send)
             return
-        sid = cookie_session_id(self.signer, HTTPConnection(scope)) or secrets.token_urlsafe(24)
-        server_hello, _ = key_exchange(hello, self.identity, self.sealer, sid, self.ticket_lifetime)
-        headers = {**CORS, "Cache-Control": "no-store"}
-        await Response(server_hello, media_type="application/octet-stream", headers=headers)(scope, receive, send)
+        await Response(server_hello, media_type="application/octet-stream", headers=SEALED)(scope, receive, send)
 
     async def public_identity(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = {"public_key": base64.b64encode(self.identity.spki).decode(), "fingerprint": self.identity.fingerprint}
@@ -101,29 +163,38 @@ class ParanoMiddleware:
 
     # --- channels (§4) --------------------------------------------------------
 
-    async def _open(self, scope: Scope, message: bytes, kind: bytes) -> tuple[Channel, Ticket, dict[str, Any], bytes]:
-        """Check an open message from end to end; return the channel and the inner request."""
+    async def _open(self, scope: Scope, message: bytes, kind: bytes) -> tuple[Channel, Scope, bytes]:
+        """Check an open message from end to end; the channel and the inner request.
+        Raises ParanoError while the ticket is unopened, _Refused afterwards."""
         opening = OpenMessage.parse(message)
         if opening.kind != kind:
             raise ParanoError("malformed", "channel kind does not match the endpoint")
         ticket = self.sealer.open(opening.ticket)
-        cookie_sid = cookie_session_id(self.signer, HTTPConnection(scope))
-        if cookie_sid is not None and cookie_sid != ticket.sid:
-            raise ParanoError("session", "this ticket belongs to another session")
         channel = Channel(ticket, kind, opening.channel_id)
-        plaintext = channel.open(opening.box)
-        if not await self.store.claim(ticket.sid, (ticket.kx_id + opening.channel_id).hex(), ticket.expires):
-            raise ParanoError("replay", "channel already used")
-        head_bytes, _, body = plaintext.partition(b"\n")
         try:
-            head = json.loads(head_bytes)
-            if not (isinstance(head.get("path"), str) and head["path"].startswith("/") and isinstance(head.get("headers", []), list)):
-                raise ValueError
-        except ValueError:
-            raise ParanoError("malformed", "bad request head") from None
-        return channel, ticket, head, body
+            if ticket.expired():
+                raise ParanoError("expired", "the keys of this page expired")
+            plaintext = channel.open(opening.box)
+            if not await self.store.claim(ticket.kx_id.hex(), opening.channel_id.hex(), ticket.expires):
+                raise ParanoError("replay", "channel already used")
+            head_bytes, _, body = plaintext.partition(b"\n")
+            head = _request_head(head_bytes)
+            inner = self._inner_scope(scope, head, body, await self._session(head))
+        except ParanoError as exc:
+            raise _Refused(channel, exc) from None
+        return channel, inner, body
 
-    def _inner_scope(self, scope: Scope, ticket: Ticket, head: dict[str, Any], body: bytes) -> Scope:
+    async def _session(self, head: dict[str, Any]) -> dict[str, Any]:
+        """Which session the channel's credential names (§5)."""
+        credential = head.get("session")
+        if credential is None:
+            if str(head.get("method", "GET")).upper() != "GET":
+                raise ParanoError("session", "only a GET may start a session")
+            return {"sid": secrets.token_urlsafe(24), "new": True, "issue": True}
+        sid, stale = self.credentials.verify(str(credential))
+        return {"sid": sid, "new": False, "issue": stale}
+
+    def _inner_scope(self, scope: Scope, head: dict[str, Any], body: bytes, session: dict[str, Any]) -> Scope:
         path, _, query = head["path"].partition("?")
         headers = [(k, v) for k, v in scope["headers"] if k in _KEPT_OUTER]
         for name, value in head.get("headers", []):
@@ -134,18 +205,34 @@ class ParanoMiddleware:
         inner = {**scope, "path": path, "raw_path": path.encode(), "query_string": query.encode(), "headers": headers}
         if scope["type"] == "http":
             inner["method"] = str(head.get("method", "GET")).upper()
-        inner[SCOPE_PARANO] = {"sid": ticket.sid, "kx_id": ticket.kx_id.hex()}
+        seq = head.get("seq")
+        inner[SCOPE_PARANO] = {**session, "page": head.get("page"), "seq": seq if isinstance(seq, int) else None}
         return inner
+
+    def _new_credential(self, inner: Scope) -> str | None:
+        """The credential to hand the page: a new session, a rotated one, or a stale one renewed."""
+        parano, session = inner[SCOPE_PARANO], inner.get("session")
+        sid = session.sid if session is not None else parano["sid"]
+        return self.credentials.issue(sid) if parano["issue"] or sid != parano["sid"] else None
 
     async def http_channel(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            channel, ticket, head, body = await self._open(scope, await _read_body(receive, self.max_message), b"H")
+            channel, inner, body = await self._open(scope, await _read_body(receive, self.max_message), b"H")
         except ParanoError as exc:
-            await self._refused("an HTTP channel", exc)
-            await _error(exc)(scope, receive, send)
+            await self._clear_error("an HTTP channel", exc, scope, receive, send)
             return
+        except _Refused as refused:
+            await self._refused("an HTTP channel", refused.error)
+            await _sealed_response(refused.channel, _error_answer(refused.error))(scope, receive, send)
+            return
+        answer = await self._run_http(inner, body, receive)
+        await _sealed_response(channel, answer)(scope, receive, send)
+
+    async def _run_http(self, inner: Scope, body: bytes, receive: Receive) -> bytes:
+        """Run the inner request to its end; its answer's plaintext (§4.2), errors included."""
         start: Message = {}
         chunks: list[bytes] = []
+        size = 0
         sent_body = False
 
         async def inner_receive() -> Message:
@@ -153,53 +240,72 @@ class ParanoMiddleware:
             if not sent_body:
                 sent_body = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+            return await receive()  # the request is whole: what comes now is the client leaving
 
         async def inner_send(message: Message) -> None:
+            nonlocal size
             if message["type"] == "http.response.start":
+                if dict(message.get("headers", [])).get(b"content-type", b"").startswith(b"text/event-stream"):
+                    raise _Streaming
                 start.update(message)
             elif message["type"] == "http.response.body":
+                size += len(message.get("body", b""))
+                if size > MAX_ANSWER:
+                    raise ParanoError("malformed", f"the answer is larger than {MAX_ANSWER // 2**20} MiB")
                 chunks.append(message.get("body", b""))
 
-        await self.app(self._inner_scope(scope, ticket, head, body), inner_receive, inner_send)
+        try:
+            await self.app(inner, inner_receive, inner_send)
+        except _Streaming:
+            return _error_answer(ParanoError("malformed", f"{inner['path']} streams: open it on an SSE channel"))
+        except ParanoError as exc:
+            return _error_answer(exc, status=502)
+        except Exception:
+            logger.exception("parano: %s %s failed", inner["method"], inner["path"])
+            detail = traceback.format_exc() if self.debug else "Internal Server Error"
+            return _answer({"status": 500, "headers": [["content-type", "text/plain; charset=utf-8"]]}, detail.encode())
         headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in start.get("headers", []) if k.lower() != b"set-cookie"]
-        response_head = json.dumps({"status": start.get("status", 500), "headers": headers}).encode()
-        sealed = channel.seal(response_head + b"\n" + b"".join(chunks))
-        await Response(sealed, media_type="application/octet-stream", headers={**CORS, "Cache-Control": "no-store"})(scope, receive, send)
+        head: dict[str, Any] = {"status": start.get("status", 500), "headers": headers}
+        refusal = next((v for k, v in headers if k.lower() == ORDER_HEADER), None)
+        if refusal is not None:
+            head["error"] = {"code": refusal, "reason": "an event of this page arrived out of order"}
+        credential = self._new_credential(inner)
+        if credential:
+            head["session"] = credential
+        return _answer(head, b"".join(chunks))
 
     async def sse_channel(self, scope: Scope, receive: Receive, send: Send) -> None:
-        query = dict(HTTPConnection(scope).query_params)
         try:
-            try:
-                message = base64.urlsafe_b64decode(query.get("open", "") + "==")
-            except ValueError:
-                raise ParanoError("malformed", "open is not base64url") from None
-            channel, ticket, head, _ = await self._open(scope, message, b"S")
+            channel, inner, _ = await self._open(scope, await _read_body(receive, self.max_message), b"S")
         except ParanoError as exc:
-            await self._refused("an SSE channel", exc)
-            await _error(exc)(scope, receive, send)
+            await self._clear_error("an SSE channel", exc, scope, receive, send)
             return
-        head["method"] = "GET"
+        except _Refused as refused:
+            await self._refused("an SSE channel", refused.error)
+            stream = _EventStream(send)
+            await stream.start()
+            await stream.event(refused.channel.seal(_error_control(refused.error)))
+            await stream.end()
+            return
+        stream = _EventStream(send)
+        await stream.start()
+        await self._run_sse(channel, inner, receive, stream)
+
+    async def _run_sse(self, channel: Channel, inner: Scope, receive: Receive, stream: _EventStream) -> None:
+        await stream.event(channel.seal(control_plaintext({"accepted": True})))
         pending = bytearray()
-        started = False
 
         async def inner_send(message: Message) -> None:
-            nonlocal started
             if message["type"] == "http.response.start":
-                started = True
-                headers = {**CORS, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-                await send({"type": "http.response.start", "status": 200, "headers": _raw(headers, "text/event-stream")})
-                if message["status"] != 200:  # the stream's own error, told inside the channel
-                    error = json.dumps({"action": "error", "traceback": f"HTTP {message['status']}"})
-                    pending.extend(f"data: {error}\n\n".encode())
+                if message["status"] != 200:  # the stream's own refusal, told inside the channel
+                    refusal = ParanoError("malformed", f"the stream answered HTTP {message['status']}")
+                    await stream.event(channel.seal(_error_control(refusal)))
                 return
             pending.extend(message.get("body", b""))
             events, _, rest = bytes(pending).rpartition(b"\n\n")
             pending[:] = rest
-            out = b"".join(
-                b"data: " + base64.b64encode(channel.seal(_sse_data(event))) + b"\n\n" for event in events.split(b"\n\n") if events
-            )
-            await send({"type": "http.response.body", "body": out, "more_body": message.get("more_body", False)})
+            for event in events.split(b"\n\n") if events else []:
+                await stream.event(channel.seal(text_plaintext(_sse_data(event))))
 
         first = True
 
@@ -210,62 +316,166 @@ class ParanoMiddleware:
                 return {"type": "http.request", "body": b"", "more_body": False}
             return await receive()
 
-        await self.app(self._inner_scope(scope, ticket, head, b""), inner_receive, inner_send)
-        if not started:
-            await send({"type": "http.response.start", "status": 200, "headers": _raw(CORS, "text/event-stream")})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        try:
+            await self.app(inner, inner_receive, inner_send)
+        except Exception:
+            logger.exception("parano: the stream %s failed", inner["path"])
+            await stream.event(channel.seal(_error_control(ParanoError("malformed", "the stream failed"))))
+        await stream.end()
 
     async def ws_channel(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
         await send({"type": "websocket.accept"})
-        first = await receive()
         try:
+            try:
+                first = await asyncio.wait_for(receive(), OPEN_DEADLINE)
+            except asyncio.TimeoutError:
+                raise ParanoError("timeout", f"no channel open within {OPEN_DEADLINE:g}s") from None
             if first["type"] != "websocket.receive" or not first.get("bytes"):
                 raise ParanoError("malformed", "the first frame must open the channel")
             if len(first["bytes"]) > self.max_message:
                 raise ParanoError("malformed", "message too large")
-            channel, ticket, head, _ = await self._open(scope, first["bytes"], b"W")
+            channel, inner, _ = await self._open(scope, first["bytes"], b"W")
         except ParanoError as exc:
             await self._refused("a WebSocket channel", exc)
-            await send({"type": "websocket.close", "code": exc.ws_code, "reason": exc.reason[:120]})
+            await send({"type": "websocket.close", "code": exc.ws_code})
             return
-        state = {"connected": False, "closed": False}
-
-        async def inner_receive() -> Message:
-            if not state["connected"]:
-                state["connected"] = True
-                return {"type": "websocket.connect"}
-            message = await receive()
-            if message["type"] != "websocket.receive":
-                return message
-            try:
-                if len(message.get("bytes") or b"") > self.max_message:
-                    raise ParanoError("malformed", "message too large")
-                text = channel.open(data_box(message.get("bytes") or b"")).decode()
-            except (ParanoError, UnicodeDecodeError) as exc:
-                error = exc if isinstance(exc, ParanoError) else ParanoError("malformed", "not UTF-8 text")
-                await self._refused("a WebSocket message", error)
-                await inner_send({"type": "websocket.close", "code": error.ws_code, "reason": error.reason[:120]})
-                return {"type": "websocket.disconnect", "code": error.ws_code}
-            return {"type": "websocket.receive", "text": text}
-
-        async def inner_send(message: Message) -> None:
-            if state["closed"] or message["type"] == "websocket.accept":
-                return
-            if message["type"] == "websocket.send":
-                data = message["text"].encode() if message.get("text") is not None else message.get("bytes", b"")
-                await send({"type": "websocket.send", "bytes": channel.seal(data)})
-            elif message["type"] == "websocket.close":
-                state["closed"] = True
-                await send(message)
-            else:  # websocket.http.response.*: the inner app refused before accepting
-                state["closed"] = True
-                await send({"type": "websocket.close", "code": 4403, "reason": "refused"})
-
-        await self.app(self._inner_scope(scope, ticket, head, b""), inner_receive, inner_send)
-        if not state["closed"]:
+        except _Refused as refused:
+            await self._refused("a WebSocket channel", refused.error)
+            await send({"type": "websocket.send", "bytes": refused.channel.seal(_error_control(refused.error))})
             await send({"type": "websocket.close", "code": 1000})
+            return
+        await _SealedWebSocket(self, channel, inner, receive, send).run()
+
+
+class _SealedWebSocket:
+    """One WebSocket channel: the inner app's messages sealed out, the page's opened in."""
+
+    def __init__(self, layer: ParanoMiddleware, channel: Channel, inner: Scope, receive: Receive, send: Send) -> None:
+        self.layer = layer
+        self.channel = channel
+        self.inner = inner
+        self.outer_receive = receive
+        self.outer_send = send
+        self.connected = False
+        self.closed = False
+        self.sid = inner[SCOPE_PARANO]["sid"]
+
+    async def run(self) -> None:
+        await self._seal(control_plaintext({"accepted": True}))
+        try:
+            await self.layer.app(self.inner, self.receive, self.send)
+        except Exception:
+            logger.exception("parano: the WebSocket %s failed", self.inner["path"])
+            await self.send({"type": "websocket.close", "code": 1011, "reason": "the application failed"})
+        if not self.closed:
+            await self.outer_send({"type": "websocket.close", "code": 1000})
+
+    async def _seal(self, plaintext: bytes) -> None:
+        await self.outer_send({"type": "websocket.send", "bytes": self.channel.seal(plaintext)})
+
+    async def receive(self) -> Message:
+        if not self.connected:
+            self.connected = True
+            return {"type": "websocket.connect"}
+        message = await self.outer_receive()
+        if message["type"] != "websocket.receive":
+            return message
+        try:
+            data = message.get("bytes") or b""
+            if len(data) > self.layer.max_message:
+                raise ParanoError("malformed", "message too large")
+            plaintext = self.channel.open(data_box(data))
+            if len(plaintext) < 9 or plaintext[0] != TEXT:
+                raise ParanoError("malformed", "not a text message")
+            seq, text = int.from_bytes(plaintext[1:9], "big"), plaintext[9:].decode()
+        except (ParanoError, UnicodeDecodeError) as exc:
+            error = exc if isinstance(exc, ParanoError) else ParanoError("malformed", "not UTF-8 text")
+            await self.layer._refused("a WebSocket message", error)
+            if not self.closed:
+                self.closed = True
+                await self._seal(_error_control(error))
+                await self.outer_send({"type": "websocket.close", "code": 1000})
+            return {"type": "websocket.disconnect", "code": 1000}
+        return {"type": "websocket.receive", "text": text, "htagweb.seq": seq}
+
+    async def send(self, message: Message) -> None:
+        if self.closed or message["type"] == "websocket.accept":
+            return
+        if message["type"] == "websocket.send":
+            data = message["text"].encode() if message.get("text") is not None else message.get("bytes", b"")
+            await self._seal(text_plaintext(data))
+            session = self.inner.get("session")
+            if session is not None and session.sid != self.sid:  # rotated: the page needs the new credential
+                self.sid = session.sid
+                await self._seal(control_plaintext({"session": self.layer.credentials.issue(session.sid)}))
+            return
+        # a close, or a refusal before accepting (websocket.http.response.*): said sealed, then a plain close
+        self.closed = True
+        if message["type"] == "websocket.close":
+            control = {"close": message.get("code", 1000), "reason": message.get("reason") or ""}
+        else:
+            control = {"close": 4403, "reason": "the application refused this WebSocket"}
+        await self._seal(control_plaintext(control))
+        await self.outer_send({"type": "websocket.close", "code": 1000})
+
+
+class _EventStream:
+    """The outer answer of an SSE channel: sealed messages as SSE events, base64."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+
+    async def start(self) -> None:
+        headers = [(b"content-type", b"text/event-stream")] + [
+            (k.lower().encode(), v.encode()) for k, v in {**SEALED, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}.items()
+        ]
+        await self.send({"type": "http.response.start", "status": 200, "headers": headers})
+
+    async def event(self, message: bytes) -> None:
+        await self.send({"type": "http.response.body", "body": b"data: " + base64.b64encode(message) + b"\n\n", "more_body": True})
+
+    async def end(self) -> None:
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _request_head(head_bytes: bytes) -> dict[str, Any]:
+    try:
+        head = json.loads(head_bytes)
+        if not (
+            isinstance(head, dict)
+            and isinstance(head.get("path"), str)
+            and head["path"].startswith("/")
+            and isinstance(head.get("headers", []), list)
+            and isinstance(head.get("session", ""), str)
+            and isinstance(head.get("page", ""), str)
+        ):
+            raise ValueError
+    except ValueError:
+        raise ParanoError("malformed", "bad request head") from None
+    return head
+
+
+def _answer(head: dict[str, Any], body: bytes) -> bytes:
+    return json.dumps(head, separators=(",", ":")).encode() + b"\n" + body
+
+
+def _error_answer(error: ParanoError, status: int | None = None) -> bytes:
+    head = {
+        "status": status or error.http_status,
+        "headers": [["content-type", "text/plain; charset=utf-8"]],
+        "error": {"code": error.code, "reason": error.reason},
+    }
+    return _answer(head, error.reason.encode())
+
+
+def _error_control(error: ParanoError) -> bytes:
+    return control_plaintext({"error": {"code": error.code, "reason": error.reason}})
+
+
+def _sealed_response(channel: Channel, answer: bytes) -> Response:
+    return Response(channel.seal(answer), media_type="application/octet-stream", headers=SEALED)
 
 
 def _sse_data(event: bytes) -> bytes:
@@ -274,8 +484,8 @@ def _sse_data(event: bytes) -> bytes:
     return b"\n".join(lines)
 
 
-def _raw(headers: dict[str, str], media_type: str) -> list[tuple[bytes, bytes]]:
-    return [(b"content-type", media_type.encode())] + [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+def _now() -> float:
+    return time.time()
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:
@@ -287,3 +497,4 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
             raise ParanoError("malformed", "message too large")
         if not message.get("more_body"):
             return bytes(body)
+

@@ -68,12 +68,13 @@ class WebServer(Starlette):
                 signer=signer,
                 https_only=config.https_only,
                 trust_proxy_headers=config.trust_proxy_headers,
+                parano=config.parano,
             )
         ]
         self.identity: IdentityKey | None = None
         if config.parano:  # imported only here: every user process is forked from this memory, the smaller the faster
             from .cipher import IdentityKey, TicketSealer
-            from .parano import ParanoMiddleware
+            from .parano import Credentials, ParanoMiddleware
 
             identity_path = config.parano_identity or os.environ.get(IDENTITY_ENV) or self.runtime.identity_path
             self.identity = IdentityKey.load_or_create(Path(identity_path))
@@ -81,10 +82,11 @@ class WebServer(Starlette):
                 ParanoMiddleware,
                 identity=self.identity,
                 sealer=TicketSealer(self.runtime.secrets),
+                credentials=Credentials(self.runtime.secrets, self.store.max_age),
                 store=self.store,
-                signer=signer,
                 ticket_lifetime=config.parano_ticket_lifetime,
                 max_body_size=config.max_body_size,
+                debug=config.debug,
                 on_rejection=partial(self.client.count, "parano_rejections"),
             )
             layers.insert(0, paranoid)

@@ -107,6 +107,23 @@ class Session(MutableMapping[str, Any]):
         self.version = version
 
 
+class PlaintextSession(Session):
+    """``request.session`` of a request that reached a parano server in clear: no
+    session at all (crypto/PROTOCOL.md §5). Reading finds nothing; writing raises,
+    so that a route never believes it stored something."""
+
+    def __init__(self) -> None:
+        super().__init__("")
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        raise RuntimeError(
+            "parano mode: this request came in clear, not through the encrypted channel, so it has no session. "
+            "Call this route from the page (fetch), where it runs inside the channel with the user's session."
+        )
+
+    __delitem__ = __setitem__  # type: ignore[assignment]
+
+
 async def save(store: SessionStore, session: Session) -> None:
     changed, deleted = session.changes()
     if changed or deleted:
@@ -129,8 +146,11 @@ class SessionMiddleware:
         *,
         https_only: bool = False,
         trust_proxy_headers: bool = False,
+        parano: bool = False,
     ) -> None:
         self.app = app
+        #: a parano server names sessions only inside its channels: no cookie is read or set
+        self.parano = parano
         self.store = store
         self.signer = signer
         self.https_only = https_only
@@ -142,8 +162,15 @@ class SessionMiddleware:
             return
         connection = HTTPConnection(scope)
         parano = scope.get(SCOPE_PARANO)
-        sid = parano["sid"] if parano else cookie_session_id(self.signer, connection)
-        is_new = sid is None
+        if self.parano and parano is None:
+            scope["session"], scope[SCOPE_NEW] = PlaintextSession(), True
+            await self.app(scope, receive, send)
+            return
+        if parano:
+            sid, is_new = parano["sid"], parano["new"]
+        else:
+            sid = cookie_session_id(self.signer, connection)
+            is_new = sid is None
         if sid is None:
             sid = secrets.token_urlsafe(24)
         generation = self.store.generation()  # read first: a write meanwhile changes it
@@ -156,7 +183,7 @@ class SessionMiddleware:
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 await save(self.store, session)
-                if is_new:
+                if is_new and not self.parano:
                     headers = MutableHeaders(scope=message)
                     headers.append("Set-Cookie", self._cookie(sid, connection))
             elif message["type"] == "websocket.close":

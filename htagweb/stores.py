@@ -32,6 +32,8 @@ class SessionStore(ABC):
     processes never see the store, only their own session's data."""
 
     max_age: float = 14 * 24 * 3600
+    #: seconds between two purges of expired claims (parano mode claims one per channel)
+    purge_interval: float = 600.0
 
     @abstractmethod
     async def load(self, sid: str) -> tuple[int, Items]:
@@ -68,6 +70,7 @@ class MemoryStore(SessionStore):
         self._sessions: dict[str, tuple[int, Items]] = {}
         self._claims: dict[tuple[str, str], float] = {}
         self._generation = 0
+        self._purged = 0.0
 
     def generation(self) -> int:
         return self._generation
@@ -90,9 +93,11 @@ class MemoryStore(SessionStore):
 
     async def claim(self, sid: str, token: str, expires: float) -> bool:
         now = time.time()
+        if now - self._purged >= self.purge_interval:
+            self._claims = {k: v for k, v in self._claims.items() if v > now}
+            self._purged = now
         if self._claims.get((sid, token), 0) > now:
             return False
-        self._claims = {k: v for k, v in self._claims.items() if v > now} if len(self._claims) > 10000 else self._claims
         self._claims[(sid, token)] = expires
         return True
 
@@ -118,6 +123,7 @@ class SQLiteStore(SessionStore):
             self.max_age = max_age
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
+        self._purged = time.time()  # the connection purges when it opens
         self._executor: ThreadPoolExecutor | None = None
         self._generation: mmap.mmap | None = None
         self._generation_pid = 0
@@ -211,6 +217,9 @@ class SQLiteStore(SessionStore):
         conn = self.conn
         now = time.time()
         with conn:
+            if now - self._purged >= self.purge_interval:
+                conn.execute("DELETE FROM claims WHERE expires < ?", (now,))
+                self._purged = now
             conn.execute("DELETE FROM claims WHERE sid=? AND token=? AND expires < ?", (sid, token, now))
             inserted = conn.execute("INSERT OR IGNORE INTO claims (sid, token, expires) VALUES (?, ?, ?)", (sid, token, expires)).rowcount
         return inserted == 1

@@ -1,5 +1,5 @@
-"""A protocol-level parano client (crypto/PROTOCOL.md) built on htagweb.cipher's
-primitives, for tests that must craft, replay or corrupt messages."""
+"""A protocol-level parano client (crypto/PROTOCOL.md, version 2) built on
+htagweb.cipher's primitives, for tests that must craft, replay or corrupt messages."""
 
 from __future__ import annotations
 
@@ -26,9 +26,10 @@ from htagweb import cipher
 class ClientChannel:
     kind: bytes
     ticket: bytes
-    kc: bytes | AESGCM
-    ks: bytes | AESGCM
+    k_s2c: bytes
+    kc: AESGCM
     channel_id: bytes = field(default_factory=lambda: os.urandom(16))
+    ks: AESGCM | None = None
     sent: int = 0
     received: int = 0
 
@@ -38,25 +39,40 @@ class ClientChannel:
         return box
 
     def open_message(self, plaintext: bytes) -> bytes:
-        return (
-            bytes([1, cipher.OPEN]) + self.kind + self.channel_id + struct.pack(">H", len(self.ticket)) + self.ticket + self.seal(plaintext)
-        )
+        return cipher.OpenMessage(self.kind, self.channel_id, self.ticket, self.seal(plaintext)).encode()
 
     def data(self, plaintext: bytes) -> bytes:
         return cipher.data_message(self.seal(plaintext))
 
     def open(self, message: bytes) -> bytes:
-        plaintext = cipher.open_box(self.ks, self.kind, cipher.S2C, self.channel_id, self.received, cipher.data_box(message))
+        """The plaintext of the server's next message: the first is an Accept, which brings the server's key."""
+        if self.ks is None:
+            server_nonce, box = cipher.accept_box(message)
+            self.ks = AESGCM(cipher.server_key(self.k_s2c, self.channel_id, server_nonce, self.kind))
+        else:
+            box = cipher.data_box(message)
+        plaintext = cipher.open_box(self.ks, self.kind, cipher.S2C, self.channel_id, self.received, box)
         self.received += 1
         return plaintext
 
 
-def head(method: str, path: str, headers: list[list[str]] | None = None, body: bytes = b"") -> bytes:
-    return json.dumps({"method": method, "path": path, "headers": headers or []}).encode() + b"\n" + body
+def head(method: str, path: str, headers: list[list[str]] | None = None, body: bytes = b"", **fields: Any) -> bytes:
+    return json.dumps({"method": method, "path": path, "headers": headers or [], **fields}).encode() + b"\n" + body
+
+
+def control(plaintext: bytes) -> dict[str, Any]:
+    assert plaintext[0] == cipher.CONTROL, plaintext
+    return json.loads(plaintext[1:])
+
+
+def text(plaintext: bytes) -> str:
+    assert plaintext[0] == cipher.TEXT, plaintext
+    return plaintext[1:].decode()
 
 
 class ParanoUser:
-    """One browser speaking the protocol: cookie jar, ticket, session keys."""
+    """One browser page speaking the protocol: ticket, session keys, session credential,
+    page id and event numbers."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -64,6 +80,10 @@ class ParanoUser:
         self.ticket = b""
         self.k_c2s = self.k_s2c = b""
         self.csrf = ""
+        self.credential: str | None = None
+        self.page_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        self.events = 0
+        self.last_hello = b""
 
     async def __aenter__(self) -> ParanoUser:
         return self
@@ -71,44 +91,117 @@ class ParanoUser:
     async def __aexit__(self, *exc: Any) -> None:
         await self.http.aclose()
 
+    async def start(self, path: str = "/") -> None:
+        """As a browser: the bootstrap page, then a key exchange."""
+        await self.http.get(path)
+        await self.key_exchange()
+
+    async def connect(self, path: str = "/") -> str:
+        """``start``, then the app's page through a channel."""
+        await self.start(path)
+        return await self.page(path)
+
+    @staticmethod
+    def hello(public_point: bytes, origin: str) -> bytes:
+        return bytes([cipher.VERSION, cipher.HELLO]) + public_point + origin.encode()
+
     async def key_exchange(self) -> None:
         identity = ECC.import_key(base64.b64decode((await self.http.get("/_htagweb/identity")).json()["public_key"]))
         key = ECC.generate(curve="P-256")
-        hello = bytes([1, cipher.HELLO]) + key.public_key().export_key(format="SEC1", compress=False) + self.url.encode()
-        answer = (await self.http.post("/_htagweb/kx", content=hello)).content
-        server_pub, expires, signature, self.ticket = answer[2:67], answer[67:75], answer[75:139], answer[139:]
+        hello = self.last_hello = self.hello(key.public_key().export_key(format="SEC1", compress=False), self.url)
+        answer = await self.http.post("/_htagweb/kx", content=hello)
+        assert answer.status_code == 200, answer.text
+        content = answer.content
+        server_pub, expires, signature, self.ticket = content[2:67], content[67:75], content[75:139], content[139:]
         th = cipher.transcript_hash(hello, server_pub, struct.unpack(">Q", expires)[0])
         DSS.new(identity, "fips-186-3", encoding="binary").verify(SHA256.new(cipher.LABEL + b" signature" + th), signature)
         z = key_agreement(eph_priv=key, eph_pub=ECC.import_key(server_pub, curve_name="P-256"), kdf=lambda x: x)
         self.k_c2s, self.k_s2c = cipher.session_keys(z, th)
 
     def channel(self, kind: bytes) -> ClientChannel:
-        channel = ClientChannel(kind, self.ticket, b"", b"")
-        channel.kc = AESGCM(cipher.channel_key(self.k_c2s, channel.channel_id, kind))
-        channel.ks = AESGCM(cipher.channel_key(self.k_s2c, channel.channel_id, kind))
+        channel = ClientChannel(kind, self.ticket, self.k_s2c, AESGCM(b"\0" * 32))
+        channel.kc = AESGCM(cipher.client_key(self.k_c2s, channel.channel_id, kind))
         return channel
+
+    def head(self, method: str, path: str, headers: list[list[str]] | None = None, body: bytes = b"") -> bytes:
+        """A request head as the page writes it: credential, page id, and an event number for htag's event POSTs."""
+        fields: dict[str, Any] = {"page": self.page_id}
+        if self.credential:
+            fields["session"] = self.credential
+        if method == "POST" and path.split("?")[0].endswith("/event"):
+            self.events += 1
+            fields["seq"] = self.events
+        return head(method, path, headers, body, **fields)
+
+    def prepare(self, method: str, path: str, headers: list[list[str]] | None = None, body: bytes = b"") -> tuple[ClientChannel, bytes]:
+        """An HTTP channel's open message, to send now, later, twice or out of order."""
+        channel = self.channel(b"H")
+        return channel, channel.open_message(self.head(method, path, headers, body))
+
+    def plaintext(self, channel: ClientChannel, response: httpx.Response) -> bytes:
+        assert response.status_code == 200, response.text
+        return channel.open(response.content)
+
+    def answer(self, channel: ClientChannel, response: httpx.Response) -> tuple[int, bytes]:
+        response_head, _, response_body = self.plaintext(channel, response).partition(b"\n")
+        decoded = json.loads(response_head)
+        if decoded.get("session"):
+            self.credential = decoded["session"]
+        return decoded["status"], response_body
+
+    def answer_head(self, channel: ClientChannel, response: httpx.Response) -> dict[str, Any]:
+        return json.loads(self.plaintext(channel, response).partition(b"\n")[0])
+
+    @staticmethod
+    def ciphertext(answer: bytes) -> bytes:
+        """The AES-GCM ciphertext of a sealed HTTP answer, as the public format places it."""
+        return answer[2 + cipher.NONCE_SIZE + 8 : -16]
 
     async def send_http(self, message: bytes) -> httpx.Response:
         return await self.http.post("/_htagweb/p/http", content=message)
 
     async def request(self, method: str, path: str, headers: list[list[str]] | None = None, body: bytes = b"") -> tuple[int, bytes]:
-        channel = self.channel(b"H")
-        response = await self.send_http(channel.open_message(head(method, path, headers, body)))
-        assert response.status_code == 200, response.text
-        response_head, _, response_body = channel.open(response.content).partition(b"\n")
-        return json.loads(response_head)["status"], response_body
+        channel, message = self.prepare(method, path, headers, body)
+        return self.answer(channel, await self.send_http(message))
 
     async def page(self, path: str = "/") -> str:
         status, body = await self.request("GET", path)
-        text = body.decode()
-        if 'HTAG_CSRF = "' in text:
-            self.csrf = text.split('HTAG_CSRF = "')[1].split('"')[0]
-        return text
+        page = body.decode()
+        if 'HTAG_CSRF = "' in page:
+            self.csrf = page.split('HTAG_CSRF = "')[1].split('"')[0]
+        return page
+
+    async def reload(self, path: str = "/") -> str:
+        """A new page, as after F5: a new page id whose events count from 1."""
+        self.page_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        self.events = 0
+        return await self.page(path)
+
+    async def open_stream(self, path: str) -> dict[str, Any]:
+        """Open an SSE channel to ``path`` (a POST read as a stream); its first, sealed, message."""
+        channel = self.channel(b"S")
+        message = channel.open_message(self.head("GET", path))
+        async with self.http.stream("POST", "/_htagweb/p/sse", content=message) as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    return control(channel.open(base64.b64decode(line[6:])))
+        raise AssertionError("the stream ended without a message")
 
     def websocket(self) -> Any:
-        ws_url = self.url.replace("http://", "ws://") + "/_htagweb/p/ws"
-        cookie = "; ".join(f"{k}={v}" for k, v in self.http.cookies.items())
-        return websockets.connect(ws_url, additional_headers={"Cookie": cookie} if cookie else {})
+        return websockets.connect(self.url.replace("http://", "ws://") + "/_htagweb/p/ws")
+
+    async def open_websocket(self, ws: Any, path: str = "/ws") -> ClientChannel:
+        """Open a W channel on ``ws``; the channel, once the server accepted it."""
+        channel = self.channel(b"W")
+        await ws.send(channel.open_message(self.head("GET", path)))
+        assert control(channel.open(await ws.recv())) == {"accepted": True}
+        return channel
+
+    def event_frame(self, channel: ClientChannel, message: bytes) -> bytes:
+        """A WebSocket text message carrying the page's next event number."""
+        self.events += 1
+        return channel.data(cipher.text_plaintext(message, self.events))
 
 
 def click_message(tag_id: str, callback_id: str = "cb") -> bytes:

@@ -1,5 +1,7 @@
 """A TCP relay on loopback that records every byte both ways, as a proxy on the path
-would, and reads them as such a proxy can: WebSocket frames unmasked and inflated."""
+would, and reads them as such a proxy can: HTTP heads, WebSocket frames unmasked and
+inflated. It can also act as an active attacker on the path: answer a request in the
+server's place, or close a WebSocket in the server's name."""
 
 from __future__ import annotations
 
@@ -7,6 +9,43 @@ import socket
 import struct
 import threading
 import zlib
+from dataclasses import dataclass, field
+
+
+@dataclass
+class HttpHead:
+    """The start line and headers of one HTTP/1.1 message (names in lower case)."""
+
+    line: str
+    headers: list[tuple[str, str]]
+
+    def values(self, name: str) -> list[str]:
+        return [value for key, value in self.headers if key == name]
+
+
+@dataclass
+class Forgery:
+    """A request the relay lets reach the server while it answers the browser itself."""
+
+    prefix: bytes  # the first request that starts so is taken
+    answer: bytes  # what the browser gets instead of the server's answer
+    real_answer: bytes = b""  # what the server answered, which the browser never sees
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class Link:
+    """One connection of the browser and its counterpart to the server."""
+
+    def __init__(self, client: socket.socket, upstream: socket.socket, first: bytes) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.up = bytearray()  # what the browser sent
+        self.down = bytearray()  # what the browser received
+        # Chromium opens a connection of its own for each WebSocket: its first request says so
+        self.websocket = b"upgrade: websocket" in first.partition(b"\r\n\r\n")[0].lower()
+        self.framed = False  # toward the browser, only whole WebSocket frames are sent from now on
+        self.silenced = False  # the relay closed the WebSocket in the server's name: the server's frames go no further
+        self.writing = threading.Lock()  # one writer at a time toward the browser
 
 
 class RecordingRelay:
@@ -16,12 +55,20 @@ class RecordingRelay:
         self.tamper_prefix = tamper_prefix  # on the first connection so opened, the client's second WebSocket frame is altered
         self.recorded = bytearray()
         self.streams: list[tuple[bytearray, bytearray]] = []  # (client to server, server to client) per connection
+        self.links: list[Link] = []
+        self.forgeries: list[Forgery] = []
         self.lock = threading.Lock()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.closing = False
         self.sockets: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def __enter__(self) -> RecordingRelay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _accept(self) -> None:
         while not self.closing:
@@ -44,14 +91,23 @@ class RecordingRelay:
         tamper = bool(self.tamper_prefix) and first.startswith(self.tamper_prefix)
         if tamper:
             self.tamper_prefix = b""
-        stream = (bytearray(first), bytearray())
+        link = Link(client, upstream, first)
         with self.lock:
             self.sockets += [client, upstream]
-            self.recorded += first
-            self.streams.append(stream)
-        upstream.sendall(first)
-        threading.Thread(target=self._pump, args=(upstream, client, stream[1]), daemon=True).start()
-        self._pump(client, upstream, stream[0], tamper_frame=2 if tamper else 0)
+            self.streams.append((link.up, link.down))
+            self.links.append(link)
+        threading.Thread(target=self._pump_down, args=(link,), daemon=True).start()
+        if link.websocket:
+            self._record(link.up, first)
+            upstream.sendall(first)
+            self._pump(client, upstream, link.up, tamper_frame=2 if tamper else 0)
+        else:
+            self._pump_requests(link, first)
+
+    def _record(self, record: bytearray, data: bytes) -> None:
+        with self.lock:
+            self.recorded += data
+            record += data
 
     def _pump(self, source: socket.socket, sink: socket.socket, record: bytearray, tamper_frame: int = 0) -> None:
         """Forward and record; with ``tamper_frame``, flip the last byte of that WebSocket
@@ -72,18 +128,132 @@ class RecordingRelay:
                         data, pending = data + bytes(pending), bytearray()
                     if not data:
                         continue
-                with self.lock:
-                    self.recorded += data
-                    record += data
+                self._record(record, data)
                 sink.sendall(data)
         except OSError:
             pass
         finally:
-            for sock in (source, sink):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            _shutdown(source, sink)
+
+    def _pump_requests(self, link: Link, first: bytes) -> None:
+        """Browser to server on a plain HTTP connection: record as it comes, forward
+        request by request, so that one of them can be taken by a forgery."""
+        pending, data = bytearray(), first
+        try:
+            while data:
+                self._record(link.up, data)
+                pending += data
+                while message := http_message(pending, 0):
+                    request, pending[: message[1]] = bytes(pending[: message[1]]), b""
+                    forgery = self._take_forgery(request)
+                    if forgery:
+                        self._answer_instead(link, request, forgery)
+                    else:
+                        link.upstream.sendall(request)
+                data = link.client.recv(65536)
+        except OSError:
+            pass
+        finally:
+            _shutdown(link.client, link.upstream)
+
+    def _pump_down(self, link: Link) -> None:
+        """Server to browser; on a WebSocket, once the handshake is through, whole frames
+        only, so that a frame of the relay's own can go between two of them."""
+        pending = bytearray()
+        try:
+            while data := link.upstream.recv(65536):
+                if link.websocket:
+                    pending += data
+                    data = b""
+                    if not link.framed:
+                        head = http_message(pending, 0)
+                        if head is None:
+                            continue
+                        data, pending[: head[1]] = bytes(pending[: head[1]]), b""
+                        if not head[0].line.startswith("HTTP/1.1 101"):  # refused: what follows is not frames
+                            link.websocket = False
+                            data, pending = data + bytes(pending), bytearray()
+                    while link.websocket and (size := frame_size(pending)):
+                        data, pending[:size] = data + bytes(pending[:size]), b""
+                    if not data:
+                        continue
+                self._to_client(link, data, framed=link.websocket)
+            if pending:  # the server cut a frame short: the browser gets what there is
+                self._to_client(link, bytes(pending))
+        except OSError:
+            pass
+        finally:
+            _shutdown(link.upstream, link.client)
+
+    def _to_client(self, link: Link, data: bytes, framed: bool = False) -> None:
+        with link.writing:
+            if link.silenced:
+                return
+            self._record(link.down, data)
+            link.client.sendall(data)
+            link.framed = framed
+
+    # --- the active attacker ---------------------------------------------------------
+
+    def forge_answer(self, prefix: bytes, answer: bytes) -> Forgery:
+        """The next request that starts with ``prefix`` reaches the server on a connection
+        of the relay's own; the server's answer is kept, and the browser gets ``answer``."""
+        forgery = Forgery(prefix, answer)
+        with self.lock:
+            self.forgeries.append(forgery)
+        return forgery
+
+    def _take_forgery(self, request: bytes) -> Forgery | None:
+        with self.lock:
+            forgery = next((f for f in self.forgeries if request.startswith(f.prefix)), None)
+            if forgery:
+                self.forgeries.remove(forgery)
+        return forgery
+
+    def _answer_instead(self, link: Link, request: bytes, forgery: Forgery) -> None:
+        side = socket.create_connection(("127.0.0.1", self.target_port))
+        with self.lock:
+            self.sockets.append(side)
+        answer = bytearray()
+        try:
+            side.sendall(request)
+            while not http_message(answer, 0) and (data := side.recv(65536)):
+                answer += data
+        finally:
+            side.close()
+        forgery.real_answer = bytes(answer)
+        self._to_client(link, forgery.answer)
+        forgery.done.set()
+
+    def close_websocket(self, prefix: bytes, code: int, reason: str) -> None:
+        """Send the browser a close frame as if from the server, on the last WebSocket
+        opened by a request starting with ``prefix`` (its handshake must be through).
+        What the server sends after it is dropped (its own close above all, which the
+        browser would take for a protocol error); its end of the connection still is passed on."""
+        with self.lock:
+            link = next(each for each in reversed(self.links) if each.websocket and each.up.startswith(prefix))
+        payload = struct.pack(">H", code) + reason.encode()
+        assert len(payload) <= 125, "a control frame carries at most 125 bytes"
+        with link.writing:
+            assert link.framed, "the WebSocket handshake is not through yet"
+            frame = bytes([0x88, len(payload)]) + payload  # FIN + close, unmasked as from a server
+            self._record(link.down, frame)
+            link.client.sendall(frame)
+            link.silenced = True
+
+    # --- what the observer reads ---------------------------------------------------
+
+    def sent_heads(self) -> list[HttpHead]:
+        """The heads of the HTTP requests the browser sent, in the order of its connections."""
+        return [head for up, _ in self._stream_copies() for head in http_heads(up)]
+
+    def received_heads(self) -> list[HttpHead]:
+        """The heads of the HTTP responses the browser received."""
+        return [head for _, down in self._stream_copies() for head in http_heads(down)]
+
+    def _stream_copies(self) -> list[tuple[bytes, bytes]]:
+        with self.lock:
+            return [(bytes(up), bytes(down)) for up, down in self.streams]
 
     def bytes(self) -> bytes:
         with self.lock:
@@ -113,6 +283,58 @@ class RecordingRelay:
                     sock.close()
                 except OSError:
                     pass
+
+
+def _shutdown(*sockets: socket.socket) -> None:
+    for sock in sockets:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def parse_head(data: bytes | bytearray, at: int) -> tuple[HttpHead, int] | None:
+    """The head of the HTTP/1.1 message at ``data[at:]`` and where its body starts, None if incomplete."""
+    end = data.find(b"\r\n\r\n", at)
+    if end < 0:
+        return None
+    line, *fields = bytes(data[at:end]).decode("latin-1").split("\r\n")
+    return HttpHead(line, [(name.strip().lower(), value.strip()) for name, _, value in (f.partition(":") for f in fields)]), end + 4
+
+
+def http_message(data: bytes | bytearray, at: int) -> tuple[HttpHead, int] | None:
+    """The head of the complete HTTP/1.1 message at ``data[at:]`` and where it ends, None if
+    incomplete. Bodies by Content-Length or chunked (no trailers); a 101, 204 or 304 has none."""
+    parsed = parse_head(data, at)
+    if parsed is None:
+        return None
+    head, at = parsed
+    if head.line.startswith(("HTTP/1.1 101", "HTTP/1.1 204", "HTTP/1.1 304")):
+        return head, at
+    if "chunked" in ",".join(head.values("transfer-encoding")).lower():
+        while (line_end := data.find(b"\r\n", at)) >= 0:
+            size = int(bytes(data[at:line_end]).split(b";")[0], 16)
+            at = line_end + 2 + size + 2
+            if at > len(data):
+                return None
+            if size == 0:
+                return head, at
+        return None
+    at += int((head.values("content-length") or ["0"])[0])
+    return (head, at) if at <= len(data) else None
+
+
+def http_heads(stream: bytes) -> list[HttpHead]:
+    """The heads of the HTTP messages in a recorded stream, the one in progress (an SSE
+    answer) included; after a WebSocket handshake come frames, not messages."""
+    heads, at = [], 0
+    while parsed := parse_head(stream, at):
+        heads.append(parsed[0])
+        message = http_message(stream, at)
+        if message is None or parsed[0].line.startswith("HTTP/1.1 101") or parsed[0].values("upgrade"):
+            break
+        at = message[1]
+    return heads
 
 
 def frame_size(data: bytes | bytearray) -> int:

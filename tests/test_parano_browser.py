@@ -190,8 +190,8 @@ def test_vectors_in_the_browser(server, browser):
             check("k_s2c", hex(keys.s2cRaw), KX.k_s2c);
             for (const ch of V.channels) {
                 const id = h(ch.channel_id);
-                const kc = await I.channelKey(keys.c2s, id, ch.kind, "encrypt", true);
-                const ks = await I.channelKey(keys.s2c, id, ch.kind, "decrypt", true);
+                const kc = await I.clientKey(keys.c2s, id, ch.kind, true);
+                const ks = await I.serverKey(keys.s2c, id, h(ch.server_nonce), ch.kind, true);
                 check(ch.kind + " kc", hex(await subtle.exportKey("raw", kc)), ch.kc);
                 check(ch.kind + " ks", hex(await subtle.exportKey("raw", ks)), ch.ks);
                 for (const item of ch.c2s) {

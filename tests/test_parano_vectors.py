@@ -39,7 +39,6 @@ def test_key_exchange_reproduced_by_htagweb():
         cipher.ClientHello.parse(h(KX["client_hello"])),
         identity,
         sealer,
-        KX["sid"],
         KX["lifetime"],
         now=KX["now"],
         server_key=ECC.import_key(h(KX["server_private_pkcs8"])),
@@ -48,8 +47,8 @@ def test_key_exchange_reproduced_by_htagweb():
     )
     assert server_hello.hex() == KX["server_hello"]
     assert (ticket.k_c2s.hex(), ticket.k_s2c.hex()) == (KX["k_c2s"], KX["k_s2c"])
-    opened = sealer.open(h(KX["ticket"]), now=KX["now"])
-    assert opened == ticket
+    opened = sealer.open(h(KX["ticket"]))
+    assert opened == ticket and not opened.expired(now=KX["now"]) and opened.expired(now=KX["expires"])
 
 
 def test_key_exchange_recomputed_independently():
@@ -57,7 +56,7 @@ def test_key_exchange_recomputed_independently():
     server_pub = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), h(KX["server_pub"]))
     client_pub = client.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
     assert client_pub.hex() == KX["client_pub"]
-    assert h(KX["client_hello"]) == bytes([1, 1]) + client_pub + KX["origin"].encode()
+    assert h(KX["client_hello"]) == bytes([2, 1]) + client_pub + KX["origin"].encode()
     z = client.exchange(ec.ECDH(), server_pub)
     assert z.hex() == KX["shared_secret"]
     th = hashlib.sha256(LABEL + h(KX["client_hello"]) + h(KX["server_pub"]) + struct.pack(">Q", KX["expires"])).digest()
@@ -72,23 +71,23 @@ def test_key_exchange_recomputed_independently():
         ec.ECDSA(hashes.SHA256()),
     )
     hello = h(KX["server_hello"])
-    assert hello[:2] == b"\x01\x02" and hello[2:67] == h(KX["server_pub"]) and hello[67:75] == struct.pack(">Q", KX["expires"])
+    assert hello[:2] == b"\x02\x02" and hello[2:67] == h(KX["server_pub"]) and hello[67:75] == struct.pack(">Q", KX["expires"])
     assert hello[75:139] == sig and hello[139:] == h(KX["ticket"])
     ticket_key = independent_hkdf(h(V["ticket_secret"]), b"", LABEL + b" ticket")
     ticket = h(KX["ticket"])
     assert ticket[:4] == hashlib.sha256(ticket_key).digest()[:4]
     plaintext = AESGCM(ticket_key).decrypt(ticket[4:16], ticket[16:], LABEL + b" ticket" + ticket[:4])
-    sid = KX["sid"].encode()
-    assert plaintext == struct.pack(">BQB", 1, KX["expires"], len(sid)) + sid + h(KX["kx_id"]) + h(KX["k_c2s"]) + h(KX["k_s2c"])
+    assert plaintext == struct.pack(">BQ", 2, KX["expires"]) + h(KX["kx_id"]) + h(KX["k_c2s"]) + h(KX["k_s2c"])
 
 
 @pytest.mark.parametrize("channel", V["channels"], ids=lambda c: c["kind"])
 def test_channel_boxes(channel):
-    kind, channel_id = channel["kind"].encode(), h(channel["channel_id"])
-    kc = independent_hkdf(h(KX["k_c2s"]), channel_id, LABEL + b" channel " + kind)
-    ks = independent_hkdf(h(KX["k_s2c"]), channel_id, LABEL + b" channel " + kind)
+    kind, channel_id, server_nonce = channel["kind"].encode(), h(channel["channel_id"]), h(channel["server_nonce"])
+    kc = independent_hkdf(h(KX["k_c2s"]), channel_id, LABEL + b" c2s " + kind)
+    ks = independent_hkdf(h(KX["k_s2c"]), channel_id + server_nonce, LABEL + b" s2c " + kind)
     assert (kc.hex(), ks.hex()) == (channel["kc"], channel["ks"])
-    assert cipher.channel_key(h(KX["k_c2s"]), channel_id, kind) == kc
+    assert cipher.client_key(h(KX["k_c2s"]), channel_id, kind) == kc
+    assert cipher.server_key(h(KX["k_s2c"]), channel_id, server_nonce, kind) == ks
     for direction, key, boxes in ((b">", kc, channel["c2s"]), (b"<", ks, channel["s2c"])):
         for item in boxes:
             counter, plaintext = item["counter"], h(item["plaintext"])
@@ -103,3 +102,11 @@ def test_channel_boxes(channel):
     opened = cipher.OpenMessage.parse(h(channel["open_message"]))
     assert (opened.kind, opened.channel_id, opened.ticket.hex()) == (kind, channel_id, KX["ticket"])
     assert opened.box.hex() == channel["c2s"][0]["box"]
+    assert h(channel["accept_message"]) == bytes([2, 0x12]) + server_nonce + h(channel["s2c"][0]["box"])
+    assert h(channel["data_message"]) == bytes([2, 0x11]) + h(channel["s2c"][1]["box"])
+    # the server's end of the channel, with the vector's nonce, answers exactly so
+    sealer = cipher.TicketSealer([h(V["ticket_secret"])])
+    server_end = cipher.Channel(sealer.open(h(KX["ticket"])), kind, channel_id, server_nonce)
+    assert server_end.open(opened.box) == h(channel["c2s"][0]["plaintext"])
+    assert server_end.seal(h(channel["s2c"][0]["plaintext"])).hex() == channel["accept_message"]
+    assert server_end.seal(h(channel["s2c"][1]["plaintext"])).hex() == channel["data_message"]

@@ -4,9 +4,11 @@ two server instances (other runtime directories, same secret), as on two machine
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
+import httpx
 from helpers import User, click, server_source
-from paranoclient import ParanoUser, head
+from paranoclient import ParanoUser
 
 SECRET = "shared-secret-for-two-instances"
 
@@ -44,13 +46,16 @@ def test_parano_channel_replayed_on_another_instance_is_refused(server, redis_ur
 
     async def scenario():
         async with ParanoUser(one.url) as user:
-            await user.http.get("/")
-            await user.key_exchange()
-            message = user.channel(b"H").open_message(head("GET", "/"))
-            assert (await user.send_http(message)).status_code == 200
-            async with ParanoUser(two.url) as other:
-                other.http.cookies.update(user.http.cookies)
-                replay = await other.send_http(message)  # any instance opens the ticket (same secret)...
-                assert replay.status_code == 409 and replay.json()["error"] == "replay"  # ...and Redis remembers the channel
+            await user.start()
+            channel, message = user.prepare("GET", "/")
+            assert user.answer(channel, await user.send_http(message))[0] == 200
+            async with httpx.AsyncClient(base_url=two.url) as other:
+                replay = await other.post("/_htagweb/p/http", content=message)  # any instance opens the ticket (same secret)...
+            assert user.answer_head(channel_copy(channel), replay)["error"]["code"] == "replay"  # ...and Redis remembers the channel
 
     run(scenario())
+
+
+def channel_copy(channel):
+    """The client's end of ``channel`` as it was before the server answered: to read a second answer."""
+    return dataclasses.replace(channel, ks=None, received=0)

@@ -1,21 +1,23 @@
-/* htagweb parano client: crypto/PROTOCOL.md, version 1, on WebCrypto only.
+/* htagweb parano client: crypto/PROTOCOL.md, version 2, on WebCrypto only.
  *
  * Runs in the bootstrap page: key exchange (or the ticket kept in IndexedDB),
  * the app's page fetched through an encrypted channel, then WebSocket,
  * EventSource and fetch replaced by wrappers that speak the protocol, and the
  * page installed with document.write (the wrappers, being window globals, stay).
- * It never falls back to plaintext.
+ * It never falls back to plaintext, never shows text it could not authenticate,
+ * and never resends a request that may have run (§6).
  */
 (function () {
   "use strict";
   var CFG = window.HTAGWEB_PARANO || {};
   var enc = new TextEncoder();
   var dec = new TextDecoder("utf-8", { fatal: true });
-  var LABEL = enc.encode("htagweb-parano/1");
-  var VERSION = 1, HELLO = 1, SERVER_HELLO = 2, OPEN = 0x10, DATA = 0x11;
+  var LABEL = enc.encode("htagweb-parano/2");
+  var VERSION = 2, HELLO = 1, SERVER_HELLO = 2, OPEN = 0x10, DATA = 0x11, ACCEPT = 0x12, TEXT = 0, CONTROL = 1;
   var C2S = enc.encode(">"), S2C = enc.encode("<");
   var subtle = window.crypto && window.crypto.subtle;
-  var RealWebSocket = window.WebSocket, RealEventSource = window.EventSource, realFetch = window.fetch.bind(window);
+  var RealWebSocket = window.WebSocket, realFetch = window.fetch.bind(window);
+  var NO_REFERRER = { credentials: "omit", referrerPolicy: "no-referrer", cache: "no-store" };
 
   // --- bytes ---------------------------------------------------------------
   function concat() {
@@ -33,7 +35,8 @@
   function b64url(bytes) { return b64(bytes).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, ""); }
   function random(n) { return window.crypto.getRandomValues(new Uint8Array(n)); }
 
-  function ParanoFailure(code, reason) { this.code = code; this.reason = reason; }
+  /* A failure. `authenticated`: the server said it inside the channel, so its reason may be shown. */
+  function ParanoFailure(code, reason, authenticated) { this.code = code; this.reason = reason; this.authenticated = !!authenticated; }
   ParanoFailure.prototype.toString = function () { return "parano " + this.code + ": " + this.reason; };
 
   // --- primitives (§2, §4) -------------------------------------------------
@@ -53,10 +56,15 @@
     var s2c = await hkdfBits(z, th, concat(LABEL, enc.encode(" s2c")));
     return { c2sRaw: c2s, s2cRaw: s2c, c2s: await importHkdf(c2s), s2c: await importHkdf(s2c) };
   }
-  function channelKey(sessionKey, channelId, kind, usage, extractable) {
-    var info = concat(LABEL, enc.encode(" channel " + kind));
-    return subtle.deriveKey({ name: "HKDF", hash: "SHA-256", salt: channelId, info: info }, sessionKey,
+  function aesKey(sessionKey, salt, info, usage, extractable) {
+    return subtle.deriveKey({ name: "HKDF", hash: "SHA-256", salt: salt, info: info }, sessionKey,
       { name: "AES-GCM", length: 256 }, !!extractable, [usage]);
+  }
+  function clientKey(k_c2s, channelId, kind, extractable) {
+    return aesKey(k_c2s, channelId, concat(LABEL, enc.encode(" c2s " + kind)), "encrypt", extractable);
+  }
+  function serverKey(k_s2c, channelId, serverNonce, kind, extractable) {
+    return aesKey(k_s2c, concat(channelId, serverNonce), concat(LABEL, enc.encode(" s2c " + kind)), "decrypt", extractable);
   }
   function aad(kind, direction, channelId, counter) { return concat(LABEL, enc.encode(kind), direction, channelId, u64(counter)); }
   function nonce(counter) { return concat(new Uint8Array(4), u64(counter)); }
@@ -65,7 +73,7 @@
     return concat(u64(counter), new Uint8Array(ct));
   }
   async function openBox(key, kind, direction, channelId, expected, box) {
-    if (box.length < 24) throw new ParanoFailure("malformed", "box too short");
+    if (box.length < 24) throw new ParanoFailure("integrity", "a message too short to be genuine");
     var counter = readU64(box, 0);
     if (counter !== expected) throw new ParanoFailure("integrity", "message " + counter + " where " + expected + " was due");
     try {
@@ -77,8 +85,8 @@
   var server = CFG.server ? new URL(CFG.server) : null;        // a kiosk names its server; else same origin
   var origin = server ? server.origin : location.origin;
   var appPath = server ? server.pathname : location.pathname;
-  var credentials = server ? "omit" : "same-origin";
   var pageBase = location.pathname.replace(/\/?$/, "/"), appBase = appPath.replace(/\/?$/, "/");
+  var eventPath = appBase + "event";  // where htag's client posts events (its _base_path + "event")
   function serverPath(path) {  // htag builds its URLs from location: map the kiosk file's path onto the app's
     if (!server) return path;
     if (path === location.pathname) return appPath;
@@ -92,28 +100,36 @@
     return null;
   }
 
-  // --- session: ticket and keys, kept in IndexedDB (§2, §3) -------------------
+  // --- keys and session credential, kept in IndexedDB (§2, §5) -------------------
   function store(mode, action) {
     return new Promise(function (resolve, reject) {
-      var open = indexedDB.open("htagweb-parano", 1);
-      open.onupgradeneeded = function () { open.result.createObjectStore("tickets"); };
+      var open = indexedDB.open("htagweb-parano", 2);
+      open.onupgradeneeded = function () {
+        if (open.result.objectStoreNames.contains("tickets")) open.result.deleteObjectStore("tickets");  // version 1's
+        open.result.createObjectStore("keys");
+      };
       open.onerror = function () { reject(open.error); };
       open.onsuccess = function () {
-        var tx = open.result.transaction("tickets", mode), req = action(tx.objectStore("tickets"));
+        var tx = open.result.transaction("keys", mode), req = action(tx.objectStore("keys"));
         tx.oncomplete = function () { open.result.close(); resolve(req.result); };
         tx.onerror = function () { open.result.close(); reject(tx.error); };
       };
     });
   }
-  var storeKey = origin + "|" + CFG.identity;
-  var current = null;
+  function kept(name) { return store("readonly", function (s) { return s.get(storeKey + name); }).catch(function () { return null; }); }
+  function keep(name, value) {
+    return store("readwrite", function (s) { return value === null ? s.delete(storeKey + name) : s.put(value, storeKey + name); })
+      .catch(function () {});
+  }
+  var storeKey = origin + "|" + CFG.identity + "|";
+  var current = null, credential = null;
   async function keyExchange() {
     var pair = await subtle.generateKey({ name: "ECDH", namedCurve: "P-256" }, false, ["deriveBits"]);
     var clientPub = new Uint8Array(await subtle.exportKey("raw", pair.publicKey));
     var hello = concat(new Uint8Array([VERSION, HELLO]), clientPub, enc.encode(origin));
-    var response = await realFetch(origin + "/_htagweb/kx", { method: "POST", body: hello, credentials: credentials,
-      headers: { "content-type": "application/octet-stream" } });
-    if (!response.ok) throw await protocolError(response);
+    var response = await realFetch(origin + "/_htagweb/kx", Object.assign({ method: "POST", body: hello,
+      headers: { "content-type": "application/octet-stream" } }, NO_REFERRER));
+    if (!response.ok) throw unauthenticated(response);
     var answer = new Uint8Array(await response.arrayBuffer());
     if (answer.length < 2 + 65 + 8 + 64 + 32 || answer[0] !== VERSION || answer[1] !== SERVER_HELLO)
       throw new ParanoFailure("malformed", "not a server hello");
@@ -124,72 +140,103 @@
     var peer = await subtle.importKey("raw", serverPub, { name: "ECDH", namedCurve: "P-256" }, false, []);
     var z = new Uint8Array(await subtle.deriveBits({ name: "ECDH", public: peer }, pair.privateKey, 256));
     var keys = await sessionKeys(z, th);
-    var session = { ticket: answer.slice(139), expires: expires, c2s: keys.c2s, s2c: keys.s2c };
-    await store("readwrite", function (s) { return s.put(session, storeKey); }).catch(function () {});
-    return session;
+    var fresh = { ticket: answer.slice(139), expires: expires, c2s: keys.c2s, s2c: keys.s2c };
+    await keep("keys", fresh);
+    return fresh;
   }
   async function session(renew) {
-    if (renew) { current = null; await store("readwrite", function (s) { return s.delete(storeKey); }).catch(function () {}); }
+    if (credential === null) credential = (await kept("session")) || null;
+    if (renew) { current = null; await keep("keys", null); }
     if (current && current.expires > Date.now() / 1000 + 60) return current;
-    var kept = await store("readonly", function (s) { return s.get(storeKey); }).catch(function () { return null; });
-    current = kept && kept.expires > Date.now() / 1000 + 60 ? kept : await keyExchange();
+    var stored = await kept("keys");
+    current = stored && stored.expires > Date.now() / 1000 + 60 ? stored : await keyExchange();
     return current;
   }
-  async function protocolError(response) {
-    var body = {};
-    try { body = await response.json(); } catch (e) { body = { error: "malformed", reason: "HTTP " + response.status }; }
-    return new ParanoFailure(body.error || "malformed", body.reason || "HTTP " + response.status);
+  function setCredential(value) { credential = value; return keep("session", value); }
+  function unauthenticated(response) {  // anyone on the path could have written it: its words are not shown
+    if (response.status === 401) { current = null; keep("keys", null); }  // the ticket may be refused: the next request re-keys
+    return new ParanoFailure("unauthenticated", "HTTP " + response.status);
   }
 
   // --- channels (§4) -------------------------------------------------------
   async function channel(sess, kind) {
     var id = random(16);
-    var ch = { kind: kind, id: id, sent: 0, received: 0, ticket: sess.ticket,
-      kc: await channelKey(sess.c2s, id, kind, "encrypt"), ks: await channelKey(sess.s2c, id, kind, "decrypt") };
+    var ch = { kind: kind, id: id, sent: 0, received: 0, ticket: sess.ticket, ks: null,
+      kc: await clientKey(sess.c2s, id, kind) };
     ch.seal = function (plaintext) { return sealBox(ch.kc, kind, C2S, id, ch.sent++, plaintext); };
-    ch.open = function (message) {
-      if (message.length < 2 || message[0] !== VERSION || message[1] !== DATA) return Promise.reject(new ParanoFailure("malformed", "not a data message"));
-      return openBox(ch.ks, kind, S2C, id, ch.received++, message.slice(2));
-    };
     ch.openMessage = function (box) {
       return concat(new Uint8Array([VERSION, OPEN]), enc.encode(kind), id, u16(ch.ticket.length), ch.ticket, box);
     };
     ch.data = function (box) { return concat(new Uint8Array([VERSION, DATA]), box); };
+    ch.open = async function (message) {  // the server's first message is an Accept: it brings its nonce, so its key
+      if (ch.ks === null) {
+        if (message.length < 18 || message[0] !== VERSION || message[1] !== ACCEPT) throw new ParanoFailure("integrity", "not an accept");
+        ch.ks = await serverKey(sess.s2c, id, message.slice(2, 18), kind);
+        return openBox(ch.ks, kind, S2C, id, ch.received++, message.slice(18));
+      }
+      if (message.length < 2 || message[0] !== VERSION || message[1] !== DATA) throw new ParanoFailure("integrity", "not a data message");
+      return openBox(ch.ks, kind, S2C, id, ch.received++, message.slice(2));
+    };
     return ch;
   }
-  function head(method, path, headers, body) {
-    return concat(enc.encode(JSON.stringify({ method: method, path: path, headers: headers || [] })), new Uint8Array([10]), body || new Uint8Array(0));
+  var pageId = b64url(random(16)), events = 0;  // this page, and its events' numbers (§7)
+  function head(method, path, headers, body, seq) {
+    var fields = { method: method, path: path, headers: headers || [], page: pageId };
+    if (credential) fields.session = credential;
+    if (seq) fields.seq = seq;
+    return concat(enc.encode(JSON.stringify(fields)), new Uint8Array([10]), body || new Uint8Array(0));
   }
   function splitHead(plaintext) {
     var at = plaintext.indexOf(10);
     return { head: JSON.parse(dec.decode(plaintext.slice(0, at))), body: plaintext.slice(at + 1) };
   }
+  function control(plaintext) { return JSON.parse(dec.decode(plaintext.slice(1))); }
+  function sealedFailure(error) { return new ParanoFailure(error.code, error.reason, true); }
 
-  async function paranoFetch(method, path, headers, body, retried) {
+  /* One HTTP channel. Resent only where nothing can have run: after a sealed "expired"
+   * (the server checked it first), or, for the bootstrap's GET (`bootstrap`), after a
+   * refused ticket. A sealed refusal is returned with the answer, for the caller to tell. */
+  async function paranoFetch(method, path, headers, body, seq, bootstrap, resent) {
     var sess = await session(false);
     var ch = await channel(sess, "H");
-    var response = await realFetch(origin + "/_htagweb/p/http", { method: "POST", credentials: credentials,
-      headers: { "content-type": "application/octet-stream" }, body: ch.openMessage(await ch.seal(head(method, path, headers, body))) });
+    var open = ch.openMessage(await ch.seal(head(method, path, headers, body, seq)));
+    var response = await realFetch(origin + "/_htagweb/p/http", Object.assign({ method: "POST",
+      headers: { "content-type": "application/octet-stream" }, body: open }, NO_REFERRER));
     if (!response.ok) {
-      var failure = await protocolError(response);
-      if (failure.code === "ticket" && !retried) { await session(true); return paranoFetch(method, path, headers, body, true); }
+      var failure = unauthenticated(response);
+      if (bootstrap && !resent && response.status === 401) return paranoFetch(method, path, headers, body, seq, bootstrap, true);
       throw failure;
     }
     var inner = splitHead(await ch.open(new Uint8Array(await response.arrayBuffer())));
+    if (inner.head.session) await setCredential(inner.head.session);
+    var error = inner.head.error;
+    if (error && error.code === "expired" && !resent) {
+      await session(true);
+      return paranoFetch(method, path, headers, body, seq, bootstrap, true);
+    }
+    if (error && error.code === "session") await setCredential(null);
     var status = inner.head.status, nobody = [101, 204, 205, 304].indexOf(status) >= 0;
-    return new Response(nobody ? null : inner.body, { status: status, headers: inner.head.headers });
+    return { response: new Response(nobody ? null : inner.body, { status: status, headers: inner.head.headers }),
+      failure: error ? sealedFailure(error) : null };
   }
 
   // --- what the installed page uses instead of the network ------------------
-  window.fetch = async function (input, init) {
+  window.fetch = function (input, init) {
     var request = new Request(input, init);
     var path = ours(request.url);
     if (path === null) return realFetch(input, init);
-    var headers = [];
-    request.headers.forEach(function (value, name) { headers.push([name, value]); });
-    var body = ["GET", "HEAD"].indexOf(request.method) >= 0 ? null : new Uint8Array(await request.arrayBuffer());
-    try { return await paranoFetch(request.method, path, headers, body, false); }
-    catch (e) { fail(e); throw e; }
+    // numbered now, in the order htag calls: the server delivers events in this order (§7)
+    var seq = request.method === "POST" && path.split("?")[0] === eventPath ? ++events : 0;
+    return (async function () {
+      var headers = [];
+      request.headers.forEach(function (value, name) { headers.push([name, value]); });
+      var body = ["GET", "HEAD"].indexOf(request.method) >= 0 ? null : new Uint8Array(await request.arrayBuffer());
+      try {
+        var answer = await paranoFetch(request.method, path, headers, body, seq, false, false);
+        if (answer.failure) fail(answer.failure);
+        return answer.response;
+      } catch (e) { fail(e); throw e; }
+    })();
   };
 
   function Emitter() { this._listeners = {}; }
@@ -202,85 +249,114 @@
     (this._listeners[type] || []).forEach(function (fn) { fn(event); });
   };
 
+  /* A sealed control message of the server (§4.2): acceptance, a new credential, a close or an error. */
+  async function onControl(message, target) {
+    if (message.session) await setCredential(message.session);
+    if (message.error) { target._closing = { code: 4400, reason: message.error.reason }; fail(sealedFailure(message.error)); }
+    if (message.close !== undefined) {
+      target._closing = { code: message.close, reason: message.reason || "" };
+      if (message.close >= 4400 && message.close < 4500) fail(new ParanoFailure("refused", message.reason || "", true));
+    }
+  }
+
   function ParanoWebSocket(url) {
     Emitter.call(this);
     var self = this, path = serverPathOfSocket(url), chain = Promise.resolve(), ch = null;
-    self.url = url; self.readyState = 0; self.protocol = ""; self.binaryType = "blob"; self.bufferedAmount = 0;
-    var wsOrigin = origin.replace(/^http/, "ws");
-    var real = new RealWebSocket(wsOrigin + "/_htagweb/p/ws");
+    self.url = url; self.readyState = 0; self.protocol = ""; self.binaryType = "blob"; self.bufferedAmount = 0; self._closing = null;
+    var real = new RealWebSocket(origin.replace(/^http/, "ws") + "/_htagweb/p/ws");
     real.binaryType = "arraybuffer";
     real.onopen = function () {
       chain = chain.then(async function () {
         ch = await channel(await session(false), "W");
         real.send(ch.openMessage(await ch.seal(head("GET", path, [], null))));
-        self.readyState = 1;
-        self._emit("open", new Event("open"));
       }).catch(function (e) { fail(e); real.close(); });
     };
     real.onmessage = function (event) {
       chain = chain.then(async function () {
-        var text = dec.decode(await ch.open(new Uint8Array(event.data)));
-        self._emit("message", new MessageEvent("message", { data: text }));
-      }).catch(function (e) { fail(e); real.close(4422, "refused"); });
+        var plaintext = await ch.open(new Uint8Array(event.data));
+        if (plaintext[0] === TEXT) { self._emit("message", new MessageEvent("message", { data: dec.decode(plaintext.slice(1)) })); return; }
+        var message = control(plaintext);
+        if (message.accepted) { self.readyState = 1; self._emit("open", new Event("open")); }
+        await onControl(message, self);
+      }).catch(function (e) { fail(e); real.close(); });
     };
     real.onerror = function () { self._emit("error", new Event("error")); };
-    real.onclose = function (event) {
-      self.readyState = 3;
-      if (event.code >= 4400 && event.code < 4500) fail(new ParanoFailure(closeCodes[event.code] || "malformed", event.reason));
-      self._emit("close", new CloseEvent("close", { code: event.code, reason: event.reason, wasClean: event.wasClean }));
+    real.onclose = function () {
+      chain.then(function () {  // after the messages before it: a sealed close says what happened, a clear one says nothing
+        var closing = self._closing || { code: 1006, reason: "" };
+        self.readyState = 3;
+        self._emit("close", new CloseEvent("close", { code: closing.code, reason: closing.reason, wasClean: !!self._closing }));
+      });
     };
     self._real = real;
-    self._send = function (text) {
-      chain = chain.then(async function () { real.send(ch.data(await ch.seal(enc.encode(text)))); }).catch(function (e) { fail(e); });
+    self._send = function (text, seq) {
+      chain = chain.then(async function () {
+        real.send(ch.data(await ch.seal(concat(new Uint8Array([TEXT]), u64(seq), enc.encode(text)))));
+      }).catch(function (e) { fail(e); });
     };
   }
   ParanoWebSocket.prototype = Object.create(Emitter.prototype);
   ParanoWebSocket.prototype.send = function (text) {
     if (this.readyState !== 1) throw new DOMException("WebSocket is not open", "InvalidStateError");
-    this._send(String(text));
+    this._send(String(text), ++events);
   };
   ParanoWebSocket.prototype.close = function (code, reason) { this.readyState = 2; this._real.close(code, reason); };
   ["CONNECTING", "OPEN", "CLOSING", "CLOSED"].forEach(function (name, i) { ParanoWebSocket[name] = i; ParanoWebSocket.prototype[name] = i; });
-  var closeCodes = { 4400: "malformed", 4401: "ticket", 4403: "session", 4409: "replay", 4422: "integrity" };
   function serverPathOfSocket(url) {
     var match = /^wss?:\/\/[^\/]*(\/.*)?$/.exec(String(url));
     return serverPath(match && match[1] ? match[1] : "/");
   }
 
+  /* htag's EventSource, as a POST whose answer streams (§4.3): the ticket is never in a URL. */
   function ParanoEventSource(url) {
     Emitter.call(this);
-    var self = this, chain = Promise.resolve(), path = ours(url), real = null, ch = null;
-    self.url = url; self.readyState = 0; self.withCredentials = false;
-    chain = chain.then(async function () {
-      ch = await channel(await session(false), "S");
+    var self = this, path = ours(url), abort = new AbortController();
+    self.url = url; self.readyState = 0; self.withCredentials = false; self._closing = null;
+    self.close = function () { self.readyState = 2; abort.abort(); };
+    (async function () {
+      var ch = await channel(await session(false), "S");
       var open = ch.openMessage(await ch.seal(head("GET", path, [], null)));
-      if (self.readyState === 2) return;
-      real = new RealEventSource(origin + "/_htagweb/p/sse?open=" + b64url(open));
-      real.onopen = function () { self.readyState = 1; self._emit("open", new Event("open")); };
-      real.onmessage = function (event) {
-        chain = chain.then(async function () {
-          var text = dec.decode(await ch.open(unb64(event.data)));
-          self._emit("message", new MessageEvent("message", { data: text }));
-        }).catch(function (e) { fail(e); self.close(); });
-      };
-      real.onerror = function () {  // reconnecting would replay the channel: end it, htag falls back to HTTP
-        self.close();
-        self._emit("error", new Event("error"));
-      };
-    }).catch(function (e) { fail(e); self.readyState = 2; self._emit("error", new Event("error")); });
-    self.close = function () { self.readyState = 2; if (real) real.close(); };
+      var response = await realFetch(origin + "/_htagweb/p/sse", Object.assign({ method: "POST", body: open, signal: abort.signal,
+        headers: { "content-type": "application/octet-stream" } }, NO_REFERRER));
+      if (!response.ok) throw unauthenticated(response);
+      var reader = response.body.getReader(), text = "", chain = Promise.resolve();
+      for (;;) {
+        var chunk = await reader.read();
+        if (chunk.done) break;
+        text += dec.decode(chunk.value, { stream: true });
+        var events = text.split("\n\n");
+        text = events.pop();
+        for (var i = 0; i < events.length; i++) {
+          if (events[i].indexOf("data: ") !== 0) continue;
+          var plaintext = await ch.open(unb64(events[i].slice(6)));
+          if (plaintext[0] === TEXT) { self._emit("message", new MessageEvent("message", { data: dec.decode(plaintext.slice(1)) })); continue; }
+          var message = control(plaintext);
+          if (message.accepted) { self.readyState = 1; self._emit("open", new Event("open")); }
+          await onControl(message, self);
+        }
+      }
+      throw new Error("the stream ended");
+    })().catch(function (e) {
+      if (self.readyState === 2) return;  // closed by htag
+      if (e instanceof ParanoFailure) fail(e);
+      self.readyState = 2;
+      self._emit("error", new Event("error"));  // htag falls back to plain HTTP events
+    });
   }
   ParanoEventSource.prototype = Object.create(Emitter.prototype);
   ["CONNECTING", "OPEN", "CLOSED"].forEach(function (name, i) { ParanoEventSource[name] = i; });
 
   // --- telling the user ---------------------------------------------------------
   var messages = {
-    ticket: "The encryption keys of this page expired or were refused by the server.",
-    session: "The server says these encryption keys belong to another session.",
+    expired: "The encryption keys of this page expired.",
+    session: "The server refused this page's session.",
     replay: "The server refused a message it had already received (a replay).",
     integrity: "A message failed its integrity check: it was altered, replayed, reordered or lost on the way.",
+    order: "An event of this page arrived out of order, or never arrived.",
     malformed: "A message could not be read.",
+    refused: "The server closed the connection.",
     identity: "The server could not prove its identity.",
+    unauthenticated: "The connection was refused or altered on the way.",
   };
   function fail(error) {
     var failure = error instanceof ParanoFailure ? error : new ParanoFailure("malformed", String(error));
@@ -296,7 +372,8 @@
     var title = document.createElement("strong");
     title.textContent = "Secure connection problem: ";
     box.appendChild(title);
-    box.appendChild(document.createTextNode((messages[failure.code] || "") + " (" + failure.reason + ") "));
+    // a reason is the server's own sealed words, or this script's: never text from an unauthenticated answer
+    box.appendChild(document.createTextNode((messages[failure.code] || messages.malformed) + " (" + failure.reason + ") "));
     if (failure.code !== "identity") {
       var button = document.createElement("button");
       button.textContent = "New keys and reload";
@@ -305,7 +382,7 @@
     }
   }
 
-  // --- bootstrap (§5, §7) --------------------------------------------------------
+  // --- bootstrap (§8) --------------------------------------------------------
   async function start() {
     var status = document.getElementById("htagweb-parano-status");
     if (!subtle) {
@@ -320,8 +397,9 @@
       return;
     }
     try {
-      var response = await paranoFetch("GET", appPath + (server ? server.search : location.search), [], null, false);
-      var html = await response.text();
+      var answer = await paranoFetch("GET", appPath + (server ? server.search : location.search), [], null, 0, true, false);
+      if (answer.failure) throw answer.failure;
+      var html = await answer.response.text();
       window.WebSocket = ParanoWebSocket;
       window.EventSource = ParanoEventSource;
       document.open();
@@ -335,7 +413,8 @@
 
   window.htagwebParano = {
     internals: { concat: concat, u64: u64, sha256: sha256, hkdfBits: hkdfBits, importHkdf: importHkdf, transcriptHash: transcriptHash,
-      verifySignature: verifySignature, sessionKeys: sessionKeys, channelKey: channelKey, sealBox: sealBox, openBox: openBox },
+      verifySignature: verifySignature, sessionKeys: sessionKeys, clientKey: clientKey, serverKey: serverKey,
+      sealBox: sealBox, openBox: openBox },
     renew: function () { return session(true); },
   };
   if (!CFG.test) start();
