@@ -100,6 +100,28 @@ class ForkServerClient:
             raise SpawnRefused(reply.get("status", 500), reply.get("error", "unknown error"), reply.get("traceback"))
         return await asyncio.open_unix_connection(path), bool(reply.get("spawned"))
 
+    async def status(self, key: str) -> dict[str, Any]:
+        """Whether the process of ``key`` lives, or why it is gone. A process unknown to this
+        worker's fork-server may belong to an older code generation's (after a reload): asked too."""
+        reply = await self.request(messages.Status(key))
+        if reply.get("reason") == "lost":
+            for path in self.runtime.forkserver_sockets():
+                if path == self.runtime.forkserver_socket:
+                    continue
+                try:
+                    reader, writer = await asyncio.open_unix_connection(str(path))
+                except OSError:
+                    continue
+                try:
+                    other = await self._ask((reader, writer), messages.Status(key))
+                except (OSError, ValueError):
+                    continue
+                finally:
+                    writer.close()
+                if other.get("reason") != "lost":
+                    return other
+        return reply
+
     async def count(self, counter: str) -> None:
         """Add one to a server-wide counter of /_htagweb/metrics (on error paths only)."""
         try:

@@ -21,7 +21,6 @@ from . import bridge
 from .client import Connection, ForkServerClient, SpawnRefused
 from .config import Config
 from .ends import End
-from .forkserver import messages
 from .pages import error_page, htag_error
 from .runtime import Runtime
 from .sessions import COOKIE_NAME, SCOPE_NEW, SCOPE_PARANO, Session
@@ -143,7 +142,7 @@ async def death_message(client: ForkServerClient, key: str, config: Config) -> t
     """Why the process of ``key`` is gone, as an HTTP status and words for the user,
     and whether it is a normal end (counted as a cut exchange otherwise)."""
     try:
-        reply = await client.request(messages.Status(key))
+        reply = await client.status(key)
         end = End(reply["reason"]) if reply.get("reason") else End.CRASHED
     except (OSError, ValueError, KeyError):
         end = End.LOST

@@ -4,6 +4,7 @@ gracefully) serves new users the new code, while users already in keep their pro
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -11,6 +12,8 @@ import time
 
 import psutil
 from helpers import User, click, count, pid
+
+from htagweb import manage
 
 APP_MODULE = """
 import os
@@ -73,6 +76,11 @@ def test_gunicorn_hup_serves_new_users_the_new_code_and_keeps_users_in(server):
         async with old_user.ws() as ws:
             await ws.recv()
             assert count((await click(ws, "inc"))["updates"]["count"]) == 2
+            assert {user.pid for user in manage.users(srv.runtime_dir)} >= {old_pid}  # ps sees every generation
+            label = old_user.http.cookies["htagweb_session"][:8]
+            assert [user.pid for user in manage.kill(label, runtime_dir=srv.runtime_dir)] == [old_pid]
+            message = json.loads(await ws.recv())  # why it ended, asked of the old generation's fork-server
+            assert message["action"] == "error" and "ended by the server's administrator" in message["traceback"]
         await old_user.http.aclose()
 
     cookies, old_pid = run(before())
