@@ -35,6 +35,7 @@ class Home(Tag.App):
 
 async def login(request):
     request.session["name"] = request.query_params.get("name", "anonymous")
+    request.session.rotate()  # a new session id at login: one planted before grants nothing
     return RedirectResponse("/", status_code=303)
 
 

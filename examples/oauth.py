@@ -52,6 +52,7 @@ async def auth(request: Request):
     token = await oauth.provider.authorize_access_token(request)
     userinfo = token["userinfo"]
     request.session["user"] = {"sub": userinfo["sub"], "name": userinfo.get("name", userinfo["sub"])}
+    request.session.rotate()  # a session id planted before the login grants nothing after it
     return RedirectResponse("/", status_code=303)
 
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -64,11 +65,25 @@ def serve(argv: list[str]) -> int:
         app = HtagServer(args.target, http_only=args.http_only, **options)
     elif ":" in args.target:
         sys.path.insert(0, os.getcwd())
+        module = args.target.partition(":")[0]
+        if not _findable(module):  # else the server would start, and fail only at the first request
+            parser.error(
+                f"cannot find module {module!r} in {os.getcwd()}: run this from the folder that holds "
+                f"{module.replace('.', '/')}.py, or serve that folder (python -m htagweb FOLDER)"
+            )
         app = (WebServer if args.http_only else WebServerWS)(args.target, **options)
     else:
         parser.error(f"{args.target!r} is neither a folder nor module:App")
     app.run(host=args.host, port=args.port)
     return 0
+
+
+def _findable(module: str) -> bool:
+    """Whether ``module`` can be imported from here (found, not imported: the front never runs app code)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def kiosk(argv: list[str]) -> int:

@@ -9,8 +9,10 @@ front never imports app code it was only given by name.
 from __future__ import annotations
 
 import importlib
+import sys
 import types
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from htag import Tag
@@ -38,6 +40,16 @@ class AppSpec:
         if isinstance(app, type) and issubclass(app, GTag):
             return cls(f"{app.__module__}:{app.__qualname__}", app)
         raise TypeError(f"not an htag app: {app!r} (want a Tag.App subclass, a component class, 'module:Class' or a module)")
+
+    @property
+    def identity(self) -> str:
+        """The name, with the script's real path for a class of ``__main__``: two scripts
+        of one folder both define ``__main__:App``, yet are two different apps."""
+        module, _, qualname = self.name.partition(":")
+        main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+        if module == "__main__" and main_file:
+            return f"{Path(main_file).resolve()}:{qualname}"
+        return self.name
 
     def load(self) -> type[AppRunner]:
         target = self.target

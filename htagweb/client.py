@@ -23,7 +23,7 @@ from .appspec import AppSpec
 from .config import Config
 from .forkserver import messages
 from .generation import code_generation
-from .runtime import Runtime
+from .runtime import Runtime, RuntimeDirError
 
 logger = logging.getLogger("htagweb")
 
@@ -58,8 +58,12 @@ class ForkServerClient:
                 return
             if not self.runtime.generation:  # once every app is added: the code this worker serves
                 self.runtime.generation = code_generation(self.apps.values())
-            self._presence = await self._connect_forkserver()
-            await self._ask(self._presence, messages.Hello(os.getpid(), os.getppid(), _supervised()))
+            presence = await self._connect_forkserver()
+            reply = await self._ask(presence, messages.Hello(os.getpid(), os.getppid(), _supervised(), self.config.server_id))
+            if not reply.get("ok"):
+                presence[1].close()
+                raise RuntimeDirError(f"{self.runtime.path}: {reply.get('error')}")
+            self._presence = presence
 
     async def stop(self) -> None:
         """Say bye; the last worker to leave waits while user processes end."""
@@ -87,15 +91,16 @@ class ForkServerClient:
             return None
 
     async def connect(
-        self, key: str, app: str, label: str, source: dict[str, str] | None = None, recheck: bool = False
+        self, key: str, app: str, label: str, source: dict[str, str] | None = None, recheck: bool = False, client: str = ""
     ) -> tuple[Connection, bool]:
         """A bridge connection to the user process of ``key``, and whether it was just spawned.
 
-        ``recheck`` asks the fork-server first (it replaces a development app whose source changed)."""
+        ``recheck`` asks the fork-server first (it replaces a development app whose source changed);
+        ``client`` is the address a new process would count against (see admission.py)."""
         path = str(self.runtime.user_socket_path(key))
         if not recheck and (connection := await self.open(key)) is not None:
             return connection, False
-        reply = await self.request(messages.Ensure(key, app, label, source))
+        reply = await self.request(messages.Ensure(key, app, label, source, client))
         if not reply.get("ok"):
             raise SpawnRefused(reply.get("status", 500), reply.get("error", "unknown error"), reply.get("traceback"))
         return await asyncio.open_unix_connection(path), bool(reply.get("spawned"))
@@ -121,6 +126,10 @@ class ForkServerClient:
                 if other.get("reason") != "lost":
                     return other
         return reply
+
+    async def rotate(self, old: str, new: str) -> None:
+        """A session id changed: its user processes answer to the new one only."""
+        await self.request(messages.Rotate(old, new))
 
     async def count(self, counter: str) -> None:
         """Add one to a server-wide counter of /_htagweb/metrics (on error paths only)."""
@@ -183,8 +192,11 @@ class ForkServerClient:
             try:
                 return await asyncio.open_unix_connection(path)
             except (FileNotFoundError, ConnectionRefusedError):
-                forkserver.start(self.runtime, self.config, self.apps)
-                return await asyncio.open_unix_connection(path)
+                pass
+            # started outside the except: the fork-server and every user process would
+            # otherwise carry this FileNotFoundError as the context of each later traceback
+            forkserver.start(self.runtime, self.config, self.apps)
+            return await asyncio.open_unix_connection(path)
         finally:
             os.close(fd)
 

@@ -46,7 +46,7 @@ class Config:
     runtime_dir: str | None = None
     #: session cookies marked Secure even when the request came over plain HTTP (TLS ends before us)
     https_only: bool = False
-    #: believe X-Forwarded-Proto (and uvicorn's proxy headers): only behind a proxy that sets them
+    #: honour X-Forwarded-Proto, X-Forwarded-Host and X-Forwarded-For (set only behind a proxy that sets them)
     trust_proxy_headers: bool = False
     #: every exchange encrypted (crypto/PROTOCOL.md); plaintext htag exchanges refused
     parano: bool = False
@@ -58,10 +58,26 @@ class Config:
     metrics: bool = False
     #: seconds the fork-server waits for a worker to come back after the last one vanished without saying bye
     orphan_grace: float = 10.0
+    #: what this server serves (its first app, a script by its file, or a folder): a fork-server
+    #: refuses workers of another server, so a shared runtime directory never serves the wrong app
+    server_id: str = ""
+    #: origins (scheme://host[:port]) besides the server's own whose pages may open its WebSocket
+    #: and SSE streams and reset its apps: for apps deliberately embedded in another site
+    allowed_origins: tuple[str, ...] = ()
+    #: seconds a session lives without activity: the cookie's signature expires then and the
+    #: store forgets the data (renewed on activity, every 1/14 of it: a day for the default 14 days)
+    session_max_age: float = 14 * 24 * 3600
+    #: the cookie's SameSite: "lax"; "strict"; "none" for an app embedded in another site's frame
+    #: (the cookie is then sent with every request from any site: see the README before using it)
+    cookie_samesite: str = "lax"
+    #: new user processes one client address may cause per minute (an IPv6 client counts by its /64;
+    #: the address is the socket's, or X-Forwarded-For's last with trust_proxy_headers); 0: no limit
+    new_processes_per_minute: int = 60
 
     def __post_init__(self) -> None:
         if self.spare_processes is None:  # a small server keeps a tenth of its cap
             object.__setattr__(self, "spare_processes", min(50, self.max_processes // 10))
+        object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
 
     @property
     def spares(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from htag import State, Tag
@@ -36,6 +37,12 @@ p.empty { margin: 0 2em; color: #627d98; }
 BADGES = {"folder": "DIR", "app": "APP", "no-app": "PY", "error": "ERROR"}
 
 
+def shown(root: Path) -> str:
+    """The folder as its developer knows it: relative to where the server was started, when inside."""
+    relative = os.path.relpath(root)
+    return str(root) if relative.startswith("..") else relative
+
+
 def index_app(root: Path, rel: str) -> type[AppRunner]:
     """The index of ``rel`` (a folder below ``root``)."""
 
@@ -47,7 +54,7 @@ def index_app(root: Path, rel: str) -> type[AppRunner]:
             title = "/" + rel if rel else "/"
             with Tag.header():
                 Tag.h1(f"htag apps in {title}")
-                Tag.p(f"{root} — served by htagweb, one process per user and app; edit a file and press F5")
+                Tag.p(f"{shown(root)} — served by htagweb, one process per user and app; edit a file and press F5")
             with Tag.nav():
                 Tag.a("home", _href="/")
                 path = ""

@@ -13,7 +13,7 @@ from typing import Any
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
-from .folder import resolve
+from .folder import not_found, resolve
 from .front import HtagEndpoint
 from .pages import error_page
 from .server import WebServer
@@ -59,7 +59,7 @@ class FolderRouter:
             if is_ws:
                 await send({"type": "websocket.close", "code": 4404, "reason": "not found"})
             else:
-                await error_page(404, f"No htag app or folder at {scope['path']}.")(scope, receive, send)
+                await error_page(404, not_found(self.server.root, scope["path"]))(scope, receive, send)
             return
         name = f"folder:{target.kind}:{target.rel}"
         endpoint = self.endpoints.get((name, target.endpoint))

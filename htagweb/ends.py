@@ -35,6 +35,8 @@ class End(str, enum.Enum):
     STOPPED = "stopped"
     RELOADED = "reloaded"
     KILLED = "killed"
+    #: ended to make room for a new user at max_processes (idle, or its page never went live)
+    EVICTED = "evicted"
     BROKEN = "broken"
     CRASHED = "crashed"
     INTERACTION_TIMEOUT = "interaction_timeout"

@@ -52,10 +52,31 @@ def _inside(root: Path, path: Path) -> bool:
     return real == root or root in real.parents
 
 
+#: what a file calls at its top level when it builds a server of its own
+SERVERS = {"WebServer", "WebServerWS", "HtagServer", "Starlette"}
+
+
+def own_server(tree: ast.Module) -> bool:
+    """Whether a module builds its own server when imported (``app = WebServerWS(Home)``
+    with routes beside it, as examples/multi.py): its routes and settings exist only
+    when it runs itself, not here."""
+    for node in tree.body:
+        value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign, ast.Expr)) else None
+        if isinstance(value, ast.Call):
+            func = value.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            if name in SERVERS:
+                return True
+    return False
+
+
 def app_class(path: Path) -> str | None:
-    """The class to serve in a Python file: ``App``, else the first ``Tag.App`` subclass.
+    """The class to serve in a Python file: ``App``, else the first ``Tag.App`` subclass;
+    None for a file without one, or that builds its own server (see :func:`own_server`).
     Raises SyntaxError for a file that does not parse."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    if own_server(tree):
+        return None
     classes = [node for node in tree.body if isinstance(node, ast.ClassDef)]
     for node in classes:
         if node.name == "App":
@@ -90,6 +111,19 @@ def resolve(root: Path, url_path: str) -> Target | None:
     return None
 
 
+def not_found(root: Path, url_path: str) -> str:
+    """Why a URL path names nothing to serve, for its 404 page."""
+    segments = [p for p in url_path.split("/") if p]
+    if segments and all(SEGMENT.match(s) for s in segments):
+        file = root.joinpath(*segments).with_suffix(".py")
+        try:
+            if file.is_file() and _inside(root, file) and own_server(ast.parse(file.read_text(encoding="utf-8"))):
+                return f"{file.name} builds its own server (its routes, its settings): run python {file.name}, not here."
+        except (SyntaxError, ValueError, UnicodeDecodeError):
+            pass
+    return f"No htag app or folder at {url_path}."
+
+
 def scan(root: Path, rel: str) -> list[Entry]:
     """The folder's sub-folders and Python files, as the index lists them."""
     folder = root.joinpath(*[p for p in rel.split("/") if p])
@@ -104,9 +138,12 @@ def scan(root: Path, rel: str) -> list[Entry]:
         elif path.suffix == ".py":
             try:
                 class_name = app_class(path)
-                entries.append(
-                    Entry(stem, "app", class_name, url) if class_name else Entry(stem, "no-app", "no htag app in this file", url)
-                )
+                if class_name:
+                    entries.append(Entry(stem, "app", class_name, url))
+                elif own_server(ast.parse(path.read_text(encoding="utf-8"))):
+                    entries.append(Entry(stem, "no-app", f"builds its own server (its routes, its settings): run python {path.name}", url))
+                else:
+                    entries.append(Entry(stem, "no-app", "no htag app in this file", url))
             except (SyntaxError, ValueError, UnicodeDecodeError) as exc:
                 entries.append(Entry(stem, "error", f"does not parse: {exc}", url))
     return entries

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
@@ -21,9 +22,20 @@ from . import bridge
 from .client import Connection, ForkServerClient, SpawnRefused
 from .config import Config
 from .ends import End
+from .origin import OriginPolicy
 from .pages import error_page, htag_error
 from .runtime import Runtime
-from .sessions import COOKIE_NAME, SCOPE_NEW, SCOPE_PARANO, Session
+from .sessions import (
+    COOKIE_NAME,
+    SCOPE_NEW,
+    SCOPE_PARANO,
+    SECURE_COOKIE_NAME,
+    Session,
+    make_rotation_signer,
+    move,
+    new_session_id,
+    rotation_script,
+)
 from .stores import SessionStore
 
 logger = logging.getLogger("htagweb")
@@ -37,6 +49,7 @@ DEATHS: dict[End, tuple[int, str]] = {
     End.STOPPED: (410, f"This session ended: the server was restarted. {RELOAD}"),
     End.RELOADED: (410, f"This session ended: the application's source changed. {RELOAD}"),
     End.KILLED: (410, f"This session was ended by the server's administrator. {RELOAD}"),
+    End.EVICTED: (503, f"This idle session was ended to make room for other users. {RELOAD}"),
     End.LOST: (502, f"This session was lost: the server restarted its process manager. {RELOAD}"),
     End.CRASHED: (502, f"The application stopped unexpectedly. {RELOAD}"),
     End.BROKEN: (502, f"The application could not be started. {RELOAD}"),
@@ -69,10 +82,15 @@ class HtagEndpoint:
         self.config = config
         self.bootstrap = bootstrap
         self.source = source
+        self.origins = OriginPolicy(config.allowed_origins, config.trust_proxy_headers)
+        self.rotation_signer = make_rotation_signer(runtime.secrets)
         #: a development file app is checked for changed source at each page load
         self.recheck = endpoint == "page" and source is not None and source["kind"] == "file"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.endpoint == "page" and scope.get("method") == "HEAD":  # a probe, not a user: no session, no process
+            await Response(media_type="text/html", headers={"Cache-Control": "no-store"})(scope, receive, send)
+            return
         session: Session = scope["session"]
         parano = scope.get(SCOPE_PARANO)
         if self.config.parano and parano is None:  # plaintext never reaches a parano app
@@ -81,6 +99,13 @@ class HtagEndpoint:
             else:
                 await self._refuse(scope, receive, send, 403, "This server accepts only encrypted (parano) exchanges.")
             return
+        if parano is None and self.endpoint in ("ws", "stream") and not self.origins.allows(scope):
+            # a parano channel authenticates itself; a plain one is refused to another site's page
+            await self._refuse_origin(scope, receive, send)
+            return
+        if self.endpoint == "page" and "n" in dict(_query(scope)) and not self.origins.allows_navigation(scope):
+            logger.warning("ignored a cross-site reset (?n=) of app %s: the user's app is served as it is", self.app)
+            scope = {**scope, "query_string": _without_query_name(scope, "n")}
         if self.endpoint != "page" and scope[SCOPE_NEW]:
             await self._refuse(scope, receive, send, 403, "No valid session: reload the page.")
             return
@@ -96,17 +121,20 @@ class HtagEndpoint:
                     return
             spawned = False
             if connection is None:
-                connection, spawned = await self.client.connect(key, self.app, label, self.source, recheck=True)
+                connection, spawned = await self.client.connect(
+                    key, self.app, label, self.source, recheck=True, client=self.origins.client(scope)
+                )
         except SpawnRefused as exc:
             trace = exc.traceback if self.config.debug else None
             await self._refuse(scope, receive, send, exc.status, str(exc), trace)
             return
+        session.used = True  # a user now: the session's cookie is sent
         if self.endpoint == "page" and not spawned:
             logger.info("user process reused: session %s, app %s", label, self.app)
         extra = {"endpoint": self.endpoint, "session": session.snapshot()}
         if parano and parano.get("page"):  # the page's events are delivered in its order (crypto/PROTOCOL.md §7)
             extra["order"] = {"page": parano["page"], "seq": parano.get("seq")}
-        exchange = _Exchange(self, session, key, connection)
+        exchange = _Exchange(self, scope, session, key, connection)
         try:
             if scope["type"] == "websocket":
                 await exchange.websocket(scope, receive, send, extra)
@@ -125,16 +153,23 @@ class HtagEndpoint:
         else:
             await self._refuse(scope, receive, send, status, message)
 
+    async def _refuse_origin(self, scope: Scope, receive: Receive, send: Send) -> None:
+        origin = dict(scope["headers"]).get(b"origin", b"").decode("latin-1")
+        kind = "WebSocket" if scope["type"] == "websocket" else "request"
+        client = scope.get("client") or ("?",)
+        logger.warning("refused a cross-origin %s to %s from %s: Origin %r", kind, scope["path"], client[0], origin[:100])
+        await self._refuse(scope, receive, send, 403, "Refused: this page is not allowed to connect to this application.")
+
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, message: str, trace: str | None = None) -> None:
         if scope["type"] == "websocket":
-            code = 1013 if status == 503 else 4403 if status == 403 else 1011
+            code = 1013 if status in (429, 503) else 4403 if status == 403 else 1011
             await send({"type": "websocket.close", "code": code, "reason": message[:120]})
             return
         response: Response
         if self.endpoint == "event":
             response = JSONResponse({"status": "error", "payloads": [htag_error(message)]}, status_code=status)
         else:
-            response = error_page(status, message, trace, RETRY_AFTER if status == 503 else None)
+            response = error_page(status, message, trace, RETRY_AFTER if status in (429, 503) else None)
         await response(scope, receive, send)
 
 
@@ -146,11 +181,20 @@ async def death_message(client: ForkServerClient, key: str, config: Config) -> t
         end = End(reply["reason"]) if reply.get("reason") else End.CRASHED
     except (OSError, ValueError, KeyError):
         end = End.LOST
-    if end not in QUIET | {End.KILLED}:
+    if end not in QUIET | {End.KILLED, End.EVICTED}:  # an eviction is said, not counted: the user did nothing wrong
         await client.count("bridge_errors")
     if end is End.INTERACTION_TIMEOUT:
         return 504, f"The application took longer than {config.timeout_interaction:g}s to answer and was stopped. {RELOAD}", False
     return *DEATHS[end], end in QUIET
+
+
+def _query(scope: Scope) -> list[tuple[str, str]]:
+    """The query as the app reads it (names decoded: ``%6E`` is ``n``)."""
+    return parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+
+
+def _without_query_name(scope: Scope, name: str) -> bytes:
+    return urlencode([(k, v) for k, v in _query(scope) if k != name]).encode("latin-1")
 
 
 def _forwarded_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
@@ -158,7 +202,8 @@ def _forwarded_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
     headers = []
     for name, value in scope["headers"]:
         if name == b"cookie":
-            kept = [c for c in value.split(b";") if c.strip().partition(b"=")[0] != COOKIE_NAME.encode()]
+            ours = (COOKIE_NAME.encode(), SECURE_COOKIE_NAME.encode())
+            kept = [c for c in value.split(b";") if c.strip().partition(b"=")[0] not in ours]
             if not kept:
                 continue
             value = b";".join(kept)
@@ -169,8 +214,9 @@ def _forwarded_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
 class _Exchange:
     """One browser exchange relayed to one user process."""
 
-    def __init__(self, endpoint: HtagEndpoint, session: Session, key: str, connection: Connection) -> None:
+    def __init__(self, endpoint: HtagEndpoint, scope: Scope, session: Session, key: str, connection: Connection) -> None:
         self.endpoint = endpoint
+        self.scope = scope
         self.store = endpoint.store
         self.session = session
         self.key = key
@@ -178,6 +224,10 @@ class _Exchange:
         self.known_version = session.version
         #: the store's generation when the session was last read (see SessionStore.generation)
         self.seen_generation = session.generation
+        #: the browser is reading this connection as it goes (an accepted WebSocket, an SSE stream)
+        self.live = False
+        #: messages of ours for the browser, sent once it is live
+        self.pending: list[Message] = []
 
     async def _open(self, scope: Scope, extra: dict[str, Any], first: bytes) -> None:
         """Send the scope and the first message in one write."""
@@ -189,18 +239,48 @@ class _Exchange:
         version = await self.store.update(self.session.sid, dict(data["set"]), list(data["delete"]))
         if version == self.known_version + 1:  # nobody else wrote meanwhile
             self.known_version = version
+        if data.get("rotate"):
+            await self._rotate()
+
+    async def _rotate(self) -> None:
+        """The app called ``session.rotate()``: a new id of our choosing (never the process'),
+        the data and the user processes moved to it, and the new cookie for the browser: in
+        this response if it has not started (the session layer adds it), else through the
+        live connection, whose page fetches it with a ticket."""
+        old, new = self.session.sid, new_session_id()
+        self.session.sid = new
+        self.known_version = self.session.version = await move(self.store, old, new)
+        await self.endpoint.client.rotate(old, new)
+        self.key = self.endpoint.runtime.process_key(new, self.endpoint.app)
+        logger.info("session %s rotated to %s by its app", old[:8], new[:8])
+        if self.scope.get(SCOPE_PARANO):
+            return  # the parano layer hands the page its new credential, inside the channel
+        if self.scope["type"] == "http" and self.endpoint.endpoint != "stream":
+            return  # the answer has not started: the session layer adds the cookie to it
+        script = rotation_script(self.endpoint.rotation_signer, self.scope.get("root_path", ""), old, new)
+        payload = json.dumps({"action": "update", "updates": {}, "js": [script]})
+        if self.scope["type"] == "websocket":
+            self.pending.append({"type": "websocket.send", "text": payload})
+        else:
+            self.pending.append({"type": "http.response.body", "body": f"data: {payload}\n\n".encode(), "more_body": True})
 
     async def _read(self) -> Message | None:
-        """The next ASGI message from the process, session changes applied; None at EOF."""
+        """The next ASGI message from the process (or of ours, once the browser reads the
+        connection live), session changes applied; None at EOF."""
         while True:
+            if self.live and self.pending:
+                return self.pending.pop(0)
             try:
                 kind, body = await bridge.read_frame(self.reader)
             except (asyncio.IncompleteReadError, ConnectionError):
                 return None
             if kind == bridge.SESSION_CHANGES:
                 await self._apply_changes(body)
-            else:
-                return bridge.decode_outbound(kind, body)
+                continue
+            message = bridge.decode_outbound(kind, body)
+            if message["type"] == "websocket.accept" or (message["type"] == "http.response.start" and self.endpoint.endpoint == "stream"):
+                self.live = True
+            return message
 
     async def _death_message(self) -> tuple[int, str, bool]:
         return await death_message(self.endpoint.client, self.key, self.endpoint.config)

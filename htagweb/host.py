@@ -20,6 +20,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from htag import current_request
+from htag.client_js import CLIENT_JS
 from htag.runner import AppRunner
 from htag.utils import _obf_loads
 from starlette.requests import Request
@@ -27,6 +28,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from . import logs
 from .config import Config
 from .ordering import PageOrder
 from .pages import error_page, htag_error
@@ -38,8 +40,18 @@ logger = logging.getLogger("htagweb")
 SSE_HEADERS = {"Cache-Control": "no-cache", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
 #: marks an answer that refuses an event for its order: the parano layer tells the page, sealed
 ORDER_HEADER = "x-htagweb-refused"
-# htag's own switch to pure-HTTP mode: its page mocks WebSocket and EventSource
-PURE_HTTP_COOKIE = (b"cookie", b"htag_mode=http")
+CLIENT_SCRIPT = f"<script>{CLIENT_JS}</script>"
+# htag's error overlay shows messages in a <pre> that does not wrap: a sentence longer
+# than the dialog is cut off at its edge (ours, like "took longer than ... Reload the page")
+WRAPPED_OVERLAY = (
+    '<script>(function(){var s=document.createElement("style");'
+    's.textContent="pre{white-space:pre-wrap;overflow-wrap:anywhere}";_error_overlay.shadowRoot.appendChild(s)})()</script>'
+)
+CLIENT = CLIENT_SCRIPT + WRAPPED_OVERLAY
+# htag's client in pure-HTTP mode from the start: it starts no WebSocket (HTAG_EXT_INIT) and
+# posts every event for an answer in the response (htag's own cookie switch instead mocks
+# WebSocket and EventSource, which fail in turn, with errors in the console, at every load)
+PURE_HTTP_CLIENT = f"<script>window.HTAG_EXT_INIT=true</script>{CLIENT}<script>window.use_pure_http=window.use_fallback=true</script>"
 
 
 class HtagHost:
@@ -61,6 +73,7 @@ class HtagHost:
         self.background: set[asyncio.Task[None]] = set()
         #: parano pages number their events: delivered here in that order (crypto/PROTOCOL.md §7)
         self.order = PageOrder()
+        logs.drop_htag_error_prints()  # this process hosts htag: its errors are logged, not also printed
 
     @property
     def app_name(self) -> str:
@@ -69,8 +82,6 @@ class HtagHost:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope["session"] = self.session
         endpoint = scope["htagweb"]["endpoint"]
-        if self.config.http_only:
-            scope["headers"] = [*scope["headers"], PURE_HTTP_COOKIE]
         if self.app_cls is None:  # its import failed: say so, then end
             self.broken = True
             if scope["type"] == "websocket":
@@ -143,9 +154,10 @@ class HtagHost:
         token = current_request.set(request)
         try:
             with self.watchdog.interaction():
-                return HTMLResponse(instance._render_page())
+                page = instance._render_page()
         finally:
             current_request.reset(token)
+        return HTMLResponse(page.replace(CLIENT_SCRIPT, PURE_HTTP_CLIENT if self.config.http_only else CLIENT, 1))
 
     async def stream(self, request: Request) -> Response:
         instance = self._instance(request)

@@ -37,6 +37,12 @@ class Observability:
             "# HELP htagweb_spare_processes User processes forked ahead of need, ready for new users.",
             "# TYPE htagweb_spare_processes gauge",
             f"htagweb_spare_processes {stats['spares']}",
+            "# HELP htagweb_provisional_processes User processes whose page never went live (the first to make room).",
+            "# TYPE htagweb_provisional_processes gauge",
+            f"htagweb_provisional_processes {stats['provisional']}",
+            "# HELP htagweb_busy_processes User processes running a handler.",
+            "# TYPE htagweb_busy_processes gauge",
+            f"htagweb_busy_processes {stats['busy']}",
         ]
         for name, value in stats["counters"].items():
             metric = f"htagweb_{name}_total"

@@ -23,6 +23,7 @@ h1{{font-size:1.4em}}pre{{background:#f6f6f6;padding:1em;overflow:auto;font-size
 _TITLES = {
     403: "Session required",
     404: "Not found",
+    429: "Too many new sessions",
     500: "Application error",
     502: "Application unavailable",
     503: "Server busy",

@@ -154,6 +154,8 @@ class UserProcess:
             if kind != bridge.SCOPE:
                 raise bridge.BridgeError("connection did not start with a scope")
             scope = bridge.decode_scope(body)
+            if scope["htagweb"]["endpoint"] != "page" and not self.watchdog.live:
+                self.watchdog.went_live()
             data = scope["htagweb"].pop("session")
             self.session.merge(data["version"], data["items"])
             receive = self._receiver(reader, scope["type"])
@@ -199,10 +201,12 @@ class UserProcess:
                 self.settle_after(SETTLE_DELAY)
             self.watchdog.touch()
             changed, deleted = session.changes()
-            if changed or deleted:
+            if changed or deleted or session.rotated:
                 # saved before any byte of the answer leaves: a route the browser calls next sees it
                 session.mark_synced(changed, deleted, session.version)
-                writer.write(bridge.json_frame(bridge.SESSION_CHANGES, {"set": changed, "delete": deleted}))
+                changes = {"set": changed, "delete": deleted, "rotate": session.rotated}
+                session.rotated = False  # the front applies it, with an id of its own choosing
+                writer.write(bridge.json_frame(bridge.SESSION_CHANGES, changes))
             writer.write(bridge.encode_outbound(message))
             await writer.drain()
 

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
+from . import logs
 from .appspec import AppSpec
 from .client import ForkServerClient
 from .config import Config
@@ -26,7 +27,7 @@ from .front import HtagEndpoint
 from .observe import Observability
 from .pages import bootstrap_page
 from .runtime import Runtime, default_runtime_dir
-from .sessions import SessionMiddleware, make_signer
+from .sessions import SessionMiddleware, make_signer, samesite_attribute
 from .stores import make_store
 
 if TYPE_CHECKING:
@@ -55,9 +56,12 @@ class WebServer(Starlette):
     ) -> None:
         """``settings``: any field of :class:`htagweb.config.Config` (``timeout_inactivity=60``,
         ``session_store="redis://..."``, ``parano=True``...), documented there."""
-        self.config = config = Config.of({**settings, "http_only": self.http_only})
-        self.runtime = Runtime(config.runtime_dir or default_runtime_dir(self._identity(app)), config.secret)
-        self.store = make_store(config.session_store, self.runtime.sqlite_path)
+        logs.quiet_htag()  # before any user process is forked: they inherit it
+        server_id = self._identity(app)
+        self.config = config = Config.of({**settings, "http_only": self.http_only, "server_id": server_id})
+        samesite_attribute(config.cookie_samesite)  # a wrong value fails here, not at the first request
+        self.runtime = Runtime(config.runtime_dir or default_runtime_dir(server_id), config.secret)
+        self.store = make_store(config.session_store, self.runtime.sqlite_path, config.session_max_age)
         self.apps: dict[str, AppSpec] = {}
         self.client = ForkServerClient(self.runtime, self.config, self.apps)
         signer = make_signer(self.runtime.secrets)
@@ -68,6 +72,8 @@ class WebServer(Starlette):
                 signer=signer,
                 https_only=config.https_only,
                 trust_proxy_headers=config.trust_proxy_headers,
+                samesite=config.cookie_samesite,
+                on_rotate=self.client.rotate,
                 parano=config.parano,
             )
         ]
@@ -106,8 +112,8 @@ class WebServer(Starlette):
         self._install(app)
 
     def _identity(self, app: Any) -> str:
-        """What names this server for its default runtime directory."""
-        return AppSpec.of(app).name
+        """What names this server, for its default runtime directory and its fork-server."""
+        return AppSpec.of(app).identity
 
     def _install(self, app: Any) -> None:
         self.add_app("/", app)
@@ -149,8 +155,7 @@ class WebServer(Starlette):
         """Serve with uvicorn (``uvicorn_options`` are passed on)."""
         import uvicorn
 
-        if not logging.getLogger().handlers:
-            logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+        logs.configure()
         uvicorn_options.setdefault("proxy_headers", self.config.trust_proxy_headers)
         # an SSE stream never ends by itself: without a limit, a stop waits for every browser to leave
         uvicorn_options.setdefault("timeout_graceful_shutdown", max(1, int(self.config.shutdown_grace)))

@@ -51,6 +51,17 @@ class SessionStore(ABC):
         """Record ``token`` for ``sid`` until ``expires``; False if it was already
         recorded. Parano mode claims each channel id, so a replayed channel is refused."""
 
+    async def delete(self, sid: str) -> None:
+        """Forget a session (its id was rotated). This default empties it through :meth:`update`."""
+        _, items = await self.load(sid)
+        if items:
+            await self.update(sid, {}, list(items))
+
+    async def touch(self, sid: str) -> None:
+        """The session is in use: keep it ``max_age`` longer (rolling expiry). Stores that
+        expire sessions by their last write override it."""
+        return None
+
     def generation(self) -> int | None:
         """A number that changes whenever any session of this store may have changed,
         read without a round trip; None if the store cannot tell. A front asks for a
@@ -90,6 +101,9 @@ class MemoryStore(SessionStore):
         self._sessions[sid] = (version + 1, items)
         self._generation += 1
         return version + 1
+
+    async def delete(self, sid: str) -> None:
+        self._sessions.pop(sid, None)
 
     async def claim(self, sid: str, token: str, expires: float) -> bool:
         now = time.time()
@@ -224,6 +238,22 @@ class SQLiteStore(SessionStore):
             inserted = conn.execute("INSERT OR IGNORE INTO claims (sid, token, expires) VALUES (?, ?, ?)", (sid, token, expires)).rowcount
         return inserted == 1
 
+    async def delete(self, sid: str) -> None:
+        await self._run(self._delete, sid)
+
+    async def touch(self, sid: str) -> None:
+        await self._run(self._touch, sid)
+
+    def _delete(self, sid: str) -> None:
+        with self.conn as conn:
+            conn.execute("DELETE FROM items WHERE sid=?", (sid,))
+            conn.execute("DELETE FROM sessions WHERE sid=?", (sid,))
+        self._bump_generation()
+
+    def _touch(self, sid: str) -> None:
+        with self.conn as conn:
+            conn.execute("UPDATE sessions SET touched=? WHERE sid=?", (time.time(), sid))
+
     async def close(self) -> None:
         if self._executor is not None and self._pid == os.getpid():
             if self._conn is not None:
@@ -278,13 +308,28 @@ class RedisStore(SessionStore):
         ttl = max(1, int(expires - time.time()))
         return bool(await self.client.set(self.prefix + "c:" + sid + ":" + token, "1", nx=True, ex=ttl))
 
+    async def delete(self, sid: str) -> None:
+        await self.client.delete(self.prefix + "s:" + sid, self.prefix + "v:" + sid)
+
+    async def touch(self, sid: str) -> None:
+        ttl = int(self.max_age)
+        async with self.client.pipeline(transaction=True) as pipe:
+            await pipe.expire(self.prefix + "s:" + sid, ttl).expire(self.prefix + "v:" + sid, ttl).execute()
+
     async def close(self) -> None:
         if self._client is not None and self._pid == os.getpid():
             await self._client.aclose()
         self._client = None
 
 
-def make_store(spec: SessionStore | str | None, default_path: Path) -> SessionStore:
+def make_store(spec: SessionStore | str | None, default_path: Path, max_age: float | None = None) -> SessionStore:
+    store = _store(spec, default_path)
+    if max_age is not None:
+        store.max_age = max_age
+    return store
+
+
+def _store(spec: SessionStore | str | None, default_path: Path) -> SessionStore:
     if isinstance(spec, SessionStore):
         return spec
     if spec is None or spec == "sqlite":

@@ -19,13 +19,18 @@ def server(tmp_path: Path):
     started: list[ServerProcess] = []
 
     def start(
-        source: str, *args: str, files: dict[str, str] | None = None, command: list[str] | None = None, gunicorn: bool = False
+        source: str,
+        *args: str,
+        files: dict[str, str] | None = None,
+        command: list[str] | None = None,
+        gunicorn: bool = False,
+        script: str | None = None,
     ) -> ServerProcess:
         workdir = tmp_path / f"srv{len(started)}"
         workdir.mkdir()
         srv = ServerProcess(source, workdir, files)
         started.append(srv)
-        return srv.start(*args, command=command, gunicorn=gunicorn)
+        return srv.start(*args, command=command, gunicorn=gunicorn, script=script)
 
     yield start
     errors = []

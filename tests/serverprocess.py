@@ -55,7 +55,7 @@ class ServerProcess:
             (workdir / name).write_text(textwrap.dedent(text))
         self.marker = uuid.uuid4().hex
         #: the server's output goes to a file, not a pipe: no reader thread competes with a client in this process
-        self.log_path = workdir / "server.log"
+        self.log_path = workdir / f"server-{self.marker[:8]}.log"  # several servers may share a folder
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
 
@@ -70,10 +70,19 @@ class ServerProcess:
         except FileNotFoundError:
             return ""
 
-    def start(self, *uvicorn_args: str, command: list[str] | None = None, gunicorn: bool = False) -> ServerProcess:
+    def start(
+        self,
+        *uvicorn_args: str,
+        command: list[str] | None = None,
+        gunicorn: bool = False,
+        script: str | None = None,
+        default_runtime_dir: bool = False,
+    ) -> ServerProcess:
         """``uvicorn srv:app`` with ``uvicorn_args`` (gunicorn's arguments with ``gunicorn``),
-        or ``python -m htagweb`` with ``command``."""
-        self.args = (uvicorn_args, command, gunicorn)
+        ``python -m htagweb`` with ``command``, or ``python SCRIPT`` with ``script`` (its
+        ``app.run(port=0)`` serving on a free port). ``default_runtime_dir``: no
+        ``HTAGWEB_RUNTIME_DIR`` in the environment (the caller removes the directory)."""
+        self.args = (uvicorn_args, command, gunicorn, script, default_runtime_dir)
         env = {
             **os.environ,
             "HTAGWEB_TEST_MARKER": self.marker,
@@ -81,8 +90,13 @@ class ServerProcess:
             "SPT_NOENV": "1",
             "HTAGWEB_RUNTIME_DIR": str(self.runtime_dir),
             "PYTHONPATH": f"{ROOT}{os.pathsep}{self.workdir}",
+            "PYTHONUNBUFFERED": "1",  # every print reaches the log as in a terminal, even from a process ended by os._exit
         }
-        if command is not None:
+        if default_runtime_dir:
+            del env["HTAGWEB_RUNTIME_DIR"]
+        if script is not None:
+            cmd = [self.python, script]
+        elif command is not None:
             cmd = [self.python, "-m", "htagweb", *command, "--port", "0"]
         elif gunicorn:
             cmd = [self.python, "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker", "-b", "127.0.0.1:0", *uvicorn_args, "srv:app"]
@@ -121,8 +135,8 @@ class ServerProcess:
         """Stop (checked as ``stop`` does) and start again on the same runtime directory."""
         self.halt()
         self.log_path.unlink(missing_ok=True)
-        uvicorn_args, command, gunicorn = self.args
-        return self.start(*uvicorn_args, command=command, gunicorn=gunicorn)
+        uvicorn_args, command, gunicorn, script, default_runtime_dir = self.args
+        return self.start(*uvicorn_args, command=command, gunicorn=gunicorn, script=script, default_runtime_dir=default_runtime_dir)
 
     def processes(self) -> list[psutil.Process]:
         """Every live process of this server: workers, fork-server, user processes."""

@@ -23,8 +23,12 @@ http {{
     access_log {dir}/access.log;
     client_body_temp_path {dir}/body;
     proxy_temp_path {dir}/proxy;
+    map $http_cookie $htagweb_session {{
+        "~(?:^|;\\s*)(?:__Host-)?htagweb_session=(?<sid>[^;]+)" $sid;
+        default "";
+    }}
     upstream htagweb {{
-        hash $cookie_htagweb_session consistent;
+        hash $htagweb_session consistent;
         server 127.0.0.1:{one} max_fails=1 fail_timeout=30s;
         server 127.0.0.1:{two} max_fails=1 fail_timeout=30s;
     }}
@@ -36,7 +40,7 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection $connection_upgrade;
-            proxy_set_header Host $host;
+            proxy_set_header Host $http_host;
             proxy_buffering off;
             proxy_next_upstream error timeout http_502 http_503;
         }}

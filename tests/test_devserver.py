@@ -173,7 +173,7 @@ def test_one_module_app_and_http_only(server):
     async def scenario():
         async with User(srv.url) as user:
             page = (await user.page("/")).text
-            assert "VERSION-1 count 0" in page and "window.WebSocket=window.EventSource=" in page
+            assert "VERSION-1 count 0" in page and "window.use_pure_http=window.use_fallback=true" in page
             payloads = (await user.post_event("inc")).json()["payloads"]
             assert "VERSION-1 count 1" in json.loads(payloads[-1])["updates"]["count"]
 
@@ -213,8 +213,7 @@ def test_in_the_browser_index_open_click_edit_reload(folder_server):
             page.goto(srv.url + "/")
             expect(page.locator("header h1")).to_have_text("htag apps in /")
             expect(page.locator("li.no-app", has_text="notapp")).to_contain_text("no htag app in this file")
-            if os.environ.get("HTAGWEB_SCREENSHOTS") == "1":
-                page.screenshot(path=str(ROOT / "docs" / "index.png"))
+            expect(page.locator("header p")).to_contain_text(". — served by htagweb")  # the folder, as started from it
             page.click("text=counter")
             expect(page).to_have_url(srv.url + "/counter")
             page.click("#inc")
@@ -241,3 +240,31 @@ def test_parano_option_serves_the_bootstrap(server):
             assert (await user.http.get("/_htagweb/identity")).json()["fingerprint"].startswith("SHA256:")
 
     run(scenario())
+
+
+def test_the_examples_that_build_their_own_server_say_why_they_cannot_run_here(server):
+    files = {name: (ROOT / "examples" / name).read_text() for name in ("counter.py", "multi.py", "oauth.py")}
+    srv = server("", files=files, command=["."])
+
+    async def scenario():
+        async with User(srv.url) as user:
+            index = (await user.page("/")).text
+            assert 'href="/counter"' in index
+            for name in ("multi", "oauth"):
+                assert f'href="/{name}"' not in index
+                card = re.search(rf"{name}</span><small[^>]*>([^<]*)<", index)
+                assert card and "builds its own server" in card.group(1) and f"python {name}.py" in card.group(1), index
+                page = await user.page(f"/{name}")
+                assert page.status_code == 404 and "builds its own server" in page.text
+
+    run(scenario())
+    assert "KeyError" not in srv.log  # oauth.py was never imported (it needs its provider's settings)
+
+
+def test_one_app_from_the_wrong_folder_fails_at_start_up(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HTAGWEB_RUNTIME_DIR": str(tmp_path / "rt")}
+    result = subprocess.run(
+        [sys.executable, "-m", "htagweb", "counter:App", "--port", "0"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert f"cannot find module 'counter' in {tmp_path}" in result.stderr

@@ -24,7 +24,9 @@ def test_multi_app_example(server):
     async def scenario():
         async with User(srv.url) as user:
             assert "Hello stranger" in (await user.page("/")).text
+            before_login = user.http.cookies["htagweb_session"]
             assert (await user.http.get("/login", params={"name": "Ada"})).status_code == 303
+            assert user.http.cookies["htagweb_session"] != before_login  # rotated at login
             assert "Hello Ada" in (await user.page("/")).text  # the app reads what the route wrote
             async with user.ws("/ws") as ws:
                 await ws.recv()

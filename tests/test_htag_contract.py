@@ -76,9 +76,14 @@ def test_page_websocket_and_event_through_the_runner():
     assert "Count: 2" in json.loads(response.json()["payloads"][-1])["updates"]["count"]
 
 
-def test_pure_http_cookie_mocks_websocket():
+def test_http_only_page_starts_htag_client_in_pure_http_mode():
+    assert "if (!window.HTAG_EXT_INIT) { init_ws(); }" in CLIENT_JS
+    assert "if (window.use_pure_http) { payload.fallback = true; }" in CLIENT_JS
+    assert "var _error_overlay = document.createElement('htag-error');" in CLIENT_JS and "this.attachShadow({mode: 'open'});" in CLIENT_JS
     client, _ = host_client(Config(http_only=True))
-    assert "window.WebSocket=window.EventSource=" in client.get("/").text
+    page = client.get("/").text
+    assert "<script>window.HTAG_EXT_INIT=true</script><script>" + CLIENT_JS in page
+    assert page.count("window.use_pure_http=window.use_fallback=true") == 1
 
 
 def test_watchdog_publishes_across_fork():
@@ -90,5 +95,5 @@ def test_watchdog_publishes_across_fork():
         interaction.__enter__()  # and never leaves it
         os._exit(0)
     os.waitpid(pid, 0)
-    busy_since, active, state = read_slot(slot)
-    assert 0 < busy_since <= time.monotonic() and active <= busy_since and state == RUNNING
+    busy_since, active, state, live = read_slot(slot)
+    assert 0 < busy_since <= time.monotonic() and active <= busy_since and state == RUNNING and not live

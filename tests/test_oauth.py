@@ -95,8 +95,10 @@ def test_login_flow_shares_the_session_with_the_app(server, monkeypatch):
             async with User(provider.url) as browser_at_provider:
                 back = await browser_at_provider.http.get(to_provider.headers["location"])
             assert back.status_code == 302 and back.headers["location"].startswith(srv.url + "/auth?code=")
+            before_login = user.http.cookies["htagweb_session"]
             home = await user.http.get(back.headers["location"].removeprefix(srv.url))
             assert home.status_code == 303 and home.headers["location"] == "/"
+            assert user.http.cookies["htagweb_session"] != before_login  # rotated at login
             page = await user.page()
             assert re.search(r'<p id="who">Logged in as Alice Liddell</p>', page.text)  # the app reads what the route wrote
             async with user.ws() as ws:

@@ -180,7 +180,7 @@ def test_resource_limits_kill_only_the_offender(server, button, limit):
 def test_a_burst_of_200_new_users_all_get_their_page(server):
     """200 first requests at once: more than a listening socket's backlog of
     connections to the fork-server, were each request to open its own."""
-    srv = server(server_source("WebServerWS", max_processes=1000))
+    srv = server(server_source("WebServerWS", max_processes=1000, new_processes_per_minute=0))  # all from 127.0.0.1
 
     async def arrive() -> tuple[int, int]:
         async with User(srv.url) as user:

@@ -59,3 +59,34 @@ def test_parano_channel_replayed_on_another_instance_is_refused(server, redis_ur
 def channel_copy(channel):
     """The client's end of ``channel`` as it was before the server answered: to read a second answer."""
     return dataclasses.replace(channel, ks=None, received=0)
+
+
+def test_every_store_forgets_a_rotated_id_and_keeps_an_active_session(redis_url, tmp_path):
+    from htagweb.sessions import move
+    from htagweb.stores import MemoryStore, RedisStore, SQLiteStore
+
+    async def scenario(store):
+        store.max_age = 60
+        await store.update("old", {"user": '"ada"'}, [])
+        version = await move(store, "old", "new")
+        assert version >= 1 and await store.load("new") == (version, {"user": '"ada"'})
+        assert await store.load("old") == (0, {})
+        await store.touch("new")
+        await store.close()
+
+    for store in (MemoryStore(), SQLiteStore(tmp_path / "s.sqlite3"), RedisStore(redis_url)):
+        run(scenario(store))
+    ttl_store = RedisStore(redis_url, max_age=1000)
+
+    async def touched():
+        import redis.asyncio
+
+        await ttl_store.update("t", {"k": "1"}, [])
+        client = redis.asyncio.Redis.from_url(redis_url)
+        await client.expire("htagweb:s:t", 5)
+        await ttl_store.touch("t")
+        assert await client.ttl("htagweb:s:t") > 900
+        await client.aclose()
+        await ttl_store.close()
+
+    run(touched())

@@ -43,7 +43,7 @@ def test_rehearsal_serves_a_page_a_websocket_and_a_click(caplog):
 def test_rehearsal_over_plain_http_loads_the_page_only():
     frames = frames_of(http_only=True)
     assert [kind for kind, _ in frames] == [bridge.RESPONSE_START, bridge.RESPONSE_BODY]
-    assert b"window.WebSocket=window.EventSource=" in frames[1][1]
+    assert b"window.use_pure_http=window.use_fallback=true" in frames[1][1]
 
 
 async def arrive(url: str) -> int:

@@ -26,6 +26,7 @@ from typing import Any
 
 from setproctitle import setproctitle
 
+from ..admission import Candidate, NewProcessLimit, make_room_from
 from ..appspec import AppSpec
 from ..config import Config
 from ..ends import End, Exit, describe, from_status
@@ -103,6 +104,7 @@ class ForkServer:
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.spares = Spares(runtime, config, self.selector, self._fork)
         self.watchdogs = Watchdogs(config)
+        self.new_process_limit = NewProcessLimit(config.new_processes_per_minute)
         self.status_waits: list[StatusWait] = []
         self.listener: socket.socket | None = None
         self.wakeup_r, self.wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -311,13 +313,19 @@ class ForkServer:
             reply.set(self._ensure(request))
         elif isinstance(request, messages.Status):
             self._status(line, request.key, reply)
+        elif isinstance(request, messages.Rotate):
+            reply.set(self._rotate(request.old, request.new))
         elif isinstance(request, messages.Stats):
+            self._reap()  # a process killed a moment ago is counted as such
+            candidates = self._candidates()
             reply.set(
                 {
                     "ok": True,
                     "processes": len(self.users),
                     "max_processes": self.config.max_processes,
                     "spares": len(self.spares),
+                    "provisional": sum(not c.live for c in candidates),
+                    "busy": sum(c.busy for c in candidates),
                     "counters": self.counters,
                 }
             )
@@ -330,6 +338,10 @@ class ForkServer:
         elif isinstance(request, messages.Kill):
             reply.set(self._kill(request))
         elif isinstance(request, messages.Hello):
+            if request.server != self.config.server_id:
+                error = f"this runtime directory serves another application ({self.config.server_id}), not {request.server}"
+                reply.set(messages.error(409, error + ": give each server its own runtime_dir"))
+                return
             self.presence.add(line)
             self.server_pids |= {pid for pid in (request.pid, request.ppid) if pid > 1}
             if request.supervised and request.ppid > 1:
@@ -430,9 +442,9 @@ class ForkServer:
                 return {"ok": True, "pid": child.pid, "spawned": False}
             logger.info("user process reloaded: %s (its source changed)", child)
             child.stop(End.RELOADED)
-        if len(self.users) >= self.config.max_processes:
-            logger.warning("max_processes (%d) reached: refusing a new user process for session %s", self.config.max_processes, label)
-            return messages.error(503, "The server has reached its limit of live user sessions.")
+        refusal = self._admit(request.client, label)
+        if refusal is not None:
+            return refusal
         known = set(self.loader.classes)
         try:
             load = self.loader.load(key, app, source)
@@ -466,6 +478,58 @@ class ForkServer:
         self.counters["spawns"] += 1
         self.after_reply.append(("user process spawned: %s", child))
         return {"ok": True, "pid": pid, "spawned": True}
+
+    def _admit(self, client: str, label: str) -> dict[str, Any] | None:
+        """None if a new process may start now (room made if needed), else the refusal."""
+        if not self.new_process_limit.admit(client, time.monotonic()):
+            self.counters["address_refusals"] += 1
+            limit = self.config.new_processes_per_minute
+            logger.warning("new process refused: over %d new processes per minute from %s", limit, client)
+            return messages.error(429, "Too many new sessions from your address: try again in a minute.")
+        candidates = self._candidates()
+        if len(candidates) < self.config.max_processes:
+            return None
+        victim = make_room_from(candidates)
+        if victim is None:
+            logger.warning("max_processes (%d) reached, all busy: refusing a new user process for session %s", len(candidates), label)
+            return messages.error(503, "The server has reached its limit of live user sessions.")
+        child = self.by_key[victim.key]
+        idle = time.monotonic() - victim.last_activity
+        why = f"idle for {idle:.0f}s" if victim.live else f"provisional: its page never went live, {idle:.0f}s ago"
+        self.counters["evictions"] += 1
+        logger.info("user process evicted: %s (%s)", child, why)
+        child.stop(End.EVICTED)  # on_destroy runs
+        return None
+
+    def _candidates(self) -> list[Candidate]:
+        """The user processes that count towards max_processes (not those already ending)."""
+        candidates = []
+        for child in self.users.values():
+            if child.end is None and self.by_key.get(child.key) is child:
+                reading = read_slot(child.slot)
+                candidates.append(Candidate(child.key, reading.live, reading.busy_since != 0, reading.active))
+        return candidates
+
+    def _rotate(self, old: str, new: str) -> dict[str, Any]:
+        """A session's id changed: its user processes move to the new id (their sockets
+        renamed), so that the old id reaches none of them."""
+        moved = 0
+        for child in list(self.by_key.values()):
+            if child.key != self.runtime.process_key(old, child.app):
+                continue
+            key = self.runtime.process_key(new, child.app)
+            try:
+                os.rename(self.runtime.user_socket_path(child.key), self.runtime.user_socket_path(key))
+            except FileNotFoundError:  # ending already (its socket removed): the old id reaches it no more
+                continue
+            deps = self.loader.deps_file(child.key)
+            if deps.exists():
+                deps.rename(self.loader.deps_file(key))
+            del self.by_key[child.key]
+            child.key = key
+            self.by_key[key] = child
+            moved += 1
+        return {"ok": True, "moved": moved}
 
     def _fork(self, title: str, body: Any) -> int:
         return fork(title, self.config, self.runtime.users_dir, self._let_go, body)

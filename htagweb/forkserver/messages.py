@@ -29,6 +29,8 @@ class Ensure:
     app: str
     label: str
     source: Source | None = None
+    #: the address a new process counts against (see htagweb.admission)
+    client: str = ""
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,15 @@ class Status:
 
     op: ClassVar[str] = "status"
     key: str
+
+
+@dataclass(frozen=True)
+class Rotate:
+    """A session's id changed: its user processes move to the new id."""
+
+    op: ClassVar[str] = "rotate"
+    old: str
+    new: str
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,8 @@ class Hello:
     pid: int
     ppid: int
     supervised: bool = False
+    #: what the worker serves (Config.server_id): a fork-server refuses another server's workers
+    server: str = ""
 
 
 @dataclass(frozen=True)
@@ -100,8 +113,8 @@ class Stop:
     op: ClassVar[str] = "stop"
 
 
-Request = Ensure | Status | Stats | Count | Users | Kill | Hello | Bye | Retire | Stop
-REQUESTS: dict[str, type[Request]] = {cls.op: cls for cls in (Ensure, Status, Stats, Count, Users, Kill, Hello, Bye, Retire, Stop)}
+Request = Ensure | Status | Rotate | Stats | Count | Users | Kill | Hello | Bye | Retire | Stop
+REQUESTS: dict[str, type[Request]] = {cls.op: cls for cls in (Ensure, Status, Rotate, Stats, Count, Users, Kill, Hello, Bye, Retire, Stop)}
 #: the JSON types each annotation accepts
 _TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,),

@@ -1,0 +1,74 @@
+"""Who may have a new user process, and who makes room for them: pure decisions,
+taken by the fork-server (the one process that sees every spawn).
+
+On the open internet most clients are not users: crawlers, uptime probes,
+scanners. Each cookieless page load would cost a process for ``timeout_inactivity``,
+so a flood of them could fill ``max_processes`` and lock real users out. Hence:
+
+- a limit on new processes per client address and minute (:class:`NewProcessLimit`);
+- at the cap, a process whose page never went live (no WebSocket, SSE stream or event
+  since it was served) is *provisional* and makes room first, then the least recently
+  active idle process (:func:`make_room_from`); a 503 only when every process is busy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+WINDOW = 60.0
+
+
+def address_group(address: str) -> str:
+    """What one client is: an IPv4 address, or an IPv6 /64 (one host gets a whole /64)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # a Unix socket peer, a test client: as given
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+class NewProcessLimit:
+    """At most ``per_minute`` new processes per client in any 60 seconds (0: no limit)."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._spawns: dict[str, deque[float]] = {}
+
+    def admit(self, address: str, now: float) -> bool:
+        """Whether ``address`` may have one more new process now (counted if so)."""
+        if not self.per_minute or not address:
+            return True
+        group = address_group(address)
+        times = self._spawns.setdefault(group, deque())
+        while times and now - times[0] >= WINDOW:
+            times.popleft()
+        if len(times) >= self.per_minute:
+            return False
+        times.append(now)
+        if len(self._spawns) > 10000:  # forget the clients that went quiet
+            self._spawns = {k: v for k, v in self._spawns.items() if v and now - v[-1] < WINDOW}
+        return True
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A user process as the cap sees it."""
+
+    key: str
+    live: bool  # its page opened a WebSocket or SSE stream, or sent an event
+    busy: bool  # a handler is running
+    last_activity: float  # monotonic time of its last exchange
+
+
+def make_room_from(candidates: Iterable[Candidate]) -> Candidate | None:
+    """The process that gives way to a new user: provisional ones first, then live ones,
+    each the least recently active first; never a busy one. None: all are busy."""
+    idle = [c for c in candidates if not c.busy]
+    return min(idle, key=lambda c: (c.live, c.last_activity), default=None)
