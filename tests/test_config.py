@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 import subprocess
 import sys
 
@@ -16,6 +17,15 @@ from htagweb.config import Config
 
 class App(Tag.App):
     pass
+
+
+@pytest.fixture(autouse=True)
+def htag_logging():
+    """A server quiets htag's logger for the processes it forks: not for the tests that follow."""
+    htag_logger = logging.getLogger("htag")
+    level = htag_logger.level
+    yield
+    htag_logger.setLevel(level)
 
 
 def test_a_server_takes_the_settings_of_config_and_nothing_else(tmp_path):

@@ -46,6 +46,8 @@ logger = logging.getLogger("htagweb")
 MAX_OUTBOX = 4 * 2**20
 #: seconds a status request waits for a listed process to be reaped
 STATUS_WAIT = 1.0
+#: seconds a retired fork-server stays after its last user process ended, answering why it ended
+RETIRED_LINGER = 5.0
 #: why-gone reasons remembered, for fronts that ask late
 DEATHS_KEPT = 10000
 
@@ -98,6 +100,8 @@ class ForkServer:
         self.stop_requested = False
         #: a fork-server of newer code took over: no more spares, and it ends once its last user process has
         self.retired = False
+        #: since when a retired fork-server has no user process left
+        self.emptied_at: float | None = None
         #: the sockets of the older generations' fork-servers this one retired
         self.predecessors: list[Path] = []
         #: what /_htagweb/metrics reports, for the whole server (fronts add theirs with the "count" request)
@@ -121,7 +125,10 @@ class ForkServer:
             signal.signal(sig, self._on_stop_signal)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # its byte on the wake-up pipe is what counts
         self.selector.register(self.wakeup_r, selectors.EVENT_READ, self._woken)
-        self._retire_predecessors()
+        refusal = self._retire_predecessors()
+        if refusal:
+            logger.error("fork-server not started: %s", refusal)
+            os._exit(1)
         path = self.runtime.forkserver_socket
         path.unlink(missing_ok=True)
         self.listener = listen(path)
@@ -143,9 +150,20 @@ class ForkServer:
             if self.orphaned_since is not None:
                 self._check_orphaned()
             if self.retired and not self.users and not self.presence:
-                logger.info("fork-server %d (code generation %s): its last user process ended", os.getpid(), self.runtime.generation)
-                self.stop_requested = True
+                self._end_when_unasked()
+            else:
+                self.emptied_at = None
         self._shutdown()
+
+    def _end_when_unasked(self) -> None:
+        """A retired fork-server whose last user process ended stops, once the fronts
+        have had time to ask why that process is gone (its users are told)."""
+        now = time.monotonic()
+        if self.emptied_at is None:
+            self.emptied_at = now
+        elif now - self.emptied_at > RETIRED_LINGER and not self.status_waits:
+            logger.info("fork-server %d (code generation %s): its last user process ended", os.getpid(), self.runtime.generation)
+            self.stop_requested = True
 
     def _spares_wanted(self) -> bool:
         return not self.stop_requested and not self.retired and self.spares.wanted(self.loader.classes, len(self.users))
@@ -166,16 +184,21 @@ class ForkServer:
     def _on_stop_signal(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
 
-    def _retire_predecessors(self) -> None:
+    def _retire_predecessors(self) -> str | None:
         """Older code generations' fork-servers keep their users but fork no more (a reload:
-        gunicorn's HUP); what a killed one left behind goes."""
+        gunicorn's HUP); what a killed one left behind goes. The refusal of one that serves
+        another server, if any (this one must not start)."""
         for path in self.runtime.forkserver_sockets():
             if path == self.runtime.forkserver_socket:
                 continue
-            if _tell(path, messages.Retire()):
-                self.predecessors.append(path)
-            else:
+            reply = _ask(path, messages.Retire(self.config.server_id))
+            if reply is None:
                 path.unlink(missing_ok=True)
+            elif not reply.get("ok"):
+                return str(reply.get("error"))
+            else:
+                self.predecessors.append(path)
+        return None
 
     def _sweep(self) -> None:
         """At the stop of the last fork-server: what killed ones left behind (their
@@ -221,7 +244,7 @@ class ForkServer:
                 self._ended(self.users.pop(child.pid))
         self.runtime.forkserver_socket.unlink(missing_ok=True)
         for path in self.predecessors:  # the server stops: the older generations' users end too
-            _tell(path, messages.Stop())
+            _ask(path, messages.Stop())
         deadline = time.monotonic() + self.config.shutdown_grace + 5
         while any(path.exists() for path in self.predecessors) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -359,6 +382,10 @@ class ForkServer:
                 self.stop_requested = True  # the connection stays open: EOF tells the worker we are done
             reply.set({"ok": True, "remaining": len(self.presence), "stopping": self.stop_requested})
         elif isinstance(request, messages.Retire):
+            if request.server != self.config.server_id:
+                error = f"this runtime directory serves another application ({self.config.server_id}), not {request.server}"
+                reply.set(messages.error(409, error + ": give each server its own runtime_dir"))
+                return
             if not self.retired:
                 self.retired = True
                 self.spares.stop()
@@ -590,16 +617,17 @@ class ForkServer:
         child.slot.close()
 
 
-def _tell(path: Path, request: messages.Request) -> bool:
-    """One request to another fork-server (blocking, briefly: at this one's start or stop); whether it answered."""
+def _ask(path: Path, request: messages.Request) -> dict[str, Any] | None:
+    """One request to another fork-server (blocking, briefly: at this one's start or stop); None if it did not answer."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as line:
             line.settimeout(5)
             line.connect(str(path))
             line.sendall(messages.encode(request))
-            return bool(line.makefile("rb").readline())
+            answer = line.makefile("rb").readline()
     except OSError:
-        return False
+        return None
+    return json.loads(answer) if answer else None
 
 
 def _alive(pid: int) -> bool:

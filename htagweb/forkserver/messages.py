@@ -101,9 +101,11 @@ class Bye:
 
 @dataclass(frozen=True)
 class Retire:
-    """From the fork-server of a newer code generation: fork no more, end once the last user process has."""
+    """From the fork-server of a newer code generation: fork no more, end once the last user process has.
+    Refused if the newer one serves another server (``server``: its Config.server_id)."""
 
     op: ClassVar[str] = "retire"
+    server: str = ""
 
 
 @dataclass(frozen=True)
