@@ -83,6 +83,15 @@ async def workers_reached(url: str) -> set[int]:
     return workers
 
 
+def holder_of(srv, ws) -> int | None:
+    """The worker that holds the server's end of a client's WebSocket."""
+    port = ws.transport.get_extra_info("sockname")[1]
+    for worker in gunicorn_workers(srv):
+        if any(c.raddr and c.raddr.port == port for c in worker.net_connections(kind="tcp")):
+            return worker.pid
+    return None
+
+
 def gunicorn_workers(srv) -> list[psutil.Process]:
     return [p for p in psutil.Process(srv.proc.pid).children() if p.is_running()]
 
@@ -100,7 +109,15 @@ def test_sigkill_of_a_worker_under_load(server):
             await ws.recv()
             await click(ws, "inc")
             sockets.append(ws)
-        victim = gunicorn_workers(srv)[0]
+        for _ in range(30):  # WebSockets on both workers: one loaded worker may have taken them all
+            holders = [holder_of(srv, ws) for ws in sockets]
+            if None not in holders and len(set(holders)) >= 2:
+                break
+            await sockets[-1].close()
+            sockets[-1] = await users[-1].ws().__aenter__()
+            await sockets[-1].recv()
+        assert None not in holders and len(set(holders)) >= 2, "the test must spread WebSockets over both workers"
+        victim = psutil.Process(holders[0])
         load = [asyncio.create_task(click(ws, "inc", callback_id="load")) for ws in sockets]
         victim.kill()
         await asyncio.gather(*load, return_exceptions=True)
