@@ -8,7 +8,8 @@ created here on first use. Both servers run under the same uvicorn
 (uvicorn[standard], default options, no access log).
 
 Measured with a protocol-level client (httpx + websockets):
-- new-user cold start: GET / until the WebSocket's initial payload;
+- new-user cold start: GET / until the WebSocket's initial payload, paced (a quiet
+  pause before each) and back to back (5 new users in a row, each round);
 - click round trip over one WebSocket, p50/p99;
 - 50 new users arriving at once, 20 clicks each: throughput, p99, worst cold
   start, lost or wrong replies;
@@ -22,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -34,12 +34,16 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from servers import Server, http_client, percentile, ws_connect  # noqa: E402
 
+from htagweb import manage  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 VENV = HERE / ".venv-htag"
 #: pause after each new user, so that what a server does in the background for it
 #: (htagweb forks and rehearses its next spare) is done before anything else is measured
 QUIET = 0.1
 WAKE_UP_CLICKS = 10
+#: new users arriving back to back, in each round
+BACK_TO_BACK = 5
 HTAG_SOURCE = "\nfrom htag import WebApp\napp = WebApp(App).app\n"
 # new_processes_per_minute=0: every user of the bench comes from 127.0.0.1
 HTAGWEB_SOURCE = (
@@ -134,13 +138,18 @@ async def idle_users(url: str, users: int) -> list:
     return visits
 
 
-async def alternate(servers: list[Server], rounds: int, per_round: int) -> tuple[list[list[float]], list[list[float]]]:
+async def alternate(
+    servers: list[Server], rounds: int, per_round: int
+) -> tuple[list[list[float]], list[list[float]], list[list[float]]]:
     """Cold starts, and clicks of one user kept per server (500 clicks of one user, as
     the target says), in rounds alternating between the servers so that a noisy
     moment of this 2-core machine hits both alike. Each cold start is followed by
     a pause (QUIET), then a few clicks not counted: a click measured right after a
-    pause would mostly measure how fast an idle CPU wakes up."""
+    pause would mostly measure how fast an idle CPU wakes up. Then, each round, a few
+    new users back to back (no pause between them: what the server does in the
+    background for one competes with the next)."""
     starts: list[list[float]] = [[] for _ in servers]
+    back_to_back: list[list[float]] = [[] for _ in servers]
     times: list[list[float]] = [[] for _ in servers]
     users = [await visit(server.url) for server in servers]
     for _, _, _, ws in users:  # warm-up
@@ -157,18 +166,22 @@ async def alternate(servers: list[Server], rounds: int, per_round: int) -> tuple
                 elapsed = (await click(ws, counts[n]))[0]
                 if measured:
                     times[n].append(elapsed)
+            back_to_back[n] += await cold_starts(server.url, BACK_TO_BACK)
+            await asyncio.sleep(QUIET)
     for http, _, _, ws in users:
         await ws.close()
         await http.aclose()
-    return starts, times
+    return starts, back_to_back, times
 
 
 def latencies(servers: list[Server], quick: bool) -> list[dict[str, float]]:
-    starts, times = asyncio.run(alternate(servers, 10 if quick else 50, 10))
+    starts, back_to_back, times = asyncio.run(alternate(servers, 10 if quick else 50, 10))
     return [
         {
             "cold_start_p50_ms": percentile(starts[n], 50) * 1000,
             "cold_start_p99_ms": percentile(starts[n], 99) * 1000,
+            "cold_start_b2b_p50_ms": percentile(back_to_back[n], 50) * 1000,
+            "cold_start_b2b_p99_ms": percentile(back_to_back[n], 99) * 1000,
             "click_p50_ms": percentile(times[n], 50) * 1000,
             "click_p99_ms": percentile(times[n], 99) * 1000,
         }
@@ -178,10 +191,7 @@ def latencies(servers: list[Server], quick: bool) -> list[dict[str, float]]:
 
 def user_process_pids(server: Server) -> list[int]:
     """Asked to the fork-server, which knows them all."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.connect(str(server.runtime_dir / "forkserver.sock"))
-        sock.sendall(b'{"op": "list"}\n')
-        return [p["pid"] for p in json.loads(sock.makefile().readline())["processes"]]
+    return [user.pid for user in manage.users(server.runtime_dir)]
 
 
 def measure(server: Server, quick: bool, is_htagweb: bool, result: dict[str, float]) -> dict[str, float]:

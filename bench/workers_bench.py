@@ -6,6 +6,10 @@
 - how many idle users fit in 4 GiB: users are added 100 at a time and the memory
   of every process of the server (PSS: shared pages counted once) is summed, until
   it passes 4 GiB.
+
+``--arrivals N`` measures only N new users arriving at once on 4 workers (each
+loading the page, opening its WebSocket and clicking once): lost, over 2 s, and
+the arrival times.
 """
 
 from __future__ import annotations
@@ -92,11 +96,47 @@ async def add_idle_users(url: str, users: int) -> None:
         await asyncio.gather(*(visit() for _ in range(min(50, users - start))))
 
 
+async def arrivals(url: str, users: int) -> dict[str, float]:
+    """``users`` new users at once: page, WebSocket, one click each."""
+    times: list[float] = []
+
+    async def arrive() -> None:
+        start = time.perf_counter()
+        async with http_client(url, 120) as http:
+            await http.get("/")
+            cookie = "; ".join(f"{k}={v}" for k, v in http.cookies.items())
+        async with ws_connect(url, cookie, open_timeout=120) as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"id": "inc", "event": "click", "data": {"callback_id": "1"}}))
+            while (reply := json.loads(await asyncio.wait_for(ws.recv(), 120))).get("callback_id") != "1":
+                pass
+            if "Count: 1<" not in reply["updates"].get("count", ""):
+                raise AssertionError("wrong count")
+        times.append(time.perf_counter() - start)
+
+    results = await asyncio.gather(*(arrive() for _ in range(users)), return_exceptions=True)
+    lost = sum(1 for r in results if isinstance(r, BaseException))
+    return {
+        "users": users,
+        "lost": lost,
+        "over_2s": sum(t > 2 for t in times) + lost,
+        "p50_s": percentile(times, 50),
+        "p99_s": percentile(times, 99),
+        "max_s": max(times) if times else float("nan"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--arrivals", type=int, help="only: that many new users at once on 4 workers")
     args = parser.parse_args()
+    if args.arrivals:
+        with Server(SOURCE, "--workers", "4") as server:
+            asyncio.run(crowd(server.url, 5, 2))  # warm-up
+            print(json.dumps(asyncio.run(arrivals(server.url, args.arrivals))))
+        return
     users, clicks = (50, 5) if args.quick else (200, 10)
     results: dict[str, object] = {}
     for workers in (1, 2, 4):

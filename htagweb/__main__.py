@@ -4,6 +4,9 @@
   htag apps of a folder (the current one by default), or for one app.
 - ``python -m htagweb kiosk URL --out FILE [--fingerprint FP]``: a kiosk bootstrap
   file pinning a parano server's identity key.
+- ``python -m htagweb ps [--runtime-dir DIR]``: the live user processes of a server.
+- ``python -m htagweb kill SESSION_PREFIX [--app APP] [--runtime-dir DIR]``: end some
+  (their on_destroy runs).
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ import os
 import sys
 from pathlib import Path
 
+from .config import Config
+
 
 def serve(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m htagweb",
         description="Serve the htag apps of a folder (an index page lists them), or one app, with htagweb: "
         "one process per user, server-side sessions. Edit an app and press F5 to run the new code.",
-        epilog="Also: python -m htagweb kiosk URL --out FILE, to pin a parano server in a kiosk bootstrap file.",
+        epilog="Also: python -m htagweb kiosk URL --out FILE, to pin a parano server in a kiosk bootstrap file; "
+        "python -m htagweb ps / kill SESSION_PREFIX, to see and end the user processes of a running server.",
     )
     parser.add_argument("target", nargs="?", default=".", help="a folder (default: the current one), or module:App for one app on /")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -31,10 +37,18 @@ def serve(argv: list[str]) -> int:
         "--debug", action=argparse.BooleanOptionalAction, default=True, help="tracebacks in error pages and htag's overlay (default: on)"
     )
     parser.add_argument(
-        "--timeout-inactivity", type=float, default=600, metavar="S", help="destroy a user process idle for S seconds (default 600)"
+        "--timeout-inactivity",
+        type=float,
+        default=Config.timeout_inactivity,
+        metavar="S",
+        help=f"destroy a user process idle for S seconds (default {Config.timeout_inactivity:g})",
     )
     parser.add_argument(
-        "--timeout-interaction", type=float, default=60, metavar="S", help="kill a user process whose handler runs S seconds (default 60)"
+        "--timeout-interaction",
+        type=float,
+        default=Config.timeout_interaction,
+        metavar="S",
+        help=f"kill a user process whose handler runs S seconds (default {Config.timeout_interaction:g})",
     )
     args = parser.parse_args(argv)
     options = {
@@ -46,6 +60,7 @@ def serve(argv: list[str]) -> int:
     from .devserver import HtagServer
     from .server import WebServer, WebServerWS
 
+    app: WebServer
     if os.path.isdir(args.target):
         app = HtagServer(args.target, http_only=args.http_only, **options)
     elif ":" in args.target:
@@ -90,10 +105,66 @@ def kiosk(argv: list[str]) -> int:
     return 0
 
 
+RUNTIME_DIR_HELP = "the server's runtime directory (its log names it: 'fork-server PID serving DIR'; default: $HTAGWEB_RUNTIME_DIR)"
+
+
+def ps(argv: list[str]) -> int:
+    from .manage import ManageError, users
+
+    parser = argparse.ArgumentParser(prog="python -m htagweb ps", description="List the live user processes of a running server.")
+    parser.add_argument("--runtime-dir", help=RUNTIME_DIR_HELP)
+    args = parser.parse_args(argv)
+    try:
+        found = users(args.runtime_dir)
+    except ManageError as exc:
+        print(f"ps: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'SESSION':<9} {'PID':>7} {'AGE':>8} {'IDLE':>8} {'RSS':>8}  {'STATE':<6} APP")
+    for user in sorted(found, key=lambda user: user.age, reverse=True):
+        rss = "?" if user.rss is None else f"{user.rss / 2**20:.1f}M"
+        print(f"{user.session:<9} {user.pid:>7} {_duration(user.age):>8} {_duration(user.idle):>8} {rss:>8}  {user.state:<6} {user.app}")
+    return 0
+
+
+def kill(argv: list[str]) -> int:
+    from .manage import ManageError
+    from .manage import kill as end
+
+    parser = argparse.ArgumentParser(
+        prog="python -m htagweb kill", description="End the user processes of a session (on_destroy runs; the user is told to reload)."
+    )
+    parser.add_argument("session", help="the session's prefix, as 'ps' and the server's log show it")
+    parser.add_argument("--app", help="only the process of this app (as 'ps' shows it)")
+    parser.add_argument("--runtime-dir", help=RUNTIME_DIR_HELP)
+    args = parser.parse_args(argv)
+    try:
+        ended = end(args.session, args.app, args.runtime_dir)
+    except ManageError as exc:
+        print(f"kill: {exc}", file=sys.stderr)
+        return 1
+    if not ended:
+        print(f"kill: no live user process of a session starting with {args.session!r}", file=sys.stderr)
+        return 1
+    for user in ended:
+        print(f"ending pid {user.pid}: session {user.session}, app {user.app}")
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+COMMANDS = {"kiosk": kiosk, "ps": ps, "kill": kill}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["kiosk"]:
-        return kiosk(argv[1:])
+    if argv[:1] and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
     return serve(argv)
 
 

@@ -163,6 +163,8 @@ def decode_outbound(kind: int, body: bytes) -> Message:
         return {"type": "websocket.send", "bytes": body}
     if kind == RESPONSE_BODY:
         return {"type": "http.response.body", "body": body[1:], "more_body": body[:1] == b"\x01"}
+    if kind not in (RESPONSE_START, WS_ACCEPT, WS_CLOSE):
+        raise BridgeError(f"unexpected frame kind {kind!r} from a user process")
     data = json.loads(body)
     if kind == RESPONSE_START:
         headers = [(str(k).encode("latin-1"), str(v).encode("latin-1")) for k, v in data["headers"]]

@@ -1,15 +1,22 @@
-"""Settings shared by the front, the fork-server and the user processes."""
+"""The settings of a server, in one table: ``WebServer(App, **settings)`` takes
+any of these fields by name (and nothing else), the command line takes its
+defaults from here, and the fork-server and user processes read the same object.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .stores import SessionStore
 
 
 @dataclass(frozen=True)
 class Config:
     #: show tracebacks to the browser (error pages, htag's error overlay)
     debug: bool = False
-    #: force htag's pure-HTTP mode (no WebSocket, no SSE)
+    #: force htag's pure-HTTP mode (no WebSocket, no SSE); set by the server class (WebServer: on, WebServerWS: off)
     http_only: bool = False
     #: seconds without any exchange before a user process is destroyed (0: never)
     timeout_inactivity: float = 600.0
@@ -18,16 +25,37 @@ class Config:
     #: live user processes at most; beyond, new users get a 503 with Retry-After
     max_processes: int = 500
     #: user processes forked ahead of need (one rehearsed, the others asleep, about 1.6 MB each):
-    #: a crowd of new users that large costs no fork (WebServer's default: min(50, max_processes // 10))
-    spare_processes: int = 50
+    #: a crowd of new users that large costs no fork (None: min(50, max_processes // 10))
+    spare_processes: int | None = None
     #: seconds user processes get to run on_destroy at server stop before being killed
     shutdown_grace: float = 5.0
     #: bytes of resident memory a user process may use before it is killed (0: no limit)
     memory_limit: int = 1024 * 1024 * 1024
     #: open files (sockets included) a user process may hold before it is killed (0: no limit)
     max_open_files: int = 1024
+    #: bytes a request body may have (413 beyond)
+    max_body_size: int = 1024 * 1024
+    #: where sessions live: "sqlite" (the runtime directory's, default), "sqlite:///PATH", "memory",
+    #: "redis://..." or a SessionStore
+    session_store: SessionStore | str | None = None
+    #: signs session cookies and seals parano tickets; comma-separated to rotate (default: $HTAGWEB_SECRET,
+    #: else a key file in the runtime directory)
+    secret: str | bytes | None = field(default=None, repr=False)
+    #: the private directory shared by the workers (default: $HTAGWEB_RUNTIME_DIR, else one derived from
+    #: the working directory and the app)
+    runtime_dir: str | None = None
+    #: session cookies marked Secure even when the request came over plain HTTP (TLS ends before us)
+    https_only: bool = False
+    #: honour X-Forwarded-Proto, X-Forwarded-Host and X-Forwarded-For (set only behind a proxy that sets them)
+    trust_proxy_headers: bool = False
     #: every exchange encrypted (crypto/PROTOCOL.md); plaintext htag exchanges refused
     parano: bool = False
+    #: the server identity key's PEM file (default: $HTAGWEB_IDENTITY_KEY, else one in the runtime directory)
+    parano_identity: str | None = None
+    #: seconds a parano ticket (the keys of one browser's key exchange) stays valid
+    parano_ticket_lifetime: float = 24 * 3600
+    #: serve /_htagweb/metrics (Prometheus text)
+    metrics: bool = False
     #: seconds the fork-server waits for a worker to come back after the last one vanished without saying bye
     orphan_grace: float = 10.0
     #: what this server serves (its first app, a script by its file, or a folder): a fork-server
@@ -36,8 +64,6 @@ class Config:
     #: origins (scheme://host[:port]) besides the server's own whose pages may open its WebSocket
     #: and SSE streams and reset its apps: for apps deliberately embedded in another site
     allowed_origins: tuple[str, ...] = ()
-    #: honour X-Forwarded-Proto, X-Forwarded-Host and X-Forwarded-For (set only behind a proxy that sets them)
-    trust_proxy_headers: bool = False
     #: seconds a session lives without activity: the cookie's signature expires then and the
     #: store forgets the data (renewed on activity, every 1/14 of it: a day for the default 14 days)
     session_max_age: float = 14 * 24 * 3600
@@ -47,3 +73,22 @@ class Config:
     #: new user processes one client address may cause per minute (an IPv6 client counts by its /64;
     #: the address is the socket's, or X-Forwarded-For's last with trust_proxy_headers); 0: no limit
     new_processes_per_minute: int = 60
+
+    def __post_init__(self) -> None:
+        if self.spare_processes is None:  # a small server keeps a tenth of its cap
+            object.__setattr__(self, "spare_processes", min(50, self.max_processes // 10))
+        object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
+
+    @property
+    def spares(self) -> int:
+        """``spare_processes``, resolved."""
+        assert self.spare_processes is not None
+        return self.spare_processes
+
+    @classmethod
+    def of(cls, settings: dict[str, Any]) -> Config:
+        """A Config from keyword settings, with a clear error for a name that is not one."""
+        unknown = sorted(set(settings) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise TypeError(f"unknown setting(s) {', '.join(unknown)}: a WebServer takes the fields of htagweb.config.Config")
+        return cls(**settings)

@@ -19,10 +19,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from . import bridge
+from .client import Connection, ForkServerClient, SpawnRefused
 from .config import Config
+from .ends import End
 from .origin import OriginPolicy
 from .pages import error_page, htag_error
-from .pool import Connection, ProcessPool, SpawnRefused
 from .runtime import Runtime
 from .sessions import (
     COOKIE_NAME,
@@ -40,6 +41,25 @@ from .stores import SessionStore
 logger = logging.getLogger("htagweb")
 
 RETRY_AFTER = 30
+RELOAD = "Reload the page to start again."
+
+#: what a user reads when the process of their session is gone, by why it is gone
+DEATHS: dict[End, tuple[int, str]] = {
+    End.EXPIRED: (410, f"This session ended after a time without activity. {RELOAD}"),
+    End.STOPPED: (410, f"This session ended: the server was restarted. {RELOAD}"),
+    End.RELOADED: (410, f"This session ended: the application's source changed. {RELOAD}"),
+    End.KILLED: (410, f"This session was ended by the server's administrator. {RELOAD}"),
+    End.EVICTED: (503, f"This idle session was ended to make room for other users. {RELOAD}"),
+    End.LOST: (502, f"This session was lost: the server restarted its process manager. {RELOAD}"),
+    End.CRASHED: (502, f"The application stopped unexpectedly. {RELOAD}"),
+    End.BROKEN: (502, f"The application could not be started. {RELOAD}"),
+    End.MEMORY_LIMIT: (507, f"The application went over its memory limit and was stopped. {RELOAD}"),
+    End.OPEN_FILES_LIMIT: (507, f"The application went over its open files limit and was stopped. {RELOAD}"),
+    End.SHUTDOWN_GRACE: (503, f"The server is restarting. {RELOAD}"),
+}
+#: the normal ends of a session: not counted as cut exchanges, and a WebSocket closes
+#: quietly (htag's client reconnects on the next event, and gets a fresh process)
+QUIET = frozenset({End.EXPIRED, End.STOPPED, End.RELOADED})
 
 
 class HtagEndpoint:
@@ -48,7 +68,7 @@ class HtagEndpoint:
         app: str,
         endpoint: str,
         runtime: Runtime,
-        pool: ProcessPool,
+        client: ForkServerClient,
         store: SessionStore,
         config: Config,
         bootstrap: Response | None = None,
@@ -57,7 +77,7 @@ class HtagEndpoint:
         self.app = app
         self.endpoint = endpoint
         self.runtime = runtime
-        self.pool = pool
+        self.client = client
         self.store = store
         self.config = config
         self.bootstrap = bootstrap
@@ -92,7 +112,18 @@ class HtagEndpoint:
         key = self.runtime.process_key(session.sid, self.app)
         label = session.sid[:8]
         try:
-            connection, spawned = await self.pool.connect(key, self.app, label, self.source, self.recheck, self.origins.client(scope))
+            connection = None if self.recheck else await self.client.open(key)
+            if connection is None and self.endpoint != "page":
+                # the page's process is gone: a fresh one would silently show another state, unless its end was a normal one
+                status, message, quiet = await death_message(self.client, key, self.config)
+                if not quiet:
+                    await self._tell_gone(scope, receive, send, status, message)
+                    return
+            spawned = False
+            if connection is None:
+                connection, spawned = await self.client.connect(
+                    key, self.app, label, self.source, recheck=True, client=self.origins.client(scope)
+                )
         except SpawnRefused as exc:
             trace = exc.traceback if self.config.debug else None
             await self._refuse(scope, receive, send, exc.status, str(exc), trace)
@@ -112,6 +143,16 @@ class HtagEndpoint:
         finally:
             connection[1].close()
 
+    async def _tell_gone(self, scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:
+        """Say, in htag's error overlay, that the page's process is gone."""
+        if scope["type"] == "websocket":
+            await receive()  # websocket.connect
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.send", "text": htag_error(message)})
+            await send({"type": "websocket.close", "code": 1000, "reason": message[:120]})
+        else:
+            await self._refuse(scope, receive, send, status, message)
+
     async def _refuse_origin(self, scope: Scope, receive: Receive, send: Send) -> None:
         origin = dict(scope["headers"]).get(b"origin", b"").decode("latin-1")
         kind = "WebSocket" if scope["type"] == "websocket" else "request"
@@ -130,6 +171,21 @@ class HtagEndpoint:
         else:
             response = error_page(status, message, trace, RETRY_AFTER if status in (429, 503) else None)
         await response(scope, receive, send)
+
+
+async def death_message(client: ForkServerClient, key: str, config: Config) -> tuple[int, str, bool]:
+    """Why the process of ``key`` is gone, as an HTTP status and words for the user,
+    and whether it is a normal end (counted as a cut exchange otherwise)."""
+    try:
+        reply = await client.status(key)
+        end = End(reply["reason"]) if reply.get("reason") else End.CRASHED
+    except (OSError, ValueError, KeyError):
+        end = End.LOST
+    if end not in QUIET | {End.KILLED, End.EVICTED}:  # an eviction is said, not counted: the user did nothing wrong
+        await client.count("bridge_errors")
+    if end is End.INTERACTION_TIMEOUT:
+        return 504, f"The application took longer than {config.timeout_interaction:g}s to answer and was stopped. {RELOAD}", False
+    return *DEATHS[end], end in QUIET
 
 
 def _query(scope: Scope) -> list[tuple[str, str]]:
@@ -166,14 +222,17 @@ class _Exchange:
         self.key = key
         self.reader, self.writer = connection
         self.known_version = session.version
+        #: the store's generation when the session was last read (see SessionStore.generation)
+        self.seen_generation = session.generation
         #: the browser is reading this connection as it goes (an accepted WebSocket, an SSE stream)
         self.live = False
         #: messages of ours for the browser, sent once it is live
         self.pending: list[Message] = []
 
-    def _open(self, scope: Scope, extra: dict[str, Any], first: bytes) -> None:
+    async def _open(self, scope: Scope, extra: dict[str, Any], first: bytes) -> None:
         """Send the scope and the first message in one write."""
         self.writer.write(bridge.encode_scope({**scope, "headers": _forwarded_headers(scope)}, extra) + first)
+        await self.writer.drain()
 
     async def _apply_changes(self, body: bytes) -> None:
         data = json.loads(body)
@@ -191,7 +250,7 @@ class _Exchange:
         old, new = self.session.sid, new_session_id()
         self.session.sid = new
         self.known_version = self.session.version = await move(self.store, old, new)
-        await self.endpoint.pool.rotate(old, new)
+        await self.endpoint.client.rotate(old, new)
         self.key = self.endpoint.runtime.process_key(new, self.endpoint.app)
         logger.info("session %s rotated to %s by its app", old[:8], new[:8])
         if self.scope.get(SCOPE_PARANO):
@@ -223,26 +282,8 @@ class _Exchange:
                 self.live = True
             return message
 
-    async def _death_message(self) -> tuple[int, str]:
-        """Why the process is gone, as an HTTP status and words for the user."""
-        try:
-            reply = await self.endpoint.pool.request({"op": "status", "key": self.key})
-            reason = reply.get("reason") or "unknown"
-        except (OSError, ValueError):
-            reason = "unknown"
-        if reason == "ended":
-            return 410, "This session ended (inactivity or server restart). Reload the page to start again."
-        if reason.startswith("evicted"):  # said, not closed quietly as an ended session: the user did nothing wrong
-            return 503, "This idle session was ended to make room for other users. Reload the page to start again."
-        await self.endpoint.pool.count("bridge_errors")
-        if reason.startswith(("memory limit", "open files limit")):
-            return 507, f"The application went over its {reason.split(':')[0]} and was stopped. Reload the page to start again."
-        if reason.startswith("interaction timeout"):
-            return 504, (
-                f"The application took longer than {self.endpoint.config.timeout_interaction:g}s to answer and was stopped. "
-                "Reload the page to start again."
-            )
-        return 502, "The application stopped unexpectedly. Reload the page to start again."
+    async def _death_message(self) -> tuple[int, str, bool]:
+        return await death_message(self.endpoint.client, self.key, self.endpoint.config)
 
     async def http(self, scope: Scope, receive: Receive, send: Send, extra: dict[str, Any]) -> None:
         body = bytearray()
@@ -253,15 +294,11 @@ class _Exchange:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        self._open(scope, extra, bridge.frame(bridge.HTTP_BODY, b"\x00" + bytes(body)))
+        await self._open(scope, extra, bridge.frame(bridge.HTTP_BODY, b"\x00" + bytes(body)))
         relaying = asyncio.create_task(self._relay_response(scope, receive, send))
         gone = asyncio.create_task(self._client_gone(receive))
-        done, _ = await asyncio.wait({relaying, gone}, return_when=asyncio.FIRST_COMPLETED)
         # a client that left ends the exchange: closing the bridge tells the process (an SSE stream stops)
-        relaying.cancel()
-        gone.cancel()
-        if relaying in done:
-            relaying.result()
+        await _first_of(relaying, gone)
 
     async def _relay_response(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
@@ -283,7 +320,7 @@ class _Exchange:
         await asyncio.sleep(0)  # a response just completed also reads as a disconnect: let the relay finish first
 
     async def _died(self, scope: Scope, receive: Receive, send: Send, started: bool) -> None:
-        status, message = await self._death_message()
+        status, message, _ = await self._death_message()
         if started:  # an SSE stream: tell htag's client in its own format, then end
             chunk = f"data: {htag_error(message)}\n\n".encode()
             await send({"type": "http.response.body", "body": chunk, "more_body": False})
@@ -294,7 +331,7 @@ class _Exchange:
 
     async def websocket(self, scope: Scope, receive: Receive, send: Send, extra: dict[str, Any]) -> None:
         await receive()  # websocket.connect
-        self._open(scope, extra, bridge.frame(bridge.WS_CONNECT))
+        await self._open(scope, extra, bridge.frame(bridge.WS_CONNECT))
         first = await self._read()
         if first is None:
             await send({"type": "websocket.close", "code": 1011, "reason": (await self._death_message())[1][:120]})
@@ -305,26 +342,35 @@ class _Exchange:
         upstream = asyncio.create_task(self._client_to_process(receive))
         downstream = asyncio.create_task(self._process_to_client(send))
         done, _ = await asyncio.wait({upstream, downstream}, return_when=asyncio.FIRST_COMPLETED)
-        if downstream in done and downstream.result() == "died" and upstream not in done:
-            status, message = await self._death_message()
-            if status != 410:  # an ended session closes quietly: htag's client reconnects on the next event
+        if downstream in done and not downstream.exception() and downstream.result() == "died" and upstream not in done:
+            _, message, quiet = await self._death_message()
+            if not quiet:
                 await send({"type": "websocket.send", "text": htag_error(message)})
-            await send({"type": "websocket.close", "code": 1001 if status == 410 else 1000, "reason": message[:120]})
-        upstream.cancel()
-        downstream.cancel()
+            await send({"type": "websocket.close", "code": 1001 if quiet else 1000, "reason": message[:120]})
+        await _first_of(downstream, upstream)
 
     async def _client_to_process(self, receive: Receive) -> None:
         while True:
             message = await receive()
             if message["type"] == "websocket.receive":
-                version = await self.store.version(self.session.sid)
-                if version != self.known_version:  # a route changed the session since
-                    _, items = await self.store.load(self.session.sid)
-                    self.writer.write(bridge.json_frame(bridge.SESSION_DATA, {"version": version, "items": items}))
-                    self.known_version = version
+                await self._refresh_session()
             self.writer.write(bridge.encode_inbound(message))
             if message["type"] == "websocket.disconnect":
                 return
+            await self.writer.drain()  # a process that does not read holds the client back
+
+    async def _refresh_session(self) -> None:
+        """Before a click reaches the process: the session data, if a route changed it since.
+        Asks the store only when its generation says something may have changed."""
+        generation = self.store.generation()
+        if generation is not None and generation == self.seen_generation:
+            return
+        version = await self.store.version(self.session.sid)
+        if version != self.known_version:  # a route changed the session since
+            _, items = await self.store.load(self.session.sid)
+            self.writer.write(bridge.json_frame(bridge.SESSION_DATA, {"version": version, "items": items}))
+            self.known_version = version
+        self.seen_generation = generation
 
     async def _process_to_client(self, send: Send) -> str:
         while True:
@@ -334,3 +380,19 @@ class _Exchange:
             await send(message)
             if message["type"] == "websocket.close":
                 return "closed"
+
+
+async def _first_of(main: asyncio.Task[Any], other: asyncio.Task[Any]) -> None:
+    """Wait for either task; cancel and await both. ``main``'s failure is raised,
+    ``other``'s logged: no task is left running, no exception lost."""
+    await asyncio.wait({main, other}, return_when=asyncio.FIRST_COMPLETED)
+    main_done = main.done()
+    for task in (main, other):
+        task.cancel()
+    results = await asyncio.gather(main, other, return_exceptions=True)
+    if isinstance(results[1], ConnectionError | asyncio.IncompleteReadError):  # the other end went first
+        logger.debug("bridge relay ended: %r", results[1])
+    elif isinstance(results[1], Exception):
+        logger.warning("bridge relay failed", exc_info=results[1])
+    if main_done and isinstance(results[0], Exception):
+        raise results[0]

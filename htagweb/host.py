@@ -16,7 +16,8 @@ import json
 import logging
 import os
 import traceback
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from typing import Any
 
 from htag import current_request
 from htag.client_js import CLIENT_JS
@@ -32,9 +33,7 @@ from .config import Config
 from .ordering import PageOrder
 from .pages import error_page, htag_error
 from .sessions import Session
-
-if TYPE_CHECKING:
-    from .process import Watchdog
+from .slot import Watchdog
 
 logger = logging.getLogger("htagweb")
 
@@ -70,9 +69,15 @@ class HtagHost:
             app_cls.session = session
         #: the app could not be built: this process must end so the next load starts afresh
         self.broken = False
+        #: events posted without waiting for their answer (it comes on the SSE stream), still running
+        self.background: set[asyncio.Task[None]] = set()
         #: parano pages number their events: delivered here in that order (crypto/PROTOCOL.md §7)
         self.order = PageOrder()
         logs.drop_htag_error_prints()  # this process hosts htag: its errors are logged, not also printed
+
+    @property
+    def app_name(self) -> str:
+        return self.app_cls.__name__ if self.app_cls is not None else "(not loaded)"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope["session"] = self.session
@@ -105,6 +110,7 @@ class HtagHost:
 
     def _instance(self, connection: Request | WebSocket) -> AppRunner:
         if self.instance is None:
+            assert self.app_cls is not None  # __call__ answered already when the app could not be loaded
             token = current_request.set(connection)
             try:
                 with self.watchdog.interaction():
@@ -139,7 +145,7 @@ class HtagHost:
         try:
             instance = self._instance(request)
         except Exception:
-            logger.exception("htag app %s failed to start", self.app_cls.__name__)
+            logger.exception("htag app %s failed to start", self.app_name)
             self.broken = True
             return error_page(500, "The application failed to start.", traceback.format_exc() if self.config.debug else None)
         if had_instance:  # F5: htag re-runs the mount lifecycle
@@ -174,10 +180,21 @@ class HtagHost:
                 await instance.handle_event(msg, None)
                 payloads, instance._fallback_queue = getattr(instance, "_fallback_queue", []), []
                 return JSONResponse({"status": "ok", "payloads": payloads})
-            asyncio.create_task(instance.handle_event(msg, None))
+            self._in_background(instance.handle_event(msg, None))
             return JSONResponse({"status": "ok"})
         finally:
             current_request.reset(token)
+
+    def _in_background(self, event: Coroutine[Any, Any, None]) -> None:
+        """Run an event past its POST's answer: kept, its failure logged, awaited at destroy."""
+        task = asyncio.create_task(event)
+        self.background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self.background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("htag event of %s failed", self.app_name, exc_info=task.exception())
 
     async def websocket(self, websocket: WebSocket) -> None:
         instance = self._instance(websocket)
@@ -214,7 +231,11 @@ class HtagHost:
         return checked_receive
 
     async def destroy(self, grace: float) -> None:
-        """Run the app's on_destroy (awaited when it is async), as htag does on discard."""
+        """Run the app's on_destroy (awaited when it is async), as htag does on discard,
+        once the events still running in the background are over (cancelled)."""
+        for task in list(self.background):
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
         if self.instance is None:
             return
         try:
@@ -222,4 +243,4 @@ class HtagHost:
             if inspect.isawaitable(result):
                 await asyncio.wait_for(result, grace)
         except Exception:
-            logger.exception("on_destroy of %s failed", self.app_cls.__name__)
+            logger.exception("on_destroy of %s failed", self.app_name)

@@ -9,35 +9,24 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from .pool import ProcessPool
-
-HELP = {
-    "spawns": "User processes created.",
-    "expiries": "User processes ended after timeout_inactivity.",
-    "kills": "User processes killed (interaction timeout, source reloaded, shutdown grace exceeded).",
-    "interaction_timeouts": "Handlers that ran longer than timeout_interaction.",
-    "resource_kills": "User processes killed over their memory or open-files limit.",
-    "crashes": "User processes that died on their own.",
-    "bridge_errors": "Exchanges cut because their user process died.",
-    "parano_rejections": "Parano messages refused (tampered, replayed, malformed, expired ticket...).",
-    "evictions": "Idle or provisional user processes ended to make room for a new user at max_processes.",
-    "address_refusals": "New user processes refused over new_processes_per_minute from one address.",
-}
+from .client import ForkServerClient
+from .forkserver import messages
+from .metrics import COUNTERS
 
 
 class Observability:
-    def __init__(self, pool: ProcessPool) -> None:
-        self.pool = pool
+    def __init__(self, client: ForkServerClient) -> None:
+        self.client = client
 
     async def health(self, request: Request) -> Response:
         try:
-            stats = await self.pool.request({"op": "stats"})
+            stats = await self.client.request(messages.Stats())
         except (OSError, ValueError) as exc:
             return JSONResponse({"status": "unavailable", "reason": f"fork-server: {exc}"}, status_code=503)
         return JSONResponse({"status": "ok", "user_processes": stats["processes"]})
 
     async def metrics(self, request: Request) -> Response:
-        stats = await self.pool.request({"op": "stats"})
+        stats = await self.client.request(messages.Stats())
         lines = [
             "# HELP htagweb_user_processes Live user processes.",
             "# TYPE htagweb_user_processes gauge",
@@ -56,5 +45,6 @@ class Observability:
             f"htagweb_busy_processes {stats['busy']}",
         ]
         for name, value in stats["counters"].items():
-            lines += [f"# HELP htagweb_{name}_total {HELP[name]}", f"# TYPE htagweb_{name}_total counter", f"htagweb_{name}_total {value}"]
+            metric = f"htagweb_{name}_total"
+            lines += [f"# HELP {metric} {COUNTERS[name]}", f"# TYPE {metric} counter", f"{metric} {value}"]
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

@@ -85,7 +85,7 @@ class Credentials:
     def verify(self, credential: str) -> tuple[str, bool]:
         """(session id, whether to hand a fresh credential)."""
         try:
-            sid, signed_at = self.signer.unsign(credential, max_age=self.max_age, return_timestamp=True)
+            sid, signed_at = self.signer.unsign(credential, max_age=int(self.max_age), return_timestamp=True)
         except SignatureExpired:
             raise ParanoError("session", "this session expired: reload to start a new one") from None
         except BadSignature:

@@ -16,14 +16,11 @@ import json
 import logging
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from htag import State, Tag
 
 from . import bridge
-
-if TYPE_CHECKING:
-    from .process import UserProcess
+from .process import UserProcess
 
 
 class RehearsalApp(Tag.App):
@@ -82,7 +79,7 @@ async def rehearse(process: UserProcess, user_waiting: Callable[[], bool] = lamb
 
 async def _rehearse(process: UserProcess, user_waiting: Callable[[], bool]) -> list[tuple[int, bytes]]:
     config = process.config
-    process.assign(lambda: RehearsalApp, "rehearsal")
+    process.assign(lambda: RehearsalApp, "rehearsal", "rehearsal")
     received: list[tuple[int, bytes]] = []
     if not user_waiting():
         page_frames = [bridge.frame(bridge.HTTP_BODY, b"\x00")]

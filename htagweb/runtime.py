@@ -38,6 +38,10 @@ def default_runtime_dir(identity: str) -> Path:
     return Path(tempfile.gettempdir()) / f"htagweb-{os.getuid()}-{digest}"
 
 
+def forkserver_sockets(folder: Path) -> list[Path]:
+    return sorted(folder.glob("forkserver*.sock"))
+
+
 class Runtime:
     def __init__(self, path: Path | str, secret: str | bytes | None = None) -> None:
         self.path = Path(path).absolute()
@@ -48,6 +52,8 @@ class Runtime:
         #: the current secret first, then older ones still accepted (rotation)
         self.secrets = [part.strip() for part in self._load_secret(secret).split(b",") if part.strip()]
         self.secret = self.secrets[0]
+        #: the code generation of this worker (see htagweb.generation), once known: its fork-server's socket depends on it
+        self.generation = ""
 
     @property
     def users_dir(self) -> Path:
@@ -55,7 +61,12 @@ class Runtime:
 
     @property
     def forkserver_socket(self) -> Path:
-        return self.path / "forkserver.sock"
+        """The socket of the fork-server of this worker's code generation."""
+        return self.path / (f"forkserver-{self.generation}.sock" if self.generation else "forkserver.sock")
+
+    def forkserver_sockets(self) -> list[Path]:
+        """The sockets of every fork-server of this directory (one per code generation)."""
+        return forkserver_sockets(self.path)
 
     @property
     def forkserver_lock(self) -> Path:

@@ -21,14 +21,14 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from . import logs
 from .appspec import AppSpec
+from .client import ForkServerClient
 from .config import Config
 from .front import HtagEndpoint
 from .observe import Observability
 from .pages import bootstrap_page
-from .pool import ProcessPool
 from .runtime import Runtime, default_runtime_dir
 from .sessions import SessionMiddleware, make_signer, samesite_attribute
-from .stores import SessionStore, make_store
+from .stores import make_store
 
 if TYPE_CHECKING:
     from .cipher import IdentityKey
@@ -52,80 +52,37 @@ class WebServer(Starlette):
     http_only = True
 
     def __init__(
-        self,
-        app: Any,
-        *,
-        debug: bool = False,
-        timeout_inactivity: float = Config.timeout_inactivity,
-        timeout_interaction: float = Config.timeout_interaction,
-        max_processes: int = Config.max_processes,
-        new_processes_per_minute: int = Config.new_processes_per_minute,
-        spare_processes: int | None = None,
-        memory_limit: int = Config.memory_limit,
-        max_open_files: int = Config.max_open_files,
-        max_body_size: int = 1024 * 1024,
-        session_store: SessionStore | str | None = None,
-        secret: str | bytes | None = None,
-        runtime_dir: str | None = None,
-        https_only: bool = False,
-        trust_proxy_headers: bool = False,
-        allowed_origins: Sequence[str] = (),
-        session_max_age: float = Config.session_max_age,
-        cookie_samesite: str = Config.cookie_samesite,
-        shutdown_grace: float = Config.shutdown_grace,
-        parano: bool = False,
-        parano_identity: str | None = None,
-        parano_ticket_lifetime: float = 24 * 3600,
-        metrics: bool = False,
-        routes: Sequence[BaseRoute] | None = None,
-        middleware: Sequence[Middleware] | None = None,
+        self, app: Any, *, routes: Sequence[BaseRoute] | None = None, middleware: Sequence[Middleware] | None = None, **settings: Any
     ) -> None:
+        """``settings``: any field of :class:`htagweb.config.Config` (``timeout_inactivity=60``,
+        ``session_store="redis://..."``, ``parano=True``...), documented there."""
         logs.quiet_htag()  # before any user process is forked: they inherit it
-        samesite_attribute(cookie_samesite)  # a wrong value fails here, not at the first request
         server_id = self._identity(app)
-        self.config = Config(
-            server_id=server_id,
-            debug=debug,
-            http_only=self.http_only,
-            timeout_inactivity=timeout_inactivity,
-            timeout_interaction=timeout_interaction,
-            max_processes=max_processes,
-            new_processes_per_minute=new_processes_per_minute,
-            # a crowd of 50 new users at once costs no fork; a small server keeps a tenth of its cap
-            spare_processes=min(50, max_processes // 10) if spare_processes is None else spare_processes,
-            memory_limit=memory_limit,
-            max_open_files=max_open_files,
-            shutdown_grace=shutdown_grace,
-            parano=parano,
-            allowed_origins=tuple(allowed_origins),
-            trust_proxy_headers=trust_proxy_headers,
-            session_max_age=session_max_age,
-            cookie_samesite=cookie_samesite,
-        )
-        self.runtime = Runtime(runtime_dir or default_runtime_dir(server_id), secret)
-        self.store = make_store(session_store, self.runtime.sqlite_path, session_max_age)
+        self.config = config = Config.of({**settings, "http_only": self.http_only, "server_id": server_id})
+        samesite_attribute(config.cookie_samesite)  # a wrong value fails here, not at the first request
+        self.runtime = Runtime(config.runtime_dir or default_runtime_dir(server_id), config.secret)
+        self.store = make_store(config.session_store, self.runtime.sqlite_path, config.session_max_age)
         self.apps: dict[str, AppSpec] = {}
-        self.pool = ProcessPool(self.runtime, self.config, self.apps)
-        self.trust_proxy_headers = trust_proxy_headers
+        self.client = ForkServerClient(self.runtime, self.config, self.apps)
         signer = make_signer(self.runtime.secrets)
         layers = [
             Middleware(
                 SessionMiddleware,
                 store=self.store,
                 signer=signer,
-                https_only=https_only,
-                trust_proxy_headers=trust_proxy_headers,
-                samesite=cookie_samesite,
-                on_rotate=self.pool.rotate,
-                parano=parano,
+                https_only=config.https_only,
+                trust_proxy_headers=config.trust_proxy_headers,
+                samesite=config.cookie_samesite,
+                on_rotate=self.client.rotate,
+                parano=config.parano,
             )
         ]
         self.identity: IdentityKey | None = None
-        if parano:  # imported only here: every user process is forked from this memory, the smaller the faster
+        if config.parano:  # imported only here: every user process is forked from this memory, the smaller the faster
             from .cipher import IdentityKey, TicketSealer
             from .parano import Credentials, ParanoMiddleware
 
-            identity_path = parano_identity or os.environ.get(IDENTITY_ENV) or self.runtime.identity_path
+            identity_path = config.parano_identity or os.environ.get(IDENTITY_ENV) or self.runtime.identity_path
             self.identity = IdentityKey.load_or_create(Path(identity_path))
             paranoid = Middleware(
                 ParanoMiddleware,
@@ -133,24 +90,24 @@ class WebServer(Starlette):
                 sealer=TicketSealer(self.runtime.secrets),
                 credentials=Credentials(self.runtime.secrets, self.store.max_age),
                 store=self.store,
-                ticket_lifetime=parano_ticket_lifetime,
-                max_body_size=max_body_size,
-                debug=debug,
-                on_rejection=partial(self.pool.count, "parano_rejections"),
+                ticket_lifetime=config.parano_ticket_lifetime,
+                max_body_size=config.max_body_size,
+                debug=config.debug,
+                on_rejection=partial(self.client.count, "parano_rejections"),
             )
             layers.insert(0, paranoid)
         super().__init__(
-            debug=debug,
+            debug=config.debug,
             routes=list(routes or []),
             middleware=[*layers, *(middleware or [])],
             lifespan=self._lifespan,
-            max_body_size=max_body_size,
+            max_body_size=config.max_body_size,
         )
         self.add_route("/logo.png", _logo)
         self.add_route("/favicon.ico", _logo)
-        observability = Observability(self.pool)
+        observability = Observability(self.client)
         self.add_route("/_htagweb/health", observability.health)
-        if metrics:
+        if config.metrics:
             self.add_route("/_htagweb/metrics", observability.metrics)
         self._install(app)
 
@@ -163,7 +120,7 @@ class WebServer(Starlette):
 
     def _endpoint(self, app: str, kind: str, source: dict[str, str] | None = None) -> HtagEndpoint:
         bootstrap = bootstrap_page(self.identity) if self.identity else None
-        return HtagEndpoint(app, kind, self.runtime, self.pool, self.store, self.config, bootstrap, source)
+        return HtagEndpoint(app, kind, self.runtime, self.client, self.store, self.config, bootstrap, source)
 
     def add_app(self, path: str, app: Any) -> None:
         """Serve another htag app at ``path`` (its own process per user)."""
@@ -187,11 +144,11 @@ class WebServer(Starlette):
         _share_uvicorn_logging()
         if self.identity:
             logger.info("parano mode: server identity fingerprint %s", self.identity.fingerprint)
-        await self.pool.start()
+        await self.client.start()
         try:
             yield
         finally:
-            await self.pool.stop()
+            await self.client.stop()
             await self.store.close()
 
     def run(self, host: str = "127.0.0.1", port: int = 8000, **uvicorn_options: Any) -> None:
@@ -199,7 +156,7 @@ class WebServer(Starlette):
         import uvicorn
 
         logs.configure()
-        uvicorn_options.setdefault("proxy_headers", self.trust_proxy_headers)
+        uvicorn_options.setdefault("proxy_headers", self.config.trust_proxy_headers)
         # an SSE stream never ends by itself: without a limit, a stop waits for every browser to leave
         uvicorn_options.setdefault("timeout_graceful_shutdown", max(1, int(self.config.shutdown_grace)))
         if self.config.parano:  # ciphertext does not compress: deflating it only costs time

@@ -82,7 +82,7 @@ def verified_cookie(signer: Signer, connection: HTTPConnection, max_age: float |
     client = connection.client.host if connection.client else "?"
     try:
         if isinstance(signer, TimestampSigner):
-            sid, signed_at = signer.unsign(cookie, max_age=max_age, return_timestamp=True)
+            sid, signed_at = signer.unsign(cookie, max_age=max_age, return_timestamp=True)  # type: ignore[call-overload]  # float seconds work
             return sid.decode(), max(0.0, time.time() - signed_at.timestamp())
         return signer.unsign(cookie).decode(), 0.0
     except SignatureExpired:
@@ -99,6 +99,8 @@ class Session(MutableMapping[str, Any]):
     def __init__(self, sid: str, version: int = 0, items: Items | None = None) -> None:
         self.sid = sid
         self.version = version
+        #: the store's generation when this data was read (see SessionStore.generation)
+        self.generation: int | None = None
         self._synced: Items = dict(items or {})
         self._data: dict[str, Any] = {k: json.loads(v) for k, v in self._synced.items()}
         #: rotate() was called and not yet applied
@@ -262,8 +264,10 @@ class SessionMiddleware:
             is_new = sid is None
         if sid is None:
             sid = new_session_id()
+        generation = self.store.generation()  # read first: a write meanwhile changes it
         version, items = (0, {}) if is_new else await self.store.load(sid)  # a new id has nothing stored
         session = Session(sid, version, items)
+        session.generation = generation
         scope["session"] = session
         scope[SCOPE_NEW] = is_new
         renew = not is_new and age > self.store.max_age * RENEW_FRACTION

@@ -9,14 +9,22 @@ fresh session data.
 
 from __future__ import annotations
 
+import asyncio
+import mmap
 import os
+import secrets
 import sqlite3
+import struct
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 Items = dict[str, str]  # key -> JSON text
+T = TypeVar("T")
+GENERATION = struct.Struct("<Q")
 
 
 class SessionStore(ABC):
@@ -54,6 +62,13 @@ class SessionStore(ABC):
         expire sessions by their last write override it."""
         return None
 
+    def generation(self) -> int | None:
+        """A number that changes whenever any session of this store may have changed,
+        read without a round trip; None if the store cannot tell. A front asks for a
+        session's version (a round trip) only when it changed: a click that changes
+        nothing costs the store nothing."""
+        return None
+
     async def close(self) -> None:
         return None
 
@@ -65,7 +80,11 @@ class MemoryStore(SessionStore):
     def __init__(self) -> None:
         self._sessions: dict[str, tuple[int, Items]] = {}
         self._claims: dict[tuple[str, str], float] = {}
+        self._generation = 0
         self._purged = 0.0
+
+    def generation(self) -> int:
+        return self._generation
 
     async def load(self, sid: str) -> tuple[int, Items]:
         version, items = self._sessions.get(sid, (0, {}))
@@ -80,6 +99,7 @@ class MemoryStore(SessionStore):
         for key in delete:
             items.pop(key, None)
         self._sessions[sid] = (version + 1, items)
+        self._generation += 1
         return version + 1
 
     async def delete(self, sid: str) -> None:
@@ -98,7 +118,12 @@ class MemoryStore(SessionStore):
 
 class SQLiteStore(SessionStore):
     """Sessions in a SQLite file, shared by every worker of one machine and kept
-    across restarts. Each process opens its own connection (never across fork)."""
+    across restarts. Each process opens its own connection (never across fork),
+    used from one thread of its own: a query waiting for another process' write
+    lock (up to 10 s) never holds up the worker's event loop.
+
+    Beside the database, ``<path>-gen`` holds the store's generation: a random
+    number each write replaces, mapped in every worker's memory."""
 
     _SCHEMA = """
     CREATE TABLE IF NOT EXISTS sessions (sid TEXT PRIMARY KEY, version INTEGER NOT NULL, touched REAL NOT NULL);
@@ -113,16 +138,40 @@ class SQLiteStore(SessionStore):
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
         self._purged = time.time()  # the connection purges when it opens
+        self._executor: ThreadPoolExecutor | None = None
+        self._generation: mmap.mmap | None = None
+        self._generation_pid = 0
+
+    async def _run(self, query: Callable[..., T], *args: Any) -> T:
+        if self._executor is None or self._pid != os.getpid():
+            self._executor, self._conn, self._pid = ThreadPoolExecutor(1, thread_name_prefix="htagweb-sqlite"), None, os.getpid()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, query, *args)
+
+    def generation(self) -> int:
+        if self._generation is None or self._generation_pid != os.getpid():
+            fd = os.open(f"{self.path}-gen", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                if os.fstat(fd).st_size < GENERATION.size:
+                    os.ftruncate(fd, GENERATION.size)
+                self._generation, self._generation_pid = mmap.mmap(fd, GENERATION.size), os.getpid()
+            finally:
+                os.close(fd)
+        return GENERATION.unpack_from(self._generation)[0]
+
+    def _bump_generation(self) -> None:
+        self.generation()
+        assert self._generation is not None
+        GENERATION.pack_into(self._generation, 0, secrets.randbits(64))
 
     @property
     def conn(self) -> sqlite3.Connection:
-        if self._conn is None or self._pid != os.getpid():
+        if self._conn is None:  # in the store's thread (see _run)
             conn = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(self._SCHEMA)
             self._purge(conn)
-            self._conn, self._pid = conn, os.getpid()
+            self._conn = conn
         return self._conn
 
     def _purge(self, conn: sqlite3.Connection) -> None:
@@ -133,6 +182,18 @@ class SQLiteStore(SessionStore):
             conn.execute("DELETE FROM claims WHERE expires < ?", (time.time(),))
 
     async def load(self, sid: str) -> tuple[int, Items]:
+        return await self._run(self._load, sid)
+
+    async def version(self, sid: str) -> int:
+        return await self._run(self._version, sid)
+
+    async def update(self, sid: str, set_items: Items, delete: list[str]) -> int:
+        return await self._run(self._update, sid, set_items, delete)
+
+    async def claim(self, sid: str, token: str, expires: float) -> bool:
+        return await self._run(self._claim, sid, token, expires)
+
+    def _load(self, sid: str) -> tuple[int, Items]:
         conn = self.conn
         row = conn.execute("SELECT version FROM sessions WHERE sid=?", (sid,)).fetchone()
         if row is None:
@@ -140,11 +201,11 @@ class SQLiteStore(SessionStore):
         items = dict(conn.execute("SELECT key, value FROM items WHERE sid=?", (sid,)).fetchall())
         return row[0], items
 
-    async def version(self, sid: str) -> int:
+    def _version(self, sid: str) -> int:
         row = self.conn.execute("SELECT version FROM sessions WHERE sid=?", (sid,)).fetchone()
         return row[0] if row else 0
 
-    async def update(self, sid: str, set_items: Items, delete: list[str]) -> int:
+    def _update(self, sid: str, set_items: Items, delete: list[str]) -> int:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -163,9 +224,10 @@ class SQLiteStore(SessionStore):
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        self._bump_generation()
         return version
 
-    async def claim(self, sid: str, token: str, expires: float) -> bool:
+    def _claim(self, sid: str, token: str, expires: float) -> bool:
         conn = self.conn
         now = time.time()
         with conn:
@@ -177,18 +239,27 @@ class SQLiteStore(SessionStore):
         return inserted == 1
 
     async def delete(self, sid: str) -> None:
+        await self._run(self._delete, sid)
+
+    async def touch(self, sid: str) -> None:
+        await self._run(self._touch, sid)
+
+    def _delete(self, sid: str) -> None:
         with self.conn as conn:
             conn.execute("DELETE FROM items WHERE sid=?", (sid,))
             conn.execute("DELETE FROM sessions WHERE sid=?", (sid,))
+        self._bump_generation()
 
-    async def touch(self, sid: str) -> None:
+    def _touch(self, sid: str) -> None:
         with self.conn as conn:
             conn.execute("UPDATE sessions SET touched=? WHERE sid=?", (time.time(), sid))
 
     async def close(self) -> None:
-        if self._conn is not None and self._pid == os.getpid():
-            self._conn.close()
-        self._conn = None
+        if self._executor is not None and self._pid == os.getpid():
+            if self._conn is not None:
+                await self._run(self._conn.close)
+            self._executor.shutdown()
+        self._conn, self._executor = None, None
 
 
 class RedisStore(SessionStore):

@@ -28,6 +28,7 @@ class App(Tag.App):
         Tag.button("+1", _id="inc", _onclick=self.inc)
         Tag.button("hang", _id="hang", _onclick=self.hang)
         Tag.button("crash", _id="crash", _onclick=self.crash)
+        Tag.button("bail", _id="bail", _onclick=self.bail)
         Tag.button("session", _id="session", _onclick=self.session_event)
         Tag.button("hog", _id="hog", _onclick=self.hog)
         Tag.button("files", _id="files", _onclick=self.files)
@@ -40,6 +41,9 @@ class App(Tag.App):
 
     def crash(self, event):
         os._exit(3)
+
+    def bail(self, event):
+        raise SystemExit("an app that gives up: not caught by htag, it ends the process' event loop")
 
     def hog(self, event):
         self.memory = bytearray(300 * 2**20)  # zero-filled: resident

@@ -86,6 +86,8 @@ class ServerProcess:
         env = {
             **os.environ,
             "HTAGWEB_TEST_MARKER": self.marker,
+            # process titles (htagweb's, gunicorn's) must not overwrite the environment the marker is read from
+            "SPT_NOENV": "1",
             "HTAGWEB_RUNTIME_DIR": str(self.runtime_dir),
             "PYTHONPATH": f"{ROOT}{os.pathsep}{self.workdir}",
             "PYTHONUNBUFFERED": "1",  # every print reaches the log as in a terminal, even from a process ended by os._exit

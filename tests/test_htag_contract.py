@@ -17,8 +17,8 @@ from starlette.testclient import TestClient
 
 from htagweb.config import Config
 from htagweb.host import HtagHost
-from htagweb.process import PAGE, RUNNING, Watchdog, new_page
 from htagweb.sessions import Session
+from htagweb.slot import RUNNING, Watchdog, new_slot, read_slot
 
 
 class Counter(Tag.App):
@@ -51,7 +51,7 @@ def test_tag_app_is_the_runner_and_client_speaks_our_endpoints():
 
 
 def host_client(config: Config | None = None) -> tuple[TestClient, HtagHost]:
-    host = HtagHost(Counter, Session("contract"), config or Config(), Watchdog(new_page()))
+    host = HtagHost(Counter, Session("contract"), config or Config(), Watchdog(new_slot()))
 
     async def app(scope, receive, send):
         endpoint = {"/": "page", "/ws": "ws", "/event": "event", "/stream": "stream"}[scope["path"]]
@@ -88,12 +88,12 @@ def test_http_only_page_starts_htag_client_in_pure_http_mode():
 
 def test_watchdog_publishes_across_fork():
     """The fork-server reads, in its own memory, what a user process publishes."""
-    page = new_page()
+    slot = new_slot()
     pid = os.fork()
     if pid == 0:
-        interaction = Watchdog(page).interaction()
+        interaction = Watchdog(slot).interaction()
         interaction.__enter__()  # and never leaves it
         os._exit(0)
     os.waitpid(pid, 0)
-    busy_since, state = PAGE.unpack_from(page)
-    assert 0 < busy_since <= time.monotonic() and state == RUNNING
+    busy_since, active, state, live = read_slot(slot)
+    assert 0 < busy_since <= time.monotonic() and active <= busy_since and state == RUNNING and not live

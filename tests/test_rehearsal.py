@@ -17,12 +17,13 @@ from htag import Tag
 
 from htagweb import WebServerWS, bridge
 from htagweb.config import Config
-from htagweb.process import UserProcess, Watchdog, new_page
+from htagweb.process import UserProcess
 from htagweb.rehearsal import rehearse
+from htagweb.slot import Watchdog, new_slot
 
 
 def frames_of(http_only: bool) -> list[tuple[int, bytes]]:
-    return asyncio.run(rehearse(UserProcess(Config(http_only=http_only), Watchdog(new_page()))))
+    return asyncio.run(rehearse(UserProcess(Config(http_only=http_only), Watchdog(new_slot()))))
 
 
 def test_rehearsal_serves_a_page_a_websocket_and_a_click(caplog):
@@ -124,7 +125,7 @@ def test_the_pool_keeps_within_max_processes_and_replaces_a_dead_spare(server):
 
 
 def test_rehearsal_gives_way_to_a_waiting_user():
-    process = UserProcess(Config(), Watchdog(new_page()))
+    process = UserProcess(Config(), Watchdog(new_slot()))
     asked = []
 
     def user_waiting() -> bool:

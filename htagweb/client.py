@@ -1,8 +1,9 @@
-"""The front's handle on user processes: connect, spawning through the fork-server.
+"""A worker's client of the fork-server, and its way to user processes.
 
 Connecting to a user socket that exists is the common case and costs one
 ``connect()``. Only when it fails is the fork-server asked to ensure the
 process, which it does at most once per user whatever the number of workers.
+The fork-server is started by the first worker that finds none.
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ import collections
 import fcntl
 import json
 import logging
+import multiprocessing
 import os
+import sys
 from typing import Any
 
 from . import forkserver
 from .appspec import AppSpec
 from .config import Config
+from .forkserver import messages
+from .generation import code_generation
 from .runtime import Runtime, RuntimeDirError
 
 logger = logging.getLogger("htagweb")
@@ -32,7 +37,7 @@ class SpawnRefused(Exception):
         self.traceback = traceback
 
 
-class ProcessPool:
+class ForkServerClient:
     def __init__(self, runtime: Runtime, config: Config, apps: dict[str, AppSpec]) -> None:
         self.runtime = runtime
         self.config = config
@@ -51,9 +56,10 @@ class ProcessPool:
         async with self._start_lock:
             if self._presence is not None and not self._presence[0].at_eof():
                 return
+            if not self.runtime.generation:  # once every app is added: the code this worker serves
+                self.runtime.generation = code_generation(self.apps.values())
             presence = await self._connect_forkserver()
-            hello = {"op": "hello", "pid": os.getpid(), "ppid": os.getppid(), "server": self.config.server_id}
-            reply = await self._ask(presence, hello)
+            reply = await self._ask(presence, messages.Hello(os.getpid(), os.getppid(), _supervised(), self.config.server_id))
             if not reply.get("ok"):
                 presence[1].close()
                 raise RuntimeDirError(f"{self.runtime.path}: {reply.get('error')}")
@@ -69,13 +75,20 @@ class ProcessPool:
             self._channel.close()
             self._channel = None
         try:
-            reply = await self._ask((reader, writer), {"op": "bye"})
-            if reply.get("remaining") == 0:
+            reply = await self._ask((reader, writer), messages.Bye())
+            if reply.get("stopping"):  # the last worker: the fork-server ends every user process, then hangs up
                 await asyncio.wait_for(reader.read(), self.config.shutdown_grace + 5)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError, OSError):
             pass
         finally:
             writer.close()
+
+    async def open(self, key: str) -> Connection | None:
+        """A bridge connection to the live user process of ``key``; None if there is none."""
+        try:
+            return await asyncio.open_unix_connection(str(self.runtime.user_socket_path(key)))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return None
 
     async def connect(
         self, key: str, app: str, label: str, source: dict[str, str] | None = None, recheck: bool = False, client: str = ""
@@ -85,28 +98,47 @@ class ProcessPool:
         ``recheck`` asks the fork-server first (it replaces a development app whose source changed);
         ``client`` is the address a new process would count against (see admission.py)."""
         path = str(self.runtime.user_socket_path(key))
-        if not recheck:
-            try:
-                return await asyncio.open_unix_connection(path), False
-            except (FileNotFoundError, ConnectionRefusedError):
-                pass
-        reply = await self.request({"op": "ensure", "key": key, "app": app, "label": label, "source": source, "client": client})
+        if not recheck and (connection := await self.open(key)) is not None:
+            return connection, False
+        reply = await self.request(messages.Ensure(key, app, label, source, client))
         if not reply.get("ok"):
             raise SpawnRefused(reply.get("status", 500), reply.get("error", "unknown error"), reply.get("traceback"))
         return await asyncio.open_unix_connection(path), bool(reply.get("spawned"))
 
+    async def status(self, key: str) -> dict[str, Any]:
+        """Whether the process of ``key`` lives, or why it is gone. A process unknown to this
+        worker's fork-server may belong to an older code generation's (after a reload): asked too."""
+        reply = await self.request(messages.Status(key))
+        if reply.get("reason") == "lost":
+            for path in self.runtime.forkserver_sockets():
+                if path == self.runtime.forkserver_socket:
+                    continue
+                try:
+                    reader, writer = await asyncio.open_unix_connection(str(path))
+                except OSError:
+                    continue
+                try:
+                    other = await self._ask((reader, writer), messages.Status(key))
+                except (OSError, ValueError):
+                    continue
+                finally:
+                    writer.close()
+                if other.get("reason") != "lost":
+                    return other
+        return reply
+
     async def rotate(self, old: str, new: str) -> None:
         """A session id changed: its user processes answer to the new one only."""
-        await self.request({"op": "rotate", "old": old, "new": new})
+        await self.request(messages.Rotate(old, new))
 
     async def count(self, counter: str) -> None:
         """Add one to a server-wide counter of /_htagweb/metrics (on error paths only)."""
         try:
-            await self.request({"op": "count", "counter": counter})
+            await self.request(messages.Count(counter))
         except (OSError, ValueError):
             logger.warning("could not count %s: fork-server unreachable", counter)
 
-    async def request(self, message: dict[str, Any]) -> dict[str, Any]:
+    async def request(self, message: messages.Request) -> dict[str, Any]:
         """One request to the fork-server, on a connection this worker keeps.
 
         Requests are pipelined: each is written as soon as it comes and the replies,
@@ -135,9 +167,9 @@ class ProcessPool:
         return self._channel
 
     @staticmethod
-    async def _ask(connection: Connection, message: dict[str, Any]) -> dict[str, Any]:
+    async def _ask(connection: Connection, message: messages.Request) -> dict[str, Any]:
         reader, writer = connection
-        writer.write(json.dumps(message).encode() + b"\n")
+        writer.write(messages.encode(message))
         line = await reader.readline()
         if not line:
             raise ConnectionError("fork-server closed the connection")
@@ -169,6 +201,11 @@ class ProcessPool:
             os.close(fd)
 
 
+def _supervised() -> bool:
+    """Whether this worker's parent manages workers, and may replace them (gunicorn's HUP, uvicorn --workers)."""
+    return multiprocessing.parent_process() is not None or "gunicorn.arbiter" in sys.modules
+
+
 class _Channel:
     """A kept connection to the fork-server carrying pipelined requests: replies come
     in the order of the requests, one line each."""
@@ -179,12 +216,12 @@ class _Channel:
         self.closed = False
         self.reading = asyncio.create_task(self._read_replies())
 
-    async def ask(self, message: dict[str, Any]) -> dict[str, Any]:
+    async def ask(self, message: messages.Request) -> dict[str, Any]:
         if self.closed:
             raise ConnectionError("fork-server connection closed")
         reply = asyncio.get_running_loop().create_future()
         self.waiting.append(reply)  # a waiter that gives up leaves its future: its reply is read and dropped
-        self.writer.write(json.dumps(message).encode() + b"\n")
+        self.writer.write(messages.encode(message))
         return await reply
 
     def close(self) -> None:

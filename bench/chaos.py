@@ -1,0 +1,211 @@
+"""Chaos: users clicking on ``gunicorn -w 4`` while processes are SIGKILLed.
+
+    python bench/chaos.py [--users 20] [--seconds 30] [--every 2]
+
+Each user loads the page, opens its WebSocket and clicks, checking each answer's
+count. Every ``--every`` seconds one of these is SIGKILLed at random: a user
+process, a worker, the fork-server. Reported:
+
+- clicks answered right;
+- clicks lost without the user being told (must be 0): a wrong count in an answer,
+  or a page state lost (seen again on the WebSocket's reconnection) with no error;
+- WebSockets cut without a word (a worker killed: the browser sees only the
+  connection drop, and htag's client reconnects), and whether the click in flight,
+  if any, was done: one still inside the killed worker is gone with it;
+- users told to reload (htag's error overlay or a close reason), who then do;
+- WebSockets cut without a word (a worker killed) and whether the state survived;
+- after the fork-server was killed, the time until a new user got a page again;
+- processes and sockets left after the server's stop (must be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import websockets
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from servers import COUNTER_APP, ServerProcess, http_client, ws_connect  # noqa: E402
+
+SOURCE = COUNTER_APP + "\nfrom htagweb import WebServerWS\napp = WebServerWS(App, runtime_dir=RUNTIME_DIR, timeout_inactivity=0)\n"
+COUNT = re.compile(r"Count: (\d+)")
+
+
+@dataclass
+class Tally:
+    right: int = 0
+    lost_silently: int = 0
+    told_to_reload: int = 0
+    cut_done: int = 0
+    cut_lost: int = 0
+    cut_idle: int = 0
+    page_failures: int = 0
+    kills: dict[str, int] = field(default_factory=lambda: {"user": 0, "worker": 0, "fork-server": 0})
+    recoveries: list[float] = field(default_factory=list)
+
+
+async def page(url: str, tally: Tally) -> tuple[str, int]:
+    """A fresh page load until one is served: (cookie, count shown)."""
+    while True:
+        try:
+            async with http_client(url, timeout=30) as http:
+                response = await http.get("/")
+                if response.status_code == 200 and (match := COUNT.search(response.text)):
+                    return "; ".join(f"{k}={v}" for k, v in http.cookies.items()), int(match.group(1))
+        except Exception:
+            pass
+        tally.page_failures += 1
+        await asyncio.sleep(0.2)
+
+
+def shown_count(message: dict) -> int | None:
+    for html in message.get("updates", {}).values():
+        if match := COUNT.search(html):
+            return int(match.group(1))
+    return None
+
+
+async def user(url: str, until: float, tally: Tally) -> None:
+    cookie, count = await page(url, tally)
+    n = 0
+    in_flight = reconnecting = False
+    while time.monotonic() < until:
+        try:
+            async with ws_connect(url, cookie, open_timeout=30) as ws:
+                first = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                state = shown_count(first)
+                if reconnecting and state is not None:  # the page's state, as the user sees it again
+                    if in_flight and state == count + 1:  # the click in flight was done, its answer cut
+                        count += 1
+                        tally.cut_done += 1
+                    elif in_flight and state == count:  # it died with the worker that carried it
+                        tally.cut_lost += 1
+                    elif state == count:
+                        tally.cut_idle += 1
+                    else:  # the state was lost without a word
+                        tally.lost_silently += 1
+                        count = state
+                in_flight = reconnecting = False
+                while time.monotonic() < until:
+                    n += 1
+                    in_flight = True
+                    await ws.send(json.dumps({"id": "inc", "event": "click", "data": {"callback_id": str(n)}}))
+                    while True:
+                        reply = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                        if reply.get("action") == "error":
+                            raise Told(reply.get("traceback", ""))
+                        if reply.get("callback_id") == str(n):
+                            break
+                    in_flight = False
+                    if shown_count(reply) == count + 1:
+                        tally.right += 1
+                        count += 1
+                    else:
+                        tally.lost_silently += 1
+                        count = shown_count(reply) or count
+                    await asyncio.sleep(random.uniform(0.05, 0.2))
+        except Told:
+            tally.told_to_reload += 1
+            cookie, count = await page(url, tally)
+            in_flight = False
+        except websockets.ConnectionClosed as closed:
+            reason = closed.rcvd.reason if closed.rcvd else ""
+            if "Reload" in reason:
+                tally.told_to_reload += 1
+                cookie, count = await page(url, tally)
+                in_flight = False
+            else:  # cut without a word (a worker killed): reconnect as htag's client does
+                reconnecting = True
+        except (OSError, asyncio.TimeoutError, websockets.InvalidStatus):
+            reconnecting = True
+            await asyncio.sleep(0.2)
+
+
+class Told(Exception):
+    pass
+
+
+def title(process: psutil.Process) -> str:
+    try:
+        return " ".join(part for part in process.cmdline() if part)
+    except psutil.Error:
+        return ""
+
+
+async def chaos(srv: ServerProcess, until: float, every: float, tally: Tally) -> None:
+    master = psutil.Process(srv.proc.pid)
+    while time.monotonic() < until - every:
+        await asyncio.sleep(every)
+        processes = srv.processes()
+        victims = {
+            "user": [p for p in processes if title(p).startswith("htagweb user")],
+            "worker": [p for p in master.children() if p.is_running()],
+            "fork-server": [p for p in processes if title(p).startswith("htagweb fork-server")],
+        }
+        kind = random.choice([kind for kind, found in victims.items() if found])
+        random.choice(victims[kind]).kill()
+        tally.kills[kind] += 1
+        if kind == "fork-server":
+            start = time.monotonic()
+            await page(srv.url, tally)
+            tally.recoveries.append(time.monotonic() - start)
+
+
+async def scenario(srv: ServerProcess, users: int, seconds: float, every: float) -> Tally:
+    tally = Tally()
+    until = time.monotonic() + seconds
+    await asyncio.gather(chaos(srv, until, every, tally), *(user(srv.url, until, tally) for _ in range(users)))
+    return tally
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--every", type=float, default=2, help="seconds between two kills")
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args()
+    random.seed(args.seed)
+    workdir = Path(tempfile.mkdtemp(prefix="hwc-"))
+    srv = ServerProcess(SOURCE, workdir)
+    try:
+        srv.start("-w", "4", "--graceful-timeout", "5", gunicorn=True)
+        tally = asyncio.run(scenario(srv, args.users, args.seconds, args.every))
+        srv.halt(signal.SIGTERM, group=False)  # raises if a process or a socket is left
+        left = "0 processes, 0 sockets"
+    except AssertionError as exc:
+        left = f"LEFT: {exc}"
+    finally:
+        try:
+            srv.stop()
+        except AssertionError as exc:
+            left = f"LEFT: {exc}"
+        shutil.rmtree(workdir, ignore_errors=True)
+    recoveries = ", ".join(f"{r:.2f}" for r in tally.recoveries) or "-"
+    print(f"users {args.users}, {args.seconds:g} s, a kill every {args.every:g} s: {tally.kills}")
+    print(f"clicks answered right: {tally.right}")
+    print(f"clicks lost without the user being told: {tally.lost_silently}")
+    print(f"users told to reload: {tally.told_to_reload}")
+    print(
+        "WebSockets cut without a word (a worker killed), state kept: "
+        f"{tally.cut_done} with the click in flight done, {tally.cut_lost} with it lost, {tally.cut_idle} between clicks"
+    )
+    print(f"page loads refused or failed (retried): {tally.page_failures}")
+    print(f"seconds until a new user was served after the fork-server's death: {recoveries}")
+    print(f"left after stop: {left}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""The fork-server: the one process that creates, watches and ends user processes.
+
+Forked from the first worker that needs it (so it already holds htag, starlette
+and the app classes, even an app defined in ``__main__``), then detached. Any
+worker of the server talks to it through ``forkserver.sock`` with one JSON line
+per request (:mod:`.messages`), answered in order; being a single process, it can
+never spawn two processes for one user. It ends every user process and removes
+every socket when the last worker says ``bye`` (server stop), or
+``orphan_grace`` seconds after the last worker vanished without a word; its user
+processes end with it if it is killed.
+
+One module per job:
+
+- :mod:`.loop`: the request loop, reaping, the user processes' registry;
+- :mod:`.children`: the processes as objects (``is_alive``, ``terminate``,
+  ``abort``, ``kill``, ``join``) and how every child is forked;
+- :mod:`.spares`: the pool of spare user processes;
+- :mod:`.watchdogs`: hung handlers, memory and open-files limits;
+- :mod:`.loader`: what a user process runs, and when a development app is stale;
+- :mod:`.daemon`: starting it, detached, from a worker.
+"""
+
+from .daemon import start
+
+__all__ = ["start"]

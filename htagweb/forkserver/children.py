@@ -1,0 +1,218 @@
+"""The processes a fork-server forks, as objects that carry their own behaviour.
+
+As in uvicorn's supervisors, the supervisor's loop only asks a process whether it
+is alive and tells it to terminate, abort or be killed; how that is done (never
+a signal to a pid already reaped: it may be someone else's by now) is here.
+
+A child is forked by :func:`fork`, which prepares it the same way for every kind:
+the fork-server's own descriptors and signal handlers let go, death with the
+fork-server (``PR_SET_PDEATHSIG``), a process title, resource limits, and a
+stack file that ``faulthandler`` writes to on SIGABRT (or on a fatal signal), so
+that the fork-server can log where a hung or crashed process was.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import logging
+import mmap
+import os
+import resource
+import signal
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from setproctitle import setproctitle
+
+from ..config import Config
+from ..ends import End, Exit
+
+logger = logging.getLogger("htagweb")
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+PR_SET_PDEATHSIG = 1
+#: seconds an aborted process gets to write its stack and die before it is killed
+ABORT_GRACE = 1.0
+
+
+@dataclass(eq=False)
+class Child:
+    """A process of the fork-server; ``status`` is its ``waitpid`` status once reaped."""
+
+    pid: int
+    slot: mmap.mmap
+    stacks: Path
+    status: int | None = None
+
+    def is_alive(self) -> bool:
+        return self.status is None
+
+    def signal(self, sig: int) -> None:
+        if self.status is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        """Ask it to end: a user process runs the app's on_destroy first."""
+        self.signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for it to end; whether it did. Only for a
+        fork-server that is stopping: its loop reaps through :meth:`reaped`."""
+        deadline = time.monotonic() + timeout
+        while self.status is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return True
+            if pid:
+                self.reaped(status)
+            elif time.monotonic() >= deadline:
+                return False
+            else:
+                time.sleep(0.01)
+        return True
+
+    def reaped(self, status: int) -> None:
+        self.status = status
+
+    @property
+    def stack_path(self) -> Path:
+        return stack_path(self.stacks, self.pid)
+
+    def take_stack(self) -> str:
+        """What faulthandler wrote (a hung process aborted, a fatal signal); the file is removed."""
+        try:
+            text = self.stack_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        self.stack_path.unlink(missing_ok=True)
+        return text.strip()
+
+
+@dataclass(eq=False)
+class UserChild(Child):
+    """The process of one (session, app)."""
+
+    key: str = ""
+    app: str = ""
+    label: str = ""
+    #: why the fork-server is ending it (None: it is not, or not yet)
+    end: End | None = None
+    #: when it was aborted (SIGABRT), for the SIGKILL that follows if it persists
+    aborted: float | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def __str__(self) -> str:
+        return f"pid {self.pid}, session {self.label}, app {self.app}"
+
+    def stop(self, end: End) -> None:
+        """End it for ``end``, letting it run on_destroy."""
+        self.end = self.end or end
+        self.terminate()
+
+    def abort(self, end: End) -> None:
+        """End it at once for ``end``, its Python stack written to its stack file first."""
+        self.end = self.end or end
+        self.aborted = time.monotonic()
+        self.signal(signal.SIGABRT)
+
+    def escalate(self, now: float) -> None:
+        """SIGKILL an aborted process that is still there (faulthandler could not run)."""
+        if self.aborted is not None and now - self.aborted > ABORT_GRACE:
+            self.kill()
+            self.aborted = None
+
+
+@dataclass(eq=False)
+class SpareChild(Child):
+    """A user process forked ahead of need, serving at ``path`` under a name of its
+    own: giving it to a user costs renaming that socket and a message on ``control``.
+    One spare at a time is ``rehearsed`` (see :mod:`htagweb.rehearsal`)."""
+
+    control: socket.socket | None = None
+    path: Path = Path()
+    apps: frozenset[str] = frozenset()
+    rehearsed: bool = False
+
+
+def stack_path(stacks: Path, pid: int) -> Path:
+    return stacks / f"{pid}.stack"
+
+
+def fork(title: str, config: Config, stacks: Path, let_go: Callable[[], None], body: Callable[[], Exit]) -> int:
+    """Fork a child that runs ``body`` and exits with the code it returns (CRASHED
+    if it raises). ``let_go`` closes, in the child, what belongs to the fork-server."""
+    parent = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = Exit.CRASHED
+    try:
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        let_go()
+        _die_with(parent)
+        setproctitle(title)
+        _limit_resources(config)
+        stack_file = open(stack_path(stacks, os.getpid()), "w")  # noqa: SIM115 (faulthandler writes to it until the end)
+        faulthandler.enable(stack_file)
+        code = body()
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def _die_with(parent: int) -> None:
+    """SIGTERM when the fork-server dies, whatever killed it (a user process then
+    runs on_destroy and ends; see :mod:`htagweb.process`)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(Exit.ORPHANED)
+
+
+def _limit_resources(config: Config) -> None:
+    """Hard limits in the user process, a backstop for what the fork-server checks
+    every second: between two checks, memory can grow by four times the limit at most
+    (a larger allocation fails with MemoryError, which htag reports to the user).
+    No core file: an aborted process leaves its stack in the log, not a core."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if config.memory_limit:
+        with open("/proc/self/statm") as statm:
+            size = int(statm.read().split()[0]) * PAGE_SIZE
+        limit = size + 4 * config.memory_limit
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    if config.max_open_files:
+        limit = config.max_open_files + 16  # the fork-server kills above max_open_files: let it see it
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+
+def resident_memory(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as statm:
+        return int(statm.read().split()[1]) * PAGE_SIZE
+
+
+def open_files(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def listen(path: Path) -> socket.socket:
+    """A user process' listening socket, bound before its fork: connectable at once, accepted once it is up."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(128)
+    return listener

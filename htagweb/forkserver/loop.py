@@ -1,0 +1,640 @@
+"""The fork-server's loop: requests from the workers in, replies out, children reaped.
+
+Nothing in it blocks: sockets are non-blocking (a worker that stops reading its
+replies only fills its own buffer), signal handlers only queue (SIGCHLD and
+the stop signals wake the loop through a wake-up pipe, no polling), and a
+request whose answer must wait (why a process still listed is gone) is answered
+when the process is reaped, while other requests go on. Replies leave each
+connection in the order of its requests.
+"""
+
+from __future__ import annotations
+
+import collections
+import gc
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from setproctitle import setproctitle
+
+from ..admission import Candidate, NewProcessLimit, make_room_from
+from ..appspec import AppSpec
+from ..config import Config
+from ..ends import End, Exit, describe, from_status
+from ..metrics import BY_END, COUNTERS, FRONT_COUNTERS, KILLS
+from ..process import run as run_user_process
+from ..runtime import Runtime
+from ..slot import EXITING, new_slot, read_slot
+from . import messages
+from .children import UserChild, fork, listen, resident_memory, stack_path
+from .loader import AppLoader
+from .spares import Spares
+from .watchdogs import Watchdogs
+
+logger = logging.getLogger("htagweb")
+
+#: a worker's unread replies past which its requests are not read either
+MAX_OUTBOX = 4 * 2**20
+#: seconds a status request waits for a listed process to be reaped
+STATUS_WAIT = 1.0
+#: seconds a retired fork-server stays after its last user process ended, answering why it ended
+RETIRED_LINGER = 5.0
+#: why-gone reasons remembered, for fronts that ask late
+DEATHS_KEPT = 10000
+
+
+class Reply:
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data: bytes | None = None
+
+    def set(self, reply: dict[str, Any]) -> None:
+        self.data = json.dumps(reply).encode() + b"\n"
+
+
+class Line:
+    """A connection from a worker (or from ``htagweb ps``): requests in, replies out in order."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.inbox = bytearray()
+        self.replies: collections.deque[Reply] = collections.deque()
+        self.outbox = bytearray()
+        self.closed = False
+
+
+@dataclass
+class StatusWait:
+    line: Line
+    reply: Reply
+    key: str
+    deadline: float
+
+
+class ForkServer:
+    def __init__(self, runtime: Runtime, config: Config, apps: dict[str, AppSpec]) -> None:
+        self.runtime = runtime
+        self.config = config
+        self.loader = AppLoader(apps, runtime)
+        self.selector = selectors.DefaultSelector()
+        self.users: dict[int, UserChild] = {}
+        self.by_key: dict[str, UserChild] = {}
+        self.deaths: dict[str, End] = {}
+        self.lines: dict[socket.socket, Line] = {}
+        self.presence: set[Line] = set()
+        #: the workers that said hello, and their parents (a gunicorn or uvicorn master)
+        self.server_pids: set[int] = set()
+        #: the parents that manage workers: while one lives, workers that all left may be replaced (a reload)
+        self.masters: set[int] = set()
+        self.orphaned_since: float | None = time.monotonic()
+        self.stop_requested = False
+        #: a fork-server of newer code took over: no more spares, and it ends once its last user process has
+        self.retired = False
+        #: since when a retired fork-server has no user process left
+        self.emptied_at: float | None = None
+        #: the sockets of the older generations' fork-servers this one retired
+        self.predecessors: list[Path] = []
+        #: what /_htagweb/metrics reports, for the whole server (fronts add theirs with the "count" request)
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.spares = Spares(runtime, config, self.selector, self._fork)
+        self.watchdogs = Watchdogs(config)
+        self.new_process_limit = NewProcessLimit(config.new_processes_per_minute)
+        self.status_waits: list[StatusWait] = []
+        self.listener: socket.socket | None = None
+        self.wakeup_r, self.wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        #: INFO lines written once the reply has left: a front waits for the reply, nobody for the log
+        self.after_reply: list[tuple[str, object]] = []
+
+    # --- life ------------------------------------------------------------
+
+    def run(self, ready_fd: int) -> None:
+        """Serve until the server stops; never returns."""
+        setproctitle(f"htagweb fork-server {self.runtime.path}")
+        signal.set_wakeup_fd(self.wakeup_w)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_stop_signal)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # its byte on the wake-up pipe is what counts
+        self.selector.register(self.wakeup_r, selectors.EVENT_READ, self._woken)
+        refusal = self._retire_predecessors()
+        if refusal:
+            logger.error("fork-server not started: %s", refusal)
+            os._exit(1)
+        path = self.runtime.forkserver_socket
+        path.unlink(missing_ok=True)
+        self.listener = listen(path)
+        self.listener.setblocking(False)
+        self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
+        gc.freeze()  # what is here now is shared copy-on-write by every user process
+        os.write(ready_fd, b"1")
+        os.close(ready_fd)
+        logger.info("fork-server %d serving %s (code generation %s)", os.getpid(), self.runtime.path, self.runtime.generation)
+        while not self.stop_requested:
+            for key, mask in self.selector.select(self._timeout()):
+                key.data(mask)
+            self._reap()
+            self._answer_status_waits()
+            self.spares.expire_settling()
+            if self._spares_wanted():
+                self.spares.fork(self.loader.classes)
+            self.watchdogs.check(self.users.values())
+            if self.orphaned_since is not None:
+                self._check_orphaned()
+            if self.retired and not self.users and not self.presence:
+                self._end_when_unasked()
+            else:
+                self.emptied_at = None
+        self._shutdown()
+
+    def _end_when_unasked(self) -> None:
+        """A retired fork-server whose last user process ended stops, once the fronts
+        have had time to ask why that process is gone (its users are told)."""
+        now = time.monotonic()
+        if self.emptied_at is None:
+            self.emptied_at = now
+        elif now - self.emptied_at > RETIRED_LINGER and not self.status_waits:
+            logger.info("fork-server %d (code generation %s): its last user process ended", os.getpid(), self.runtime.generation)
+            self.stop_requested = True
+
+    def _spares_wanted(self) -> bool:
+        return not self.stop_requested and not self.retired and self.spares.wanted(self.loader.classes, len(self.users))
+
+    def _timeout(self) -> float:
+        if self._spares_wanted():
+            return 0
+        waits = [wait.deadline - time.monotonic() for wait in self.status_waits]
+        return max(0.0, min(self.watchdogs.next_check(self.users.values()), self.spares.next_expiry(), *waits))
+
+    def _woken(self, mask: int) -> None:
+        try:
+            while os.read(self.wakeup_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _on_stop_signal(self, signum: int, frame: Any) -> None:
+        self.stop_requested = True
+
+    def _retire_predecessors(self) -> str | None:
+        """Older code generations' fork-servers keep their users but fork no more (a reload:
+        gunicorn's HUP); what a killed one left behind goes. The refusal of one that serves
+        another server, if any (this one must not start)."""
+        for path in self.runtime.forkserver_sockets():
+            if path == self.runtime.forkserver_socket:
+                continue
+            reply = _ask(path, messages.Retire(self.config.server_id))
+            if reply is None:
+                path.unlink(missing_ok=True)
+            elif not reply.get("ok"):
+                return str(reply.get("error"))
+            else:
+                self.predecessors.append(path)
+        return None
+
+    def _sweep(self) -> None:
+        """At the stop of the last fork-server: what killed ones left behind (their
+        processes ended with them) goes too."""
+        if self.retired or any(path != self.runtime.forkserver_socket for path in self.runtime.forkserver_sockets()):
+            return
+        for pattern in ("*.sock", ".spare-*.sock", "*.stack", "*.deps"):
+            for path in self.runtime.users_dir.glob(pattern):
+                path.unlink(missing_ok=True)
+
+    def _check_orphaned(self) -> None:
+        """No worker is connected. Stop at once if the server is gone (killed, or a
+        quick shutdown that skipped the goodbyes); else give a restarting worker time."""
+        assert self.orphaned_since is not None
+        if self.server_pids and not any(_alive(pid) for pid in self.server_pids):
+            logger.info("fork-server: the server is gone, stopping")
+            self.stop_requested = True
+        elif self.masters and not any(_alive(pid) for pid in self.masters):
+            logger.info("fork-server: the server's master is gone, stopping")
+            self.stop_requested = True
+        elif self.retired and self.users:
+            return  # its workers were replaced by newer ones: its users stay until they leave
+        elif time.monotonic() - self.orphaned_since > self.config.orphan_grace:
+            logger.warning("fork-server: no worker for %ss, stopping", self.config.orphan_grace)
+            self.stop_requested = True
+
+    def _shutdown(self) -> None:
+        """Blocking from here on: no worker waits for anything but the end."""
+        self.spares.stop()
+        children = list(self.users.values())
+        logger.info("fork-server stopping: ending %d user processes", len(children))
+        for child in children:
+            child.stop(End.STOPPED)
+        deadline = time.monotonic() + self.config.shutdown_grace
+        for child in children:
+            if not child.join(max(0.0, deadline - time.monotonic())):
+                child.end = End.SHUTDOWN_GRACE
+                child.kill()
+                child.join(5.0)
+        self._reap()
+        for child in children:
+            if child.status is not None and child.pid in self.users:
+                self._ended(self.users.pop(child.pid))
+        self.runtime.forkserver_socket.unlink(missing_ok=True)
+        for path in self.predecessors:  # the server stops: the older generations' users end too
+            _ask(path, messages.Stop())
+        deadline = time.monotonic() + self.config.shutdown_grace + 5
+        while any(path.exists() for path in self.predecessors) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._sweep()
+        for line in list(self.lines.values()):
+            line.sock.close()
+        os._exit(0)
+
+    # --- the lines from workers ----------------------------------------------
+
+    def _accept(self, mask: int) -> None:
+        assert self.listener is not None
+        try:
+            sock, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        sock.setblocking(False)
+        line = self.lines[sock] = Line(sock)
+        self.selector.register(sock, selectors.EVENT_READ, lambda mask: self._ready(line, mask))
+
+    def _ready(self, line: Line, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self._flush(line)
+        if mask & selectors.EVENT_READ and not line.closed:
+            self._read(line)
+
+    def _read(self, line: Line) -> None:
+        try:
+            data = line.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(line)
+            return
+        line.inbox += data
+        while not line.closed and b"\n" in line.inbox:
+            raw, _, rest = bytes(line.inbox).partition(b"\n")
+            line.inbox[:] = rest
+            reply = Reply()
+            line.replies.append(reply)
+            try:
+                self._handle(line, messages.decode(raw), reply)
+            except messages.BadRequest as exc:
+                logger.warning("fork-server: bad request: %s", exc)
+                reply.set(messages.error(400, f"bad request: {exc}"))
+            except Exception as exc:
+                logger.exception("fork-server: request failed")
+                reply.set(messages.error(500, f"fork-server error: {exc!r}"))
+        self._flush(line)
+        for message, arg in self.after_reply:
+            logger.info(message, arg)
+        self.after_reply.clear()
+
+    def _flush(self, line: Line) -> None:
+        """Send what can be sent now of the replies that are ready, in order."""
+        if line.closed:
+            return
+        while line.replies and (ready := line.replies[0].data) is not None:
+            line.outbox += ready
+            line.replies.popleft()
+        if line.outbox:
+            try:
+                sent = line.sock.send(line.outbox)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._drop(line)
+                return
+            del line.outbox[:sent]
+        events = (selectors.EVENT_READ if len(line.outbox) < MAX_OUTBOX else 0) | (selectors.EVENT_WRITE if line.outbox else 0)
+        self.selector.modify(line.sock, events, self.selector.get_key(line.sock).data)
+
+    def _drop(self, line: Line) -> None:
+        if line.closed:
+            return
+        line.closed = True
+        self.selector.unregister(line.sock)
+        del self.lines[line.sock]
+        if line in self.presence:
+            self.presence.discard(line)
+            if not self.presence:
+                self.orphaned_since = time.monotonic()
+        line.sock.close()
+
+    def _handle(self, line: Line, request: messages.Request, reply: Reply) -> None:
+        if isinstance(request, messages.Ensure):
+            reply.set(self._ensure(request))
+        elif isinstance(request, messages.Status):
+            self._status(line, request.key, reply)
+        elif isinstance(request, messages.Rotate):
+            reply.set(self._rotate(request.old, request.new))
+        elif isinstance(request, messages.Stats):
+            self._reap()  # a process killed a moment ago is counted as such
+            candidates = self._candidates()
+            reply.set(
+                {
+                    "ok": True,
+                    "processes": len(self.users),
+                    "max_processes": self.config.max_processes,
+                    "spares": len(self.spares),
+                    "provisional": sum(not c.live for c in candidates),
+                    "busy": sum(c.busy for c in candidates),
+                    "counters": self.counters,
+                }
+            )
+        elif isinstance(request, messages.Count):
+            if request.counter in FRONT_COUNTERS:
+                self.counters[request.counter] += 1
+            reply.set({"ok": True})
+        elif isinstance(request, messages.Users):
+            reply.set({"ok": True, "processes": [self._describe(child) for child in self.users.values()]})
+        elif isinstance(request, messages.Kill):
+            reply.set(self._kill(request))
+        elif isinstance(request, messages.Hello):
+            if request.server != self.config.server_id:
+                error = f"this runtime directory serves another application ({self.config.server_id}), not {request.server}"
+                reply.set(messages.error(409, error + ": give each server its own runtime_dir"))
+                return
+            self.presence.add(line)
+            self.server_pids |= {pid for pid in (request.pid, request.ppid) if pid > 1}
+            if request.supervised and request.ppid > 1:
+                self.masters.add(request.ppid)
+            self.orphaned_since = None
+            reply.set({"ok": True, "pid": os.getpid()})
+        elif isinstance(request, messages.Bye):
+            self.presence.discard(line)
+            if self.presence or (self.retired and self.users):
+                pass
+            elif any(_alive(pid) for pid in self.masters):  # a reload: new workers come (see _check_orphaned)
+                self.orphaned_since = time.monotonic()
+                logger.info("fork-server: its workers left, their master lives: waiting for new ones")
+            else:
+                self.stop_requested = True  # the connection stays open: EOF tells the worker we are done
+            reply.set({"ok": True, "remaining": len(self.presence), "stopping": self.stop_requested})
+        elif isinstance(request, messages.Retire):
+            if request.server != self.config.server_id:
+                error = f"this runtime directory serves another application ({self.config.server_id}), not {request.server}"
+                reply.set(messages.error(409, error + ": give each server its own runtime_dir"))
+                return
+            if not self.retired:
+                self.retired = True
+                self.spares.stop()
+                logger.info(
+                    "fork-server %d (code generation %s) retired by newer code: its %d user processes stay until they leave",
+                    os.getpid(),
+                    self.runtime.generation,
+                    len(self.users),
+                )
+            reply.set({"ok": True})
+        elif isinstance(request, messages.Stop):
+            self.stop_requested = True
+            reply.set({"ok": True})
+
+    def _status(self, line: Line, key: str, reply: Reply) -> None:
+        """Why the process of ``key`` is gone. Asked when a front saw its connection end:
+        a process still listed is given a moment to be reaped, without holding up the loop."""
+        child = self.by_key.get(key)
+        if child is None:
+            reply.set({"ok": True, "alive": False, "reason": self.deaths.get(key, End.LOST).value})
+        else:
+            self.status_waits.append(StatusWait(line, reply, key, time.monotonic() + STATUS_WAIT))
+
+    def _answer_status_waits(self) -> None:
+        now = time.monotonic()
+        waiting = []
+        for wait in self.status_waits:
+            child = self.by_key.get(wait.key)
+            if child is None:
+                wait.reply.set({"ok": True, "alive": False, "reason": self.deaths.get(wait.key, End.LOST).value})
+            elif now >= wait.deadline:
+                wait.reply.set({"ok": True, "alive": child.end is None, "reason": child.end.value if child.end else None})
+            else:
+                waiting.append(wait)
+                continue
+            self._flush(wait.line)
+        self.status_waits = waiting
+
+    def _describe(self, child: UserChild) -> dict[str, Any]:
+        now = time.monotonic()
+        reading = read_slot(child.slot)
+        try:
+            rss: int | None = resident_memory(child.pid)
+        except (OSError, ValueError, IndexError):
+            rss = None
+        state = "ending" if child.end or reading.state == EXITING else "busy" if reading.busy_since else "idle"
+        return {
+            "pid": child.pid,
+            "session": child.label,
+            "app": child.app,
+            "age": round(now - child.started, 3),
+            "idle": round(max(0.0, now - reading.active), 3),
+            "rss": rss,
+            "state": state,
+        }
+
+    def _kill(self, request: messages.Kill) -> dict[str, Any]:
+        if not request.prefix:
+            return messages.error(400, "a session prefix is needed")
+        chosen = [
+            child
+            for child in self.users.values()
+            if child.label.startswith(request.prefix) and request.app in (None, child.app) and child.end is None
+        ]
+        for child in chosen:
+            logger.info("user process ended on request: %s", child)
+            child.stop(End.KILLED)
+        return {"ok": True, "processes": [self._describe(child) for child in chosen]}
+
+    # --- user processes ----------------------------------------------------
+
+    def _ensure(self, request: messages.Ensure) -> dict[str, Any]:
+        """The user process of ``key``, spawned if needed. ``source`` describes an app of
+        a development folder: a file app is imported in its process, and replaced when
+        a file it imported changed."""
+        key, app, label, source = request.key, request.app, request.label, request.source
+        self._reap()
+        child = self.by_key.get(key)
+        if child is not None and child.end is None and read_slot(child.slot).state != EXITING:
+            if not self.loader.stale(key, source):
+                return {"ok": True, "pid": child.pid, "spawned": False}
+            logger.info("user process reloaded: %s (its source changed)", child)
+            child.stop(End.RELOADED)
+        refusal = self._admit(request.client, label)
+        if refusal is not None:
+            return refusal
+        known = set(self.loader.classes)
+        try:
+            load = self.loader.load(key, app, source)
+        except Exception as exc:
+            logger.error("cannot load htag app %s: %s", app, exc)
+            return messages.error(500, f"The application {app} could not be loaded.", traceback=traceback.format_exc())
+        for name in set(self.loader.classes) - known:
+            self.spares.drop_without(name)
+        path = self.runtime.user_socket_path(key)
+        spare = None if self.loader.per_process(source) else self.spares.take(path, app, label)
+        if spare is not None:
+            pid, slot = spare.pid, spare.slot
+        else:
+            path.unlink(missing_ok=True)  # a previous process' socket, being replaced
+            listener = listen(path)
+            slot = new_slot()
+            ours, theirs = socket.socketpair()
+
+            def body() -> Exit:
+                ours.close()
+                return run_user_process(listener, load, self.config, slot, label, app, theirs)
+
+            pid = self._fork(f"htagweb user {app} {label}", body)
+            theirs.close()
+            listener.close()
+            self.spares.arriving(ours)
+        child = UserChild(pid, slot, self.runtime.users_dir, key=key, app=app, label=label)
+        self.by_key[key] = child
+        self.users[pid] = child
+        self.deaths.pop(key, None)
+        self.counters["spawns"] += 1
+        self.after_reply.append(("user process spawned: %s", child))
+        return {"ok": True, "pid": pid, "spawned": True}
+
+    def _admit(self, client: str, label: str) -> dict[str, Any] | None:
+        """None if a new process may start now (room made if needed), else the refusal."""
+        if not self.new_process_limit.admit(client, time.monotonic()):
+            self.counters["address_refusals"] += 1
+            limit = self.config.new_processes_per_minute
+            logger.warning("new process refused: over %d new processes per minute from %s", limit, client)
+            return messages.error(429, "Too many new sessions from your address: try again in a minute.")
+        candidates = self._candidates()
+        if len(candidates) < self.config.max_processes:
+            return None
+        victim = make_room_from(candidates)
+        if victim is None:
+            logger.warning("max_processes (%d) reached, all busy: refusing a new user process for session %s", len(candidates), label)
+            return messages.error(503, "The server has reached its limit of live user sessions.")
+        child = self.by_key[victim.key]
+        idle = time.monotonic() - victim.last_activity
+        why = f"idle for {idle:.0f}s" if victim.live else f"provisional: its page never went live, {idle:.0f}s ago"
+        self.counters["evictions"] += 1
+        logger.info("user process evicted: %s (%s)", child, why)
+        child.stop(End.EVICTED)  # on_destroy runs
+        return None
+
+    def _candidates(self) -> list[Candidate]:
+        """The user processes that count towards max_processes (not those already ending)."""
+        candidates = []
+        for child in self.users.values():
+            if child.end is None and self.by_key.get(child.key) is child:
+                reading = read_slot(child.slot)
+                candidates.append(Candidate(child.key, reading.live, reading.busy_since != 0, reading.active))
+        return candidates
+
+    def _rotate(self, old: str, new: str) -> dict[str, Any]:
+        """A session's id changed: its user processes move to the new id (their sockets
+        renamed), so that the old id reaches none of them."""
+        moved = 0
+        for child in list(self.by_key.values()):
+            if child.key != self.runtime.process_key(old, child.app):
+                continue
+            key = self.runtime.process_key(new, child.app)
+            try:
+                os.rename(self.runtime.user_socket_path(child.key), self.runtime.user_socket_path(key))
+            except FileNotFoundError:  # ending already (its socket removed): the old id reaches it no more
+                continue
+            deps = self.loader.deps_file(child.key)
+            if deps.exists():
+                deps.rename(self.loader.deps_file(key))
+            del self.by_key[child.key]
+            child.key = key
+            self.by_key[key] = child
+            moved += 1
+        return {"ok": True, "moved": moved}
+
+    def _fork(self, title: str, body: Any) -> int:
+        return fork(title, self.config, self.runtime.users_dir, self._let_go, body)
+
+    def _let_go(self) -> None:
+        """In a new child: what is the fork-server's is not the child's to keep."""
+        self.spares.let_go()
+        for child in self.users.values():  # other users' slots: not this process' to write
+            child.slot.close()
+        self.selector.close()
+        os.close(self.wakeup_r)
+        os.close(self.wakeup_w)
+        if self.listener is not None:
+            self.listener.close()
+        for sock in self.lines:
+            sock.close()
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if self.spares.reaped(pid, status, self.stop_requested):
+                continue
+            child = self.users.pop(pid, None)
+            if child is not None:
+                child.reaped(status)
+                self._ended(child)
+            else:  # a spare dropped earlier
+                stack_path(self.runtime.users_dir, pid).unlink(missing_ok=True)
+
+    def _ended(self, child: UserChild) -> None:
+        assert child.status is not None
+        end = child.end or from_status(child.status)
+        stack = child.take_stack()
+        if child.end is None and end is End.CRASHED:
+            logger.warning("user process crashed: %s, crashed (%s)", child, describe(child.status))
+        elif child.end is None:
+            logger.info("user process ended: %s (%s)", child, end.value)
+        if stack and end is End.INTERACTION_TIMEOUT:
+            logger.warning("user process hung in a handler: %s; its Python stack when it was stopped:\n%s", child, stack)
+        elif stack and end is End.CRASHED:
+            logger.warning("user process crashed: %s; its Python stack:\n%s", child, stack)
+        if end in BY_END and not (end is End.EXPIRED and self.stop_requested):
+            self.counters[BY_END[end]] += 1
+        if end in KILLS:
+            self.counters["kills"] += 1
+        self.deaths[child.key] = end
+        if len(self.deaths) > DEATHS_KEPT:
+            self.deaths.pop(next(iter(self.deaths)))
+        if self.by_key.get(child.key) is child:
+            del self.by_key[child.key]
+            self.runtime.user_socket_path(child.key).unlink(missing_ok=True)
+            self.loader.forget(child.key)
+        child.slot.close()
+
+
+def _ask(path: Path, request: messages.Request) -> dict[str, Any] | None:
+    """One request to another fork-server (blocking, briefly: at this one's start or stop); None if it did not answer."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as line:
+            line.settimeout(5)
+            line.connect(str(path))
+            line.sendall(messages.encode(request))
+            answer = line.makefile("rb").readline()
+    except OSError:
+        return None
+    return json.loads(answer) if answer else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,160 @@
+"""The pool of spare user processes, forked ahead of need.
+
+A new user, even one of a crowd arriving at once, then costs renaming a socket
+and a message rather than a fork. One spare at a time is rehearsed (see
+:mod:`htagweb.rehearsal`), the fastest for the next user; the others sleep, at
+about 1.6 MB each. No spare is forked while a user's arrival is under way (the
+fork would slow that very page load): a process tells, on its control socket,
+when its user's arrival is over.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import socket
+import time
+from collections.abc import Callable, Mapping
+
+from ..config import Config
+from ..ends import Exit
+from ..runtime import Runtime
+from ..slot import SETTLE_LIMIT, new_slot
+from ..spare import run_spare
+from .children import SpareChild, listen
+
+logger = logging.getLogger("htagweb")
+
+Fork = Callable[[str, Callable[[], Exit]], int]
+
+
+class Spares:
+    def __init__(self, runtime: Runtime, config: Config, selector: selectors.BaseSelector, fork: Fork) -> None:
+        self.runtime = runtime
+        self.config = config
+        self.selector = selector
+        self._fork = fork
+        self.spares: list[SpareChild] = []
+        #: control sockets of processes whose user's arrival is not over, and since when
+        self.settling: dict[socket.socket, float] = {}
+
+    def __len__(self) -> int:
+        return len(self.spares)
+
+    def wanted(self, classes: Mapping[str, type], users: int) -> bool:
+        """Whether to fork one more spare now: the pool is short, and no arrival is
+        under way. A server near ``max_processes`` keeps no more spares than it may still give out."""
+        if not classes or self.settling:
+            return False
+        room = self.config.max_processes - users
+        return len(self.spares) < min(self.config.spares, room)
+
+    def fork(self, classes: Mapping[str, type]) -> None:
+        """A spare listens already, under a name of its own: giving it to a user is a rename."""
+        rehearsed = not any(spare.rehearsed for spare in self.spares)
+        ours, theirs = socket.socketpair()
+        path = self.runtime.users_dir / f".spare-{os.urandom(8).hex()}.sock"
+        listener = listen(path)
+        slot = new_slot()
+        known = dict(classes)
+
+        def body() -> Exit:
+            ours.close()
+            return run_spare(theirs, listener, known, self.config, slot, rehearsed)
+
+        pid = self._fork("htagweb spare", body)
+        theirs.close()
+        listener.close()
+        self.spares.append(
+            SpareChild(pid, slot, self.runtime.users_dir, control=ours, path=path, apps=frozenset(known), rehearsed=rehearsed)
+        )
+
+    def take(self, path: os.PathLike[str], app: str, label: str) -> SpareChild | None:
+        """A spare given to this user (the rehearsed one first), serving at ``path``; None if none can."""
+        for spare in sorted(self.spares, key=lambda spare: not spare.rehearsed):
+            if app in spare.apps:
+                self.spares.remove(spare)
+                if self._assign(spare, path, app, label):
+                    return spare
+        return None
+
+    def _assign(self, spare: SpareChild, path: os.PathLike[str], app: str, label: str) -> bool:
+        """Its socket renamed into place (atomically replacing a dead process' one), then its session."""
+        assert spare.control is not None
+        try:
+            os.rename(spare.path, path)
+            spare.control.sendall(json.dumps({"app": app, "label": label}).encode())
+        except OSError:
+            self.drop(spare)
+            return False
+        self.arriving(spare.control)
+        return True
+
+    def arriving(self, control: socket.socket) -> None:
+        """A user is arriving at the process at the other end of ``control``: no spare is forked until it says it is over."""
+        self.settling[control] = time.monotonic()
+        self.selector.register(control, selectors.EVENT_READ, lambda mask: self.settled(control))
+
+    def settled(self, control: socket.socket) -> None:
+        """A user process said its arrival is over (or ended)."""
+        del self.settling[control]
+        self.selector.unregister(control)
+        control.close()
+
+    def expire_settling(self) -> None:
+        """An arrival not over after twice the process' own limit (an app whose construction hangs): stop waiting for it."""
+        now = time.monotonic()
+        for control, since in list(self.settling.items()):
+            if now - since > 2 * SETTLE_LIMIT:
+                self.settled(control)
+
+    def next_expiry(self) -> float:
+        """Seconds until :meth:`expire_settling` has something to do (1 if nothing is settling)."""
+        if not self.settling:
+            return 1.0
+        return max(0.0, min(self.settling.values()) + 2 * SETTLE_LIMIT - time.monotonic())
+
+    def drop(self, spare: SpareChild) -> None:
+        """End a live spare no user will get."""
+        if spare.control is not None:
+            spare.control.close()
+        spare.kill()
+        spare.path.unlink(missing_ok=True)
+
+    def drop_without(self, app: str) -> None:
+        """Spares forked before ``app`` was imported cannot serve it: replaced."""
+        for spare in [spare for spare in self.spares if app not in spare.apps]:
+            self.spares.remove(spare)
+            self.drop(spare)
+
+    def reaped(self, pid: int, status: int, stopping: bool) -> bool:
+        """Whether ``pid`` was a spare (now forgotten). One dying unused is worth a warning, except at a stop
+        (systemd signals every process of the service)."""
+        spare = next((spare for spare in self.spares if spare.pid == pid), None)
+        if spare is None:
+            return False
+        spare.reaped(status)
+        logger.log(logging.DEBUG if stopping else logging.WARNING, "spare user process %d died (status %d)", pid, status)
+        self.spares.remove(spare)
+        self.drop(spare)
+        spare.take_stack()
+        spare.slot.close()
+        return True
+
+    def let_go(self) -> None:
+        """In a new child: the other spares' lines and slots are not its own."""
+        for spare in self.spares:
+            if spare.control is not None:
+                spare.control.close()
+            spare.slot.close()
+        for control in self.settling:
+            control.close()
+
+    def stop(self) -> None:
+        for spare in self.spares:
+            self.drop(spare)
+            spare.join(5.0)
+            spare.take_stack()
+        self.spares.clear()

@@ -1,0 +1,92 @@
+"""The slot: a few bytes of memory shared by one user process and its fork-server.
+
+The user process writes, the fork-server reads, neither waits for the other: no
+message, no lock, no system call. The fork-server learns from it whether a
+handler hangs (``busy_since``), how long the process has been idle (``active``,
+for ``ps`` and evictions), whether it is on its way out (``state``) and whether
+its page ever went live (``live``: a page that never did is evicted first). Each slot is an
+anonymous shared mapping made before the fork; a user process keeps its own and
+closes everyone else's.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NamedTuple
+
+#: (monotonic start of the oldest running interaction or 0, monotonic time of the last exchange, state,
+#: whether the page went live: opened a WebSocket or SSE stream, or sent an event)
+SLOT = struct.Struct("<ddii")
+RUNNING, EXITING = 0, 1
+#: seconds after which a new user's arrival counts as over even if no answer followed its page
+SETTLE_LIMIT = 1.0
+#: from the first answer after the page to the arrival being over: time for the front and the browser to take it
+SETTLE_DELAY = 0.01
+
+
+class Reading(NamedTuple):
+    busy_since: float
+    active: float
+    state: int
+    #: a page that never went live is provisional: the first to make room at max_processes
+    live: bool
+
+
+def new_slot() -> mmap.mmap:
+    slot = mmap.mmap(-1, SLOT.size)  # anonymous and shared: survives fork
+    SLOT.pack_into(slot, 0, 0.0, time.monotonic(), RUNNING, 0)
+    return slot
+
+
+def read_slot(slot: mmap.mmap) -> Reading:
+    busy_since, active, state, live = SLOT.unpack_from(slot)
+    return Reading(busy_since, active, state, bool(live))
+
+
+class Watchdog:
+    """The user process' side of its slot: when the oldest running interaction
+    started, when the last exchange happened, whether it is exiting."""
+
+    def __init__(self, slot: mmap.mmap) -> None:
+        self.slot = slot
+        self._started: dict[int, float] = {}
+        self._next = 0
+        self.state = RUNNING
+        self.last_activity = time.monotonic()
+        self.live = False
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._started)
+
+    def touch(self) -> None:
+        """An exchange happened now (the inactivity timeout starts again)."""
+        self.last_activity = time.monotonic()
+        self._publish()
+
+    @contextmanager
+    def interaction(self) -> Iterator[None]:
+        token, self._next = self._next, self._next + 1
+        self._started[token] = time.monotonic()
+        self._publish()
+        try:
+            yield
+        finally:
+            del self._started[token]
+            self._publish()
+
+    def went_live(self) -> None:
+        """The page opened a WebSocket or SSE stream, or sent an event: no longer provisional."""
+        self.live = True
+        self.touch()
+
+    def exiting(self) -> None:
+        self.state = EXITING
+        self._publish()
+
+    def _publish(self) -> None:
+        SLOT.pack_into(self.slot, 0, min(self._started.values(), default=0.0), self.last_activity, self.state, self.live)

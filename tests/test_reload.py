@@ -1,0 +1,95 @@
+"""Deploying new code without downtime: gunicorn's HUP (new workers, old ones retired
+gracefully) serves new users the new code, while users already in keep their process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import time
+
+import psutil
+from helpers import User, click, count, pid
+
+from htagweb import manage
+
+APP_MODULE = """
+import os
+from htag import Tag, State
+
+
+class App(Tag.App):
+    def init(self):
+        self.count = State(0)
+        Tag.p("{version}", _id="version")
+        Tag.p(f"pid={{os.getpid()}}", _id="pid")
+        Tag.p(lambda: f"Count: {{self.count.value}}", _id="count")
+        Tag.button("+1", _id="inc", _onclick=self.inc)
+
+    def inc(self, event):
+        self.count.value += 1
+"""
+
+SERVER = """
+from htagweb import WebServerWS
+app = WebServerWS("appmod:App", runtime_dir=RUNTIME_DIR)
+"""
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def wait_for(predicate, what: str, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.1)
+    raise AssertionError(what)
+
+
+def test_gunicorn_hup_serves_new_users_the_new_code_and_keeps_users_in(server):
+    srv = server(SERVER, "-w", "2", gunicorn=True, files={"appmod.py": APP_MODULE.format(version="version one")})
+    master = psutil.Process(srv.proc.pid)
+
+    async def before():
+        async with User(srv.url) as user:
+            page = await user.page()
+            assert "version one" in page.text
+            async with user.ws() as ws:
+                await ws.recv()
+                assert count((await click(ws, "inc"))["updates"]["count"]) == 1
+            return dict(user.http.cookies), pid(page.text)
+
+    async def after(cookies: dict, old_pid: int):
+        old_user = User(srv.url)
+        old_user.http.cookies.update(cookies)
+        async with User(srv.url) as newcomer:
+            page = await newcomer.page()
+            assert "version two" in page.text, "a new user after the reload got the old code"
+            assert pid(page.text) != old_pid
+        page = await old_user.page()
+        assert "version one" in page.text and pid(page.text) == old_pid and count(page.text) == 1  # kept its process
+        async with old_user.ws() as ws:
+            await ws.recv()
+            assert count((await click(ws, "inc"))["updates"]["count"]) == 2
+            assert {user.pid for user in manage.users(srv.runtime_dir)} >= {old_pid}  # ps sees every generation
+            label = old_user.http.cookies["htagweb_session"][:8]
+            assert [user.pid for user in manage.kill(label, runtime_dir=srv.runtime_dir)] == [old_pid]
+            message = json.loads(await ws.recv())  # why it ended, asked of the old generation's fork-server
+            assert message["action"] == "error" and "ended by the server's administrator" in message["traceback"]
+        await old_user.http.aclose()
+
+    cookies, old_pid = run(before())
+    old_workers = {p.pid for p in master.children()}
+    module = srv.workdir / "appmod.py"
+    module.write_text(APP_MODULE.format(version="version two"))
+    stamp = time.time() + 2
+    os.utime(module, (stamp, stamp))  # a new modification time, whatever the clock's resolution
+    master.send_signal(signal.SIGHUP)
+    wait_for(lambda: not old_workers & {p.pid for p in master.children()} and len(master.children()) == 2, "the workers were not replaced")
+    run(after(cookies, old_pid))
+    assert len(re.findall(r"fork-server \d+ serving", srv.log)) == 2

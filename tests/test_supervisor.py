@@ -1,0 +1,205 @@
+"""Faults of the fork-server and its user processes, against real servers: a
+fork-server killed, a crash, a hung handler, a client that stops reading; and
+what ``ps`` shows."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import threading
+import time
+
+import psutil
+from helpers import User, click, count, pid, server_source
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def wait_for(predicate, what: str, timeout: float = 20.0):
+    """Wait for the system to reach a state (not a timing assertion: the bound only ends a stuck test)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(what)
+
+
+def forkserver_of(srv) -> psutil.Process:
+    return psutil.Process(int(srv.wait_log(r"fork-server (\d+) serving").group(1)))
+
+
+def alive(pids) -> set[int]:
+    found = set()
+    for p in pids:
+        try:
+            if psutil.Process(p).status() != psutil.STATUS_ZOMBIE:
+                found.add(p)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def test_user_processes_end_with_their_fork_server_and_users_are_told(server):
+    """The fork-server SIGKILLed (or chosen by the OOM killer): its user processes must not
+    live on, orphaned and uncounted (here they would live forever: no inactivity timeout)."""
+    srv = server(server_source("WebServerWS", timeout_inactivity=0, spare_processes=2))
+
+    async def scenario():
+        async with User(srv.url) as watcher, User(srv.url) as reader:
+            watcher_pid = pid((await watcher.page()).text)
+            reader_pid = pid((await reader.page()).text)
+            forkserver = forkserver_of(srv)
+            wait_for(lambda: len(forkserver.children()) >= 4, "no spares were forked")
+            children = {p.pid for p in forkserver.children()}
+            assert {watcher_pid, reader_pid} <= children
+            async with watcher.ws() as ws:
+                await ws.recv()
+                assert count((await click(ws, "inc"))["updates"]["count"]) == 1
+                forkserver.kill()
+                outlived = "user processes outlived their fork-server"
+                await asyncio.to_thread(wait_for, lambda: not alive(children), outlived)
+                message = json.loads(await ws.recv())
+                assert message["action"] == "error" and "Reload the page" in message["traceback"]
+            async with reader.ws() as ws:  # a page loaded before: its state is gone, a fresh process must not pretend otherwise
+                message = json.loads(await ws.recv())
+                assert message["action"] == "error" and "Reload the page" in message["traceback"]
+            again = await reader.page()
+            assert pid(again.text) not in children and count(again.text) == 0
+        assert len(re.findall(r"fork-server \d+ serving", srv.log)) == 2
+
+    run(scenario())
+
+
+def test_a_crash_is_told_and_counted_as_a_crash_not_an_expiry(server):
+    srv = server(server_source("WebServerWS", metrics=True))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            first = pid((await user.page()).text)
+            async with user.ws() as ws:
+                await ws.recv()
+                message = await click(ws, "bail")
+                assert message["action"] == "error" and "stopped unexpectedly" in message["traceback"]
+            metrics = (await user.http.get("/_htagweb/metrics")).text
+            assert "htagweb_crashes_total 1\n" in metrics and "htagweb_expiries_total 0\n" in metrics
+            assert pid((await user.page()).text) != first
+
+    run(scenario())
+    srv.wait_log(r"WARNING.*user process crashed: pid \d+, session \S{8}, app srv:App")
+
+
+def test_a_hung_handler_leaves_its_stack_in_the_log(server):
+    srv = server(server_source("WebServerWS", timeout_interaction=1))
+    line = next(n for n, text in enumerate((srv.workdir / "srv.py").read_text().splitlines(), 1) if "time.sleep(3600)" in text)
+
+    async def scenario():
+        async with User(srv.url) as user:
+            await user.page()
+            label = user.http.cookies["htagweb_session"][:8]
+            async with user.ws() as ws:
+                await ws.recv()
+                message = await click(ws, "hang")
+                assert "took longer than 1s" in message["traceback"]
+            return label
+
+    label = run(scenario())
+    logged = srv.wait_log(rf"WARNING.*session {re.escape(label)}, app srv:App[^\n]*\n(?:[^\n]*\n)*?[^\n]*srv\.py\", line (\d+) in hang")
+    assert int(logged.group(1)) == line
+
+
+def test_process_titles_say_what_each_process_is(server):
+    srv = server(server_source("WebServerWS", spare_processes=2))
+    [user_pid] = [pid(text) for text in run(_pages(srv.url, 1))]
+    forkserver = forkserver_of(srv)
+    wait_for(lambda: len(forkserver.children()) >= 3, "no spares were forked")
+    assert title(forkserver) == f"htagweb fork-server {srv.runtime_dir}"
+    label = re.search(r"user process spawned: pid \d+, session (\S{8})", srv.log).group(1)
+    assert title(psutil.Process(user_pid)) == f"htagweb user srv:App {label}"
+    spare_titles = [title(p) for p in forkserver.children() if p.pid != user_pid]
+    assert spare_titles and all(spare == "htagweb spare" for spare in spare_titles)
+
+
+def title(process: psutil.Process) -> str:
+    """What ps shows (psutil cuts a title at the NUL bytes that pad it)."""
+    return " ".join(part for part in process.cmdline() if part)
+
+
+async def _pages(url: str, n: int) -> list[str]:
+    texts = []
+    for _ in range(n):
+        async with User(url) as user:
+            texts.append((await user.page()).text)
+    return texts
+
+
+def _forkserver_line(srv) -> socket.socket:
+    line = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    [path] = srv.runtime_dir.glob("forkserver*.sock")  # one code generation
+    line.connect(str(path))
+    line.settimeout(20)
+    return line
+
+
+def _reply(line: socket.socket) -> dict:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = line.recv(65536)
+        assert chunk, "the fork-server closed the line"
+        data += chunk
+    return json.loads(data)
+
+
+def test_a_status_request_does_not_hold_up_other_workers(server):
+    """A worker asks why a process is gone while it is still alive: the fork-server waits
+    for its end, but not by sleeping while every other worker's requests wait."""
+    srv = server(server_source("WebServerWS"))
+    run(_pages(srv.url, 1))
+    [key] = [p.stem for p in (srv.runtime_dir / "u").glob("*.sock") if not p.name.startswith(".")]
+    asking, other = _forkserver_line(srv), _forkserver_line(srv)
+    try:
+        asking.sendall(json.dumps({"op": "status", "key": key}).encode() + b"\n")
+        time.sleep(0.1)  # let the status request in first
+        other.sendall(b'{"op": "stats"}\n')
+        assert _reply(other)["processes"] == 1
+        asking.setblocking(False)
+        try:
+            early = asking.recv(65536)
+        except BlockingIOError:
+            early = b""
+        assert early == b"", "the status reply came first: the fork-server held the other request until it was done"
+        asking.setblocking(True)
+        assert _reply(asking)["alive"] is True
+    finally:
+        asking.close()
+        other.close()
+
+
+def test_a_worker_that_stops_reading_replies_does_not_stall_the_fork_server(server):
+    srv = server(server_source("WebServerWS"))
+    greedy = _forkserver_line(srv)
+    flood = threading.Thread(target=_send_quietly, args=(greedy, b'{"op": "stats"}\n' * 100_000), daemon=True)
+    flood.start()  # some 20 MB of replies, never read
+    try:
+
+        async def newcomer():
+            async with User(srv.url) as user:
+                return count((await user.page()).text)
+
+        assert run(newcomer()) == 0
+    finally:
+        greedy.shutdown(socket.SHUT_RDWR)
+        greedy.close()
+        flood.join(20)
+
+
+def _send_quietly(line: socket.socket, data: bytes) -> None:
+    try:
+        line.sendall(data)
+    except OSError:
+        pass

@@ -1,0 +1,157 @@
+"""Unit tests of the pure logic, beside the end-to-end suite: the bridge codec, the
+session merge, the store contract (claims included), folder URLs, the fork-server's
+typed requests, exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from htagweb import bridge
+from htagweb.ends import End, Exit, from_status
+from htagweb.folder import resolve
+from htagweb.forkserver import messages
+from htagweb.sessions import Session
+from htagweb.stores import MemoryStore, SQLiteStore
+
+text = st.text(max_size=200)
+raw = st.binary(max_size=200)
+headers = st.lists(st.tuples(st.binary(min_size=1, max_size=20), st.binary(max_size=40)), max_size=5)
+
+
+def _latin1(pairs: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [(k.decode("latin-1").encode("latin-1"), v) for k, v in pairs]
+
+
+inbound = st.one_of(
+    st.builds(lambda t: {"type": "websocket.receive", "text": t}, text),
+    st.builds(lambda b: {"type": "websocket.receive", "bytes": b}, raw),
+    st.builds(lambda b, more: {"type": "http.request", "body": b, "more_body": more}, raw, st.booleans()),
+    st.just({"type": "websocket.connect"}),
+    st.builds(lambda code: {"type": "websocket.disconnect", "code": code}, st.integers(1000, 4999)),
+)
+outbound = st.one_of(
+    st.builds(lambda t: {"type": "websocket.send", "text": t}, text),
+    st.builds(lambda b: {"type": "websocket.send", "bytes": b}, raw),
+    st.builds(lambda b, more: {"type": "http.response.body", "body": b, "more_body": more}, raw, st.booleans()),
+    st.builds(lambda status, h: {"type": "http.response.start", "status": status, "headers": h}, st.integers(100, 599), headers),
+    st.builds(lambda sub, h: {"type": "websocket.accept", "subprotocol": sub, "headers": h}, st.one_of(st.none(), text), headers),
+    st.builds(lambda code, reason: {"type": "websocket.close", "code": code, "reason": reason}, st.integers(1000, 4999), text),
+)
+
+
+def _read(data: bytes) -> tuple[int, bytes]:
+    async def read() -> tuple[int, bytes]:
+        reader = asyncio.StreamReader()
+        reader.feed_data(data)
+        reader.feed_eof()
+        return await bridge.read_frame(reader)
+
+    return asyncio.run(read())
+
+
+@given(inbound)
+def test_bridge_inbound_round_trip(message):
+    assert bridge.decode_inbound(*_read(bridge.encode_inbound(message))) == message
+
+
+@given(outbound)
+def test_bridge_outbound_round_trip(message):
+    assert bridge.decode_outbound(*_read(bridge.encode_outbound(message))) == message
+
+
+@given(st.sampled_from(["http", "websocket"]), st.text(min_size=1, max_size=50).map(lambda p: "/" + p), headers, raw)
+def test_bridge_scope_round_trip(kind, path, pairs, query):
+    scope = {"type": kind, "path": path, "headers": pairs, "query_string": query.decode("latin-1").encode("latin-1")}
+    decoded = bridge.decode_scope(_read(bridge.encode_scope(scope, {"endpoint": "page"}))[1])
+    assert (decoded["type"], decoded["path"], decoded["headers"], decoded["query_string"]) == (kind, path, pairs, scope["query_string"])
+    assert decoded["htagweb"] == {"endpoint": "page"}
+
+
+def test_a_frame_of_one_direction_is_not_read_as_the_other():
+    with pytest.raises(bridge.BridgeError):
+        bridge.decode_outbound(*_read(bridge.encode_inbound({"type": "websocket.receive", "text": "x"})))
+    with pytest.raises(bridge.BridgeError):
+        _read(bridge.HEADER.pack(bridge.MAX_FRAME + 1, bridge.WS_TEXT_IN))
+
+
+def test_session_merge_keeps_local_changes_and_takes_the_stores_others():
+    session = Session("sid", 1, {"a": "1", "b": "2", "c": "3"})
+    session["a"] = 10  # changed here, not synced yet
+    del session["b"]
+    session.merge(2, {"a": "1", "b": "2", "c": "30", "d": "4"})  # the store: c changed, d added by a route
+    assert dict(session) == {"a": 10, "c": 30, "d": 4} and session.version == 2
+    assert session.changes() == ({"a": "10"}, ["b"])
+
+
+def _stores(tmp_path: Path):
+    return [MemoryStore(), SQLiteStore(tmp_path / "s.sqlite3")]
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_store_contract(tmp_path, kind):
+    store = dict(zip(["memory", "sqlite"], _stores(tmp_path), strict=True))[kind]
+
+    async def scenario():
+        assert await store.load("s") == (0, {}) and await store.version("s") == 0
+        generation = store.generation()
+        assert await store.update("s", {"a": '"x"', "b": "1"}, []) == 1
+        assert store.generation() != generation  # every write changes it
+        assert await store.update("s", {"b": "2"}, ["a", "missing"]) == 2
+        assert await store.load("s") == (2, {"b": "2"}) and await store.version("s") == 2
+        assert await store.load("other") == (0, {})
+        expires = time.time() + 60
+        assert await store.claim("s", "channel", expires) is True
+        assert await store.claim("s", "channel", expires) is False  # a replay
+        assert await store.claim("other", "channel", expires) is True  # per session
+        assert await store.claim("s", "old", time.time() - 1) is True
+        assert await store.claim("s", "old", expires) is True  # an expired claim no longer holds
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_folder_urls_stay_inside_the_root(tmp_path):
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "hello.py").write_text("from htag import Tag\nclass App(Tag.App):\n    pass\n")
+    (root / "sub" / "other.py").write_text("from htag import Tag\nclass Other(Tag.App):\n    pass\n")
+    (root / "plain.py").write_text("x = 1\n")
+    (root / "_private.py").write_text("class App: pass\n")
+    (tmp_path / "outside.py").write_text("class App: pass\n")
+    os.symlink(tmp_path / "outside.py", root / "link.py")
+    assert resolve(root, "/") == resolve(root, "") and resolve(root, "/").kind == "index"
+    hello = resolve(root, "/hello")
+    assert (hello.kind, hello.rel, hello.endpoint, hello.class_name) == ("file", "hello", "page", "App")
+    assert resolve(root, "/hello/ws").endpoint == "ws" and resolve(root, "/hello/event").endpoint == "event"
+    assert resolve(root, "/sub/other").class_name == "Other" and resolve(root, "/sub/").kind == "index"
+    for refused in ["/plain", "/_private", "/../outside", "/link", "/.hidden", "/hello.py", "/nowhere", "/sub/../hello"]:
+        assert resolve(root, refused) is None, refused
+
+
+def test_fork_server_requests_are_typed():
+    for request in [messages.Ensure("k", "a:App", "label"), messages.Status("k"), messages.Kill("ab", None), messages.Hello(2, 1, True)]:
+        assert messages.decode(messages.encode(request)) == request
+    bad_lines = [b"not json", b"[]", b'{"op": "nope"}', b'{"op": "status"}', b'{"op": "status", "key": 3}']
+    bad_lines.append(b'{"op": "hello", "pid": true, "ppid": 1}')
+    for bad in bad_lines:
+        with pytest.raises(messages.BadRequest):
+            messages.decode(bad)
+    with pytest.raises(messages.BadRequest, match="unknown fields"):
+        messages.decode(b'{"op": "stats", "extra": 1}')
+
+
+def test_exit_codes_tell_why_a_process_ended():
+    def exited(code: int) -> int:
+        return code << 8
+
+    assert from_status(exited(Exit.EXPIRED)) is End.EXPIRED and from_status(exited(Exit.STOPPED)) is End.STOPPED
+    assert from_status(exited(Exit.BROKEN)) is End.BROKEN
+    assert from_status(exited(Exit.CRASHED)) is End.CRASHED and from_status(exited(3)) is End.CRASHED
+    assert from_status(9) is End.CRASHED  # killed by a signal nobody sent
