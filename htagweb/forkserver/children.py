@@ -107,6 +107,8 @@ class UserChild(Child):
     key: str = ""
     app: str = ""
     label: str = ""
+    #: where it listens (renamed with its session, see the loop's rotation)
+    socket: Path | None = None
     #: why the fork-server is ending it (None: it is not, or not yet)
     end: End | None = None
     #: when it was aborted (SIGABRT), for the SIGKILL that follows if it persists
@@ -116,14 +118,22 @@ class UserChild(Child):
     def __str__(self) -> str:
         return f"pid {self.pid}, session {self.label}, app {self.app}"
 
+    def ending(self, end: End) -> None:
+        """Mark it ending for ``end`` (the first reason stays). Its socket goes at once: a
+        process on its way out (a SIGKILL takes a moment) must take no new exchange, which
+        would die with it; the next one asks the fork-server and gets a new process."""
+        if self.end is None and self.socket is not None:
+            self.socket.unlink(missing_ok=True)
+        self.end = self.end or end
+
     def stop(self, end: End) -> None:
         """End it for ``end``, letting it run on_destroy."""
-        self.end = self.end or end
+        self.ending(end)
         self.terminate()
 
     def abort(self, end: End) -> None:
         """End it at once for ``end``, its Python stack written to its stack file first."""
-        self.end = self.end or end
+        self.ending(end)
         self.aborted = time.monotonic()
         self.signal(signal.SIGABRT)
 

@@ -498,7 +498,7 @@ class ForkServer:
             theirs.close()
             listener.close()
             self.spares.arriving(ours)
-        child = UserChild(pid, slot, self.runtime.users_dir, key=key, app=app, label=label)
+        child = UserChild(pid, slot, self.runtime.users_dir, key=key, app=app, label=label, socket=path)
         self.by_key[key] = child
         self.users[pid] = child
         self.deaths.pop(key, None)
@@ -553,7 +553,7 @@ class ForkServer:
             if deps.exists():
                 deps.rename(self.loader.deps_file(key))
             del self.by_key[child.key]
-            child.key = key
+            child.key, child.socket = key, self.runtime.user_socket_path(key)
             self.by_key[key] = child
             moved += 1
         return {"ok": True, "moved": moved}

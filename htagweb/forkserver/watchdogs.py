@@ -80,5 +80,5 @@ class Watchdogs:
             else:
                 continue
             logger.warning("user process killed: %s (%s)", child, detail)
-            child.end = end
+            child.ending(end)
             child.kill()
