@@ -30,7 +30,7 @@ from starlette.websockets import WebSocket
 
 from . import logs
 from .config import Config
-from .ordering import PageOrder
+from .ordering import ORDER_HEADER, PageOrder
 from .pages import error_page, htag_error
 from .sessions import Session
 from .slot import Watchdog
@@ -38,8 +38,6 @@ from .slot import Watchdog
 logger = logging.getLogger("htagweb")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
-#: marks an answer that refuses an event for its order: the parano layer tells the page, sealed
-ORDER_HEADER = "x-htagweb-refused"
 CLIENT_SCRIPT = f"<script>{CLIENT_JS}</script>"
 # htag's error overlay shows messages in a <pre> that does not wrap: a sentence longer
 # than the dialog is cut off at its edge (ours, like "took longer than ... Reload the page")

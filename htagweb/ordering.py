@@ -16,6 +16,8 @@ from collections import OrderedDict
 
 #: seconds an early event waits for the one before it
 WAIT = 5.0
+#: marks an answer that refuses an event for its order: the parano layer tells the page, sealed
+ORDER_HEADER = "x-htagweb-refused"
 #: pages remembered per process (one per tab and reload): the oldest are forgotten
 MAX_PAGES = 256
 

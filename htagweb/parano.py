@@ -37,7 +37,7 @@ from .cipher import (
     key_exchange,
     text_plaintext,
 )
-from .host import ORDER_HEADER
+from .ordering import ORDER_HEADER
 from .pages import fallback_bundle
 from .sessions import SCOPE_PARANO
 from .stores import SessionStore
