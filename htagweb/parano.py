@@ -14,13 +14,12 @@ import base64
 import hashlib
 import json
 import logging
-import secrets
 import time
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from itsdangerous import BadSignature, SignatureExpired, TimestampSigner
+from itsdangerous import BadSignature, SignatureExpired
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,7 +38,7 @@ from .cipher import (
 )
 from .ordering import ORDER_HEADER
 from .pages import fallback_bundle
-from .sessions import SCOPE_PARANO
+from .sessions import SCOPE_PARANO, new_session_id, secret_signer
 from .stores import SessionStore
 
 logger = logging.getLogger("htagweb")
@@ -76,7 +75,7 @@ class Credentials:
     REFRESH = 3600
 
     def __init__(self, server_secrets: list[bytes], max_age: float) -> None:
-        self.signer = TimestampSigner(list(reversed(server_secrets)), salt="htagweb.parano-session")
+        self.signer = secret_signer(server_secrets, "htagweb.parano-session")
         self.max_age = max_age
 
     def issue(self, sid: str) -> str:
@@ -90,7 +89,7 @@ class Credentials:
             raise ParanoError("session", "this session expired: reload to start a new one") from None
         except BadSignature:
             raise ParanoError("session", "this session credential is not valid here") from None
-        return sid.decode(), (_now() - signed_at.timestamp()) > self.REFRESH
+        return sid.decode(), (time.time() - signed_at.timestamp()) > self.REFRESH
 
 
 class _Refused(Exception):
@@ -170,7 +169,7 @@ class ParanoMiddleware:
         try:
             body = await _read_body(receive, MAX_HELLO)
             # a replay is refused first, for a hash and a store write: not even the point is checked
-            if not await self.store.claim(HELLO_CLAIMS, hashlib.sha256(body).hexdigest(), _now() + self.ticket_lifetime):
+            if not await self.store.claim(HELLO_CLAIMS, hashlib.sha256(body).hexdigest(), time.time() + self.ticket_lifetime):
                 raise ParanoError("replay", "this key exchange was seen before")
             server_hello, _ = key_exchange(ClientHello.parse(body), self.identity, self.sealer, self.ticket_lifetime)
         except ParanoError as exc:
@@ -253,7 +252,7 @@ class ParanoMiddleware:
         if credential is None:
             if str(head.get("method", "GET")).upper() != "GET":
                 raise ParanoError("session", "only a GET may start a session")
-            return {"sid": secrets.token_urlsafe(24), "new": True, "issue": True}
+            return {"sid": new_session_id(), "new": True, "issue": True}
         sid, stale = self.credentials.verify(str(credential))
         return {"sid": sid, "new": False, "issue": stale}
 
@@ -546,9 +545,6 @@ def _sse_data(event: bytes) -> bytes:
     lines = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
     return b"\n".join(lines)
 
-
-def _now() -> float:
-    return time.time()
 
 
 def _after_startup(send: Send, then: Callable[[], None]) -> Send:

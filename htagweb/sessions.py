@@ -44,10 +44,15 @@ def new_session_id() -> str:
     return secrets.token_urlsafe(24)
 
 
-def make_signer(secrets: list[bytes]) -> TimestampSigner:
+def secret_signer(secrets: list[bytes], salt: str) -> TimestampSigner:
     """Signs with the first secret, still accepts the others (rotation); the signature
-    carries its time, so a cookie older than the session's maximum age is refused."""
-    return TimestampSigner(list(reversed(secrets)), salt="htagweb.session")
+    carries its time, so that what is too old can be refused."""
+    return TimestampSigner(list(reversed(secrets)), salt=salt)
+
+
+def make_signer(secrets: list[bytes]) -> TimestampSigner:
+    """The session cookie's signer: a cookie older than the session's maximum age is refused."""
+    return secret_signer(secrets, "htagweb.session")
 
 
 def samesite_attribute(samesite: str) -> str:
@@ -59,7 +64,7 @@ def samesite_attribute(samesite: str) -> str:
 
 def make_rotation_signer(secrets: list[bytes]) -> TimestampSigner:
     """Signs the tickets with which a rotated session's page fetches its new cookie."""
-    return TimestampSigner(list(reversed(secrets)), salt="htagweb.rotation")
+    return secret_signer(secrets, "htagweb.rotation")
 
 
 def rotation_script(signer: TimestampSigner, root_path: str, old: str, new: str) -> str:

@@ -338,8 +338,12 @@
     (this._listeners[type] || []).forEach(function (fn) { fn(event); });
   };
 
-  /* A sealed control message of the server (§4.2): acceptance, a new credential, a close or an error. */
-  async function onControl(message, target) {
+  /* One sealed server message of a WebSocket or SSE channel (§4.2) for `target`: htag's text,
+   * or a control: acceptance, a new credential, a close or an error. */
+  async function deliver(plaintext, target) {
+    if (plaintext[0] === TEXT) { target._emit("message", new MessageEvent("message", { data: dec.decode(plaintext.slice(1)) })); return; }
+    var message = control(plaintext);
+    if (message.accepted) { target.readyState = 1; target._emit("open", new Event("open")); }
     if (message.session) await setCredential(message.session);
     if (message.error) { target._closing = { code: 4400, reason: message.error.reason }; fail(sealedFailure(message.error)); }
     if (message.close !== undefined) {
@@ -362,11 +366,7 @@
     };
     real.onmessage = function (event) {
       chain = chain.then(async function () {
-        var plaintext = await ch.open(new Uint8Array(event.data));
-        if (plaintext[0] === TEXT) { self._emit("message", new MessageEvent("message", { data: dec.decode(plaintext.slice(1)) })); return; }
-        var message = control(plaintext);
-        if (message.accepted) { self.readyState = 1; self._emit("open", new Event("open")); }
-        await onControl(message, self);
+        await deliver(await ch.open(new Uint8Array(event.data)), self);
       }).catch(function (e) { fail(e); real.close(); });
     };
     real.onerror = function () { self._emit("error", new Event("error")); };
@@ -417,11 +417,7 @@
         text = events.pop();
         for (var i = 0; i < events.length; i++) {
           if (events[i].indexOf("data: ") !== 0) continue;
-          var plaintext = await ch.open(unb64(events[i].slice(6)));
-          if (plaintext[0] === TEXT) { self._emit("message", new MessageEvent("message", { data: dec.decode(plaintext.slice(1)) })); continue; }
-          var message = control(plaintext);
-          if (message.accepted) { self.readyState = 1; self._emit("open", new Event("open")); }
-          await onControl(message, self);
+          await deliver(await ch.open(unb64(events[i].slice(6))), self);
         }
       }
       throw new Error("the stream ended");
