@@ -121,6 +121,9 @@ def use_app(browser: Browser, url: str, typed: str, reload: bool, transport_chec
         page.click("#inc")
         expect(page.locator("#count")).to_have_text("Count: 1")
         page.fill("#in", typed)
+        # the typed value travels as an event of its own: in pure-HTTP mode without parano (nothing
+        # orders a page's events there) a click right after it may overtake it; wait for its answer
+        page.wait_for_function("Object.keys(window._htag_callbacks).length === 0", timeout=15000)
         page.click("#echo-btn")
         expect(page.locator("#echo")).to_have_text(f"echo:{typed}")
         assert page.evaluate(transport_check), transport_check
