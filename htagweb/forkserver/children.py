@@ -13,6 +13,7 @@ that the fork-server can log where a hung or crashed process was.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]
 import ctypes
 import faulthandler
 import logging
@@ -36,6 +37,12 @@ logger = logging.getLogger("htagweb")
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 PR_SET_PDEATHSIG = 1
+#: found once, here: a child only calls it
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+#: the fork-server's handlers, reset in a child through ``_signal``, without the enum wrappers of
+#: ``signal.signal``: they run more code (one copied page per object it touches) than the reset itself
+RESET_SIGNALS = tuple(int(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD))
+SIG_DFL, SIGTERM = int(signal.SIG_DFL), int(signal.SIGTERM)
 #: seconds an aborted process gets to write its stack and die before it is killed
 ABORT_GRACE = 1.0
 
@@ -160,24 +167,34 @@ def stack_path(stacks: Path, pid: int) -> Path:
     return stacks / f"{pid}.stack"
 
 
-def fork(title: str, config: Config, stacks: Path, let_go: Callable[[], None], body: Callable[[], Exit]) -> int:
+def fork(title: str, config: Config, stacks: Path, inherited: list[int], slot: mmap.mmap, body: Callable[[], Exit]) -> int:
     """Fork a child that runs ``body`` and exits with the code it returns (CRASHED
-    if it raises). ``let_go`` closes, in the child, what belongs to the fork-server."""
+    if it raises). ``inherited``: the fork-server's own descriptors, closed in the
+    child; ``slot``: the child's, which no later child inherits.
+
+    Each object the child touches for the first time copies the page it is on (its
+    reference count is written to): the child's preparation runs as little Python
+    as it can, on values computed here, before the fork (see bench/RESULTS.md,
+    "USS per idle user")."""
     parent = os.getpid()
+    stack_file = str(stack_path(stacks, 0)).removesuffix("0.stack")
+    limits = _limits(config)
     pid = os.fork()
     if pid:
+        slot.madvise(mmap.MADV_DONTFORK)  # other users' slots are not a child's to keep, nor to close one by one
         return pid
     code = Exit.CRASHED
     try:
         signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
-        let_go()
+        for sig in RESET_SIGNALS:
+            _signal.signal(sig, SIG_DFL)
+        for fd in inherited:
+            os.close(fd)
         _die_with(parent)
         setproctitle(title)
-        _limit_resources(config)
-        stack_file = open(stack_path(stacks, os.getpid()), "w")  # noqa: SIM115 (faulthandler writes to it until the end)
-        faulthandler.enable(stack_file)
+        _limit_resources(limits)
+        stack_fd = os.open(f"{stack_file}{os.getpid()}.stack", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        faulthandler.enable(stack_fd)  # writes to it until the end
         code = body()
     except BaseException:
         traceback.print_exc()
@@ -188,32 +205,37 @@ def fork(title: str, config: Config, stacks: Path, let_go: Callable[[], None], b
 def _die_with(parent: int) -> None:
     """SIGTERM when the fork-server dies, whatever killed it (a user process then
     runs on_destroy and ends; see :mod:`htagweb.process`)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+    if _prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent:  # it died before prctl took effect
         os._exit(Exit.ORPHANED)
 
 
-def _limit_resources(config: Config) -> None:
-    """Hard limits in the user process, a backstop for what the fork-server checks
+def _limits(config: Config) -> list[tuple[int, tuple[int, int]]]:
+    """Hard limits for a user process, a backstop for what the fork-server checks
     every second: between two checks, memory can grow by four times the limit at most
     (a larger allocation fails with MemoryError, which htag reports to the user).
-    No core file: an aborted process leaves its stack in the log, not a core."""
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    No core file: an aborted process leaves its stack in the log, not a core.
+    Computed in the fork-server, whose address space the child starts with."""
+    limits = [(resource.RLIMIT_CORE, (0, 0))]
     if config.memory_limit:
-        with open("/proc/self/statm") as statm:
-            size = int(statm.read().split()[0]) * PAGE_SIZE
-        limit = size + 4 * config.memory_limit
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        limit = resident_memory(os.getpid(), field=0) + 4 * config.memory_limit
+        limits.append((resource.RLIMIT_AS, (limit, limit)))
     if config.max_open_files:
         limit = config.max_open_files + 16  # the fork-server kills above max_open_files: let it see it
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+        limits.append((resource.RLIMIT_NOFILE, (limit, limit)))
+    return limits
 
 
-def resident_memory(pid: int) -> int:
+def _limit_resources(limits: list[tuple[int, tuple[int, int]]]) -> None:
+    for which, limit in limits:
+        resource.setrlimit(which, limit)
+
+
+def resident_memory(pid: int, field: int = 1) -> int:
+    """Bytes of resident memory of ``pid`` (``field`` 0: of its whole address space)."""
     with open(f"/proc/{pid}/statm") as statm:
-        return int(statm.read().split()[1]) * PAGE_SIZE
+        return int(statm.read().split()[field]) * PAGE_SIZE
 
 
 def open_files(pid: int) -> int:

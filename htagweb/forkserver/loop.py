@@ -14,6 +14,7 @@ import collections
 import gc
 import json
 import logging
+import mmap
 import os
 import selectors
 import signal
@@ -494,7 +495,7 @@ class ForkServer:
                 ours.close()
                 return run_user_process(listener, load, self.config, slot, label, app, theirs)
 
-            pid = self._fork(f"htagweb user {app} {label}", body)
+            pid = self._fork(f"htagweb user {app} {label}", slot, body)
             theirs.close()
             listener.close()
             self.spares.arriving(ours)
@@ -558,21 +559,15 @@ class ForkServer:
             moved += 1
         return {"ok": True, "moved": moved}
 
-    def _fork(self, title: str, body: Any) -> int:
-        return fork(title, self.config, self.runtime.users_dir, self._let_go, body)
+    def _fork(self, title: str, slot: mmap.mmap, body: Any) -> int:
+        return fork(title, self.config, self.runtime.users_dir, self._inherited(), slot, body)
 
-    def _let_go(self) -> None:
-        """In a new child: what is the fork-server's is not the child's to keep."""
-        self.spares.let_go()
-        for child in self.users.values():  # other users' slots: not this process' to write
-            child.slot.close()
-        self.selector.close()
-        os.close(self.wakeup_r)
-        os.close(self.wakeup_w)
+    def _inherited(self) -> list[int]:
+        """What a new child closes at once: the fork-server's descriptors are not the child's to keep."""
+        fds = [self.selector.fileno(), self.wakeup_r, self.wakeup_w, *(sock.fileno() for sock in self.lines)]
         if self.listener is not None:
-            self.listener.close()
-        for sock in self.lines:
-            sock.close()
+            fds.append(self.listener.fileno())
+        return fds + self.spares.inherited()
 
     def _reap(self) -> None:
         while True:

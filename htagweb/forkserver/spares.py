@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import selectors
 import socket
@@ -27,7 +28,7 @@ from .children import SpareChild, listen
 
 logger = logging.getLogger("htagweb")
 
-Fork = Callable[[str, Callable[[], Exit]], int]
+Fork = Callable[[str, mmap.mmap, Callable[[], Exit]], int]
 
 
 class Spares:
@@ -64,7 +65,7 @@ class Spares:
             ours.close()
             return run_spare(theirs, listener, known, self.config, slot, rehearsed)
 
-        pid = self._fork("htagweb spare", body)
+        pid = self._fork("htagweb spare", slot, body)
         theirs.close()
         listener.close()
         self.spares.append(
@@ -143,14 +144,12 @@ class Spares:
         spare.slot.close()
         return True
 
-    def let_go(self) -> None:
-        """In a new child: the other spares' lines and slots are not its own."""
-        for spare in self.spares:
-            if spare.control is not None:
-                spare.control.close()
-            spare.slot.close()
-        for control in self.settling:
-            control.close()
+    def inherited(self) -> list[int]:
+        """What a new child closes: the other spares' lines (a spare sees the end of its line
+        when the fork-server drops it, which no other process may hold open) and the ones
+        of arrivals under way."""
+        fds = [spare.control.fileno() for spare in self.spares if spare.control is not None]
+        return fds + [control.fileno() for control in self.settling]
 
     def stop(self) -> None:
         for spare in self.spares:
