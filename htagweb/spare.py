@@ -1,10 +1,10 @@
 """A spare user process: forked ahead of need, it waits for the fork-server to
 name its session and app (or to go away).
 
-The ``rehearsed`` spare rehearses a first page load and serves meanwhile (see
-:mod:`htagweb.rehearsal`). The others sleep, before even an event loop exists:
-the fewer pages a spare writes to, the fewer it copies (about 1.6 MB, against 5
-once rehearsed).
+It sleeps, before even an event loop exists: the fewer pages a spare writes to,
+the fewer it copies (about 1.7 MB, against 5 once rehearsed). Woken by
+``REHEARSE``, it rehearses a first page load (see :mod:`htagweb.rehearsal`), the
+next user's to take.
 """
 
 from __future__ import annotations
@@ -23,21 +23,21 @@ from .slot import Watchdog
 
 logger = logging.getLogger("htagweb")
 
+#: what the fork-server sends a sleeping spare to wake it to rehearse (an assignment is JSON: it starts with "{")
+REHEARSE = b"R"
 
-def run_spare(
-    control: socket.socket, listener: socket.socket, classes: dict[str, type], config: Config, slot: mmap.mmap, rehearsed: bool
-) -> Exit:
+
+def run_spare(control: socket.socket, listener: socket.socket, classes: dict[str, type], config: Config, slot: mmap.mmap) -> Exit:
     """Serve as the user process the fork-server names on ``control``; afterwards
     ``control`` tells the fork-server when this user's arrival is over. Returns why it ends."""
-    if rehearsed:
-        loop = new_loop()
+    select.select([control], [], [])
+    loop = new_loop()
+    if control.recv(1, socket.MSG_PEEK) == REHEARSE:
+        control.recv(1)
         try:
             loop.run_until_complete(rehearse(UserProcess(config, Watchdog(slot)), lambda: bool(select.select([control], [], [], 0)[0])))
         except Exception:
             logger.warning("spare user process: the rehearsal of a first page load failed", exc_info=True)
-    else:
-        select.select([control], [], [])
-        loop = new_loop()
     process = UserProcess(config, Watchdog(slot), control)
 
     async def assignment() -> None:

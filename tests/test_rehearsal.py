@@ -107,6 +107,24 @@ def test_a_crowd_takes_the_sleeping_spares_and_the_pool_fills_again(server):
     assert not refilled & pool
 
 
+def test_the_pool_is_refilled_in_batches_once_a_quarter_is_gone(server):
+    """Spares forked together share the pages the fork-server writes afterwards: one
+    arrival leaves the pool one short, the next user is still served by a spare of the
+    first batch, and only at the low-water mark (8 - 2) is the pool filled again."""
+    srv = server(server_source("WebServerWS", spare_processes=8))
+    forkserver = forkserver_of(srv)
+    users = {asyncio.run(arrive(srv.url))}
+    pool = wait_for(pool_of(forkserver, users, 8), "the pool did not reach 8 spares")
+    users.add(asyncio.run(arrive(srv.url)))
+    assert users - {min(users)} <= pool
+    time.sleep(1)  # the fork-server had time to fork (it did, one spare after each arrival, before)
+    assert spares(forkserver, users) == pool - users  # 7 of the first batch, none forked alone
+    users.add(asyncio.run(arrive(srv.url)))
+    assert users - {min(users)} <= pool
+    refilled = wait_for(pool_of(forkserver, users, 8), "the pool was not filled again at its low-water mark")
+    assert len(refilled - pool) == 2
+
+
 def test_the_pool_keeps_within_max_processes_and_replaces_a_dead_spare(server):
     srv = server(server_source("WebServerWS", max_processes=3, spare_processes=6))
     forkserver = forkserver_of(srv)
@@ -122,6 +140,25 @@ def test_the_pool_keeps_within_max_processes_and_replaces_a_dead_spare(server):
     users.add(asyncio.run(arrive(srv.url)))
     assert len(users) == 2
     wait_for(lambda: len(spares(forkserver, users)) == 1, "not 1 spare beside 2 users")
+
+
+def shared_anonymous_mappings(process: int) -> int:
+    """Slots are anonymous shared mappings (``/dev/zero (deleted)`` in /proc/PID/maps)."""
+    with open(f"/proc/{process}/maps") as maps:
+        return sum(1 for line in maps if line.split()[1].endswith("s") and "/dev/zero" in line)
+
+
+def test_a_user_process_holds_its_own_slot_only(server):
+    """Slots are not inherited by later processes (nor closed one by one in each of them):
+    the fourth user's process, and its spares, map one slot each, not the others'."""
+    srv = server(server_source("WebServerWS", spare_processes=2))
+    forkserver = forkserver_of(srv)
+    users = set()
+    for _ in range(4):
+        users.add(asyncio.run(arrive(srv.url)))
+    pool = wait_for(pool_of(forkserver, users, 2), "no 2 spares")
+    assert shared_anonymous_mappings(forkserver.pid) >= 6
+    assert [shared_anonymous_mappings(process) for process in sorted(users | pool)] == [1] * 6
 
 
 def test_rehearsal_gives_way_to_a_waiting_user():

@@ -154,13 +154,12 @@ class UserChild(Child):
 @dataclass(eq=False)
 class SpareChild(Child):
     """A user process forked ahead of need, serving at ``path`` under a name of its
-    own: giving it to a user costs renaming that socket and a message on ``control``.
-    One spare at a time is ``rehearsed`` (see :mod:`htagweb.rehearsal`)."""
+    own: giving it to a user costs renaming that socket and a message on ``control``,
+    on which it may also be told to rehearse (see :mod:`htagweb.spare`)."""
 
     control: socket.socket | None = None
     path: Path = Path()
     apps: frozenset[str] = frozenset()
-    rehearsed: bool = False
 
 
 def stack_path(stacks: Path, pid: int) -> Path:

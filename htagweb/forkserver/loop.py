@@ -147,6 +147,8 @@ class ForkServer:
             self.spares.expire_settling()
             if self._spares_wanted():
                 self.spares.fork(self.loader.classes)
+            if not self.stop_requested and not self.retired:
+                self.spares.rehearse()
             self.watchdogs.check(self.users.values())
             if self.orphaned_since is not None:
                 self._check_orphaned()
@@ -173,7 +175,7 @@ class ForkServer:
         if self._spares_wanted():
             return 0
         waits = [wait.deadline - time.monotonic() for wait in self.status_waits]
-        return max(0.0, min(self.watchdogs.next_check(self.users.values()), self.spares.next_expiry(), *waits))
+        return max(0.0, min(self.watchdogs.next_check(), self.spares.next_expiry(), *waits))
 
     def _woken(self, mask: int) -> None:
         try:
@@ -514,6 +516,8 @@ class ForkServer:
             limit = self.config.new_processes_per_minute
             logger.warning("new process refused: over %d new processes per minute from %s", limit, client)
             return messages.error(429, "Too many new sessions from your address: try again in a minute.")
+        if len(self.users) < self.config.max_processes:  # no need to look at each of them
+            return None
         candidates = self._candidates()
         if len(candidates) < self.config.max_processes:
             return None

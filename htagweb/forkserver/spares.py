@@ -1,11 +1,19 @@
 """The pool of spare user processes, forked ahead of need.
 
 A new user, even one of a crowd arriving at once, then costs renaming a socket
-and a message rather than a fork. One spare at a time is rehearsed (see
-:mod:`htagweb.rehearsal`), the fastest for the next user; the others sleep, at
-about 1.6 MB each. No spare is forked while a user's arrival is under way (the
-fork would slow that very page load): a process tells, on its control socket,
-when its user's arrival is over.
+and a message rather than a fork. Spares are forked asleep, at about 1.7 MB
+each; one at a time is woken to rehearse (see :mod:`htagweb.rehearsal`), the
+fastest for the next user. No spare is forked or woken while a user's arrival
+is under way (it would slow that very page load): a process tells, on its
+control socket, when its user's arrival is over.
+
+The pool is refilled in batches, once a quarter of it is gone, not one spare
+after each arrival: a process shares copy-on-write the pages of the fork-server
+that the fork-server has not written to since the fork, and each page it writes
+to afterwards (while it serves the next requests) leaves its old copy to the
+processes forked before. Forked together, spares share those copies; a spare
+forked alone keeps each of them to itself, some 0.5 MB more (see bench/RESULTS.md,
+"USS per idle user").
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from ..config import Config
 from ..ends import Exit
 from ..runtime import Runtime
 from ..slot import SETTLE_LIMIT, new_slot
-from ..spare import run_spare
+from ..spare import REHEARSE, run_spare
 from .children import SpareChild, listen
 
 logger = logging.getLogger("htagweb")
@@ -40,21 +48,41 @@ class Spares:
         self.spares: list[SpareChild] = []
         #: control sockets of processes whose user's arrival is not over, and since when
         self.settling: dict[socket.socket, float] = {}
+        #: the spare woken to rehearse, the next user's
+        self.rehearsed: SpareChild | None = None
+        #: the pool fell to its low-water mark and is being filled again
+        self.refilling = False
 
     def __len__(self) -> int:
         return len(self.spares)
 
     def wanted(self, classes: Mapping[str, type], users: int) -> bool:
-        """Whether to fork one more spare now: the pool is short, and no arrival is
-        under way. A server near ``max_processes`` keeps no more spares than it may still give out."""
+        """Whether to fork one more spare now: the pool fell to its low-water mark (a quarter
+        below its size) and is not full again yet, and no arrival is under way. A server near
+        ``max_processes`` keeps no more spares than it may still give out."""
         if not classes or self.settling:
             return False
-        room = self.config.max_processes - users
-        return len(self.spares) < min(self.config.spares, room)
+        size = min(self.config.spares, self.config.max_processes - users)
+        if len(self.spares) >= size:
+            self.refilling = False
+        elif len(self.spares) <= size - max(1, size // 4):
+            self.refilling = True
+        return self.refilling
+
+    def rehearse(self) -> None:
+        """Wake a spare to rehearse, if none is, no arrival is under way and one sleeps."""
+        if self.rehearsed is not None or self.settling or not self.spares:
+            return
+        spare = self.spares[-1]
+        assert spare.control is not None
+        try:
+            spare.control.send(REHEARSE)
+        except OSError:  # it died: reaped soon
+            return
+        self.rehearsed = spare
 
     def fork(self, classes: Mapping[str, type]) -> None:
         """A spare listens already, under a name of its own: giving it to a user is a rename."""
-        rehearsed = not any(spare.rehearsed for spare in self.spares)
         ours, theirs = socket.socketpair()
         path = self.runtime.users_dir / f".spare-{os.urandom(8).hex()}.sock"
         listener = listen(path)
@@ -63,20 +91,18 @@ class Spares:
 
         def body() -> Exit:
             ours.close()
-            return run_spare(theirs, listener, known, self.config, slot, rehearsed)
+            return run_spare(theirs, listener, known, self.config, slot)
 
         pid = self._fork("htagweb spare", slot, body)
         theirs.close()
         listener.close()
-        self.spares.append(
-            SpareChild(pid, slot, self.runtime.users_dir, control=ours, path=path, apps=frozenset(known), rehearsed=rehearsed)
-        )
+        self.spares.append(SpareChild(pid, slot, self.runtime.users_dir, control=ours, path=path, apps=frozenset(known)))
 
     def take(self, path: os.PathLike[str], app: str, label: str) -> SpareChild | None:
         """A spare given to this user (the rehearsed one first), serving at ``path``; None if none can."""
-        for spare in sorted(self.spares, key=lambda spare: not spare.rehearsed):
+        for spare in sorted(self.spares, key=lambda spare: spare is not self.rehearsed):
             if app in spare.apps:
-                self.spares.remove(spare)
+                self.forget(spare)
                 if self._assign(spare, path, app, label):
                     return spare
         return None
@@ -117,6 +143,12 @@ class Spares:
             return 1.0
         return max(0.0, min(self.settling.values()) + 2 * SETTLE_LIMIT - time.monotonic())
 
+    def forget(self, spare: SpareChild) -> None:
+        """``spare`` is no longer in the pool."""
+        self.spares.remove(spare)
+        if spare is self.rehearsed:
+            self.rehearsed = None
+
     def drop(self, spare: SpareChild) -> None:
         """End a live spare no user will get."""
         if spare.control is not None:
@@ -127,7 +159,7 @@ class Spares:
     def drop_without(self, app: str) -> None:
         """Spares forked before ``app`` was imported cannot serve it: replaced."""
         for spare in [spare for spare in self.spares if app not in spare.apps]:
-            self.spares.remove(spare)
+            self.forget(spare)
             self.drop(spare)
 
     def reaped(self, pid: int, status: int, stopping: bool) -> bool:
@@ -138,7 +170,7 @@ class Spares:
             return False
         spare.reaped(status)
         logger.log(logging.DEBUG if stopping else logging.WARNING, "spare user process %d died (status %d)", pid, status)
-        self.spares.remove(spare)
+        self.forget(spare)
         self.drop(spare)
         spare.take_stack()
         spare.slot.close()
@@ -157,3 +189,4 @@ class Spares:
             spare.join(5.0)
             spare.take_stack()
         self.spares.clear()
+        self.rehearsed = None

@@ -5,6 +5,12 @@ Read without asking the processes anything: a hang from each process' slot
 (:mod:`htagweb.slot`), memory and files from ``/proc``. A hung process is aborted
 (SIGABRT: faulthandler writes its Python stack, which the fork-server logs when
 it reaps it) and killed if it persists, as gunicorn's arbiter murders workers.
+
+The processes are looked at when something may be due, at most a second apart,
+not at each turn of the fork-server's loop: each look at a process object writes
+to the page it is on (its reference count), and every process forked since the
+previous write keeps the old copy of that page for itself (see bench/RESULTS.md,
+"USS per idle user").
 """
 
 from __future__ import annotations
@@ -28,9 +34,13 @@ class Watchdogs:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.resources_checked = 0.0
+        #: when :meth:`check` may have something to do
+        self.due = 0.0
 
     def check(self, users: Iterable[UserChild]) -> None:
         now = time.monotonic()
+        if now < self.due:
+            return
         users = list(users)
         for child in users:
             child.escalate(now)
@@ -39,11 +49,16 @@ class Watchdogs:
         if now - self.resources_checked >= RESOURCES_EVERY:
             self.resources_checked = now
             self._resources(users)
+        self.due = self._next_due(users, now)
 
-    def next_check(self, users: Iterable[UserChild]) -> float:
+    def next_check(self) -> float:
         """Seconds until :meth:`check` has something to do, at most RESOURCES_EVERY."""
-        now = time.monotonic()
-        due = self.resources_checked + RESOURCES_EVERY
+        return max(0.0, self.due - time.monotonic())
+
+    def _next_due(self, users: list[UserChild], now: float) -> float:
+        """The next abort to escalate or handler to time out, a second from ``now`` at the latest
+        (a handler that starts meanwhile is seen then)."""
+        due = now + RESOURCES_EVERY
         limit = self.config.timeout_interaction
         for child in users:
             if child.aborted is not None:
@@ -52,7 +67,7 @@ class Watchdogs:
                 busy_since = read_slot(child.slot).busy_since
                 if busy_since:
                     due = min(due, busy_since + limit)
-        return max(0.0, due - now)
+        return due
 
     def _interactions(self, users: list[UserChild], now: float) -> None:
         limit = self.config.timeout_interaction
