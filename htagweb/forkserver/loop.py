@@ -33,6 +33,7 @@ from ..config import Config
 from ..ends import End, Exit, describe, from_status
 from ..metrics import BY_END, COUNTERS, FRONT_COUNTERS, KILLS
 from ..process import run as run_user_process
+from ..rehearsal import warm_up
 from ..runtime import Runtime
 from ..slot import EXITING, new_slot, read_slot
 from . import messages
@@ -135,6 +136,8 @@ class ForkServer:
         self.listener = listen(path)
         self.listener.setblocking(False)
         self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
+        warm_up(self.config)
+        gc.collect()
         gc.freeze()  # what is here now is shared copy-on-write by every user process
         os.write(ready_fd, b"1")
         os.close(ready_fd)
