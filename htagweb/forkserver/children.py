@@ -139,7 +139,7 @@ class UserChild(Child):
 
     def escalate(self, now: float) -> None:
         """SIGKILL an aborted process that is still there (faulthandler could not run)."""
-        if self.aborted is not None and now - self.aborted > ABORT_GRACE:
+        if self.aborted is not None and now - self.aborted >= ABORT_GRACE:
             self.kill()
             self.aborted = None
 

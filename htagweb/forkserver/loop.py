@@ -172,7 +172,7 @@ class ForkServer:
         if self._spares_wanted():
             return 0
         waits = [wait.deadline - time.monotonic() for wait in self.status_waits]
-        return max(0.0, min(self.watchdogs.next_check(self.users.values()), self.spares.next_expiry(), *waits))
+        return max(0.0, min(self.watchdogs.next_check(), self.spares.next_expiry(), *waits))
 
     def _woken(self, mask: int) -> None:
         try:
@@ -513,6 +513,8 @@ class ForkServer:
             limit = self.config.new_processes_per_minute
             logger.warning("new process refused: over %d new processes per minute from %s", limit, client)
             return messages.error(429, "Too many new sessions from your address: try again in a minute.")
+        if len(self.by_key) < self.config.max_processes:  # room, without reading every slot
+            return None
         candidates = self._candidates()
         if len(candidates) < self.config.max_processes:
             return None

@@ -25,42 +25,54 @@ RESOURCES_EVERY = 1.0
 
 
 class Watchdogs:
+    """Scans the user processes only when something can be due, not at each turn of
+    the loop (which turns for every request: with a thousand users, a scan per turn
+    was a thousand slot reads per new user). A scan knows the earliest deadline of
+    the interactions running, and one starting after it cannot run out before the
+    scan plus ``timeout_interaction``; memory and open files are read once a second."""
+
     def __init__(self, config: Config) -> None:
         self.config = config
         self.resources_checked = 0.0
+        #: monotonic time of the next scan
+        self.due = 0.0
 
     def check(self, users: Iterable[UserChild]) -> None:
         now = time.monotonic()
+        if now < self.due:
+            return
         users = list(users)
+        due = now + (self.config.timeout_interaction or RESOURCES_EVERY)
         for child in users:
             child.escalate(now)
+            if child.aborted is not None:
+                due = min(due, child.aborted + ABORT_GRACE)
         if self.config.timeout_interaction:
-            self._interactions(users, now)
+            due = min(due, self._interactions(users, now))
         if now - self.resources_checked >= RESOURCES_EVERY:
             self.resources_checked = now
             self._resources(users)
+        self.due = min(due, self.resources_checked + RESOURCES_EVERY)
 
-    def next_check(self, users: Iterable[UserChild]) -> float:
-        """Seconds until :meth:`check` has something to do, at most RESOURCES_EVERY."""
-        now = time.monotonic()
-        due = self.resources_checked + RESOURCES_EVERY
-        limit = self.config.timeout_interaction
-        for child in users:
-            if child.aborted is not None:
-                due = min(due, child.aborted + ABORT_GRACE)
-            elif limit and child.end is None:
-                busy_since = read_slot(child.slot).busy_since
-                if busy_since:
-                    due = min(due, busy_since + limit)
-        return max(0.0, due - now)
+    def next_check(self) -> float:
+        """Seconds until :meth:`check` has something to do."""
+        return max(0.0, self.due - time.monotonic())
 
-    def _interactions(self, users: list[UserChild], now: float) -> None:
+    def _interactions(self, users: list[UserChild], now: float) -> float:
+        """Abort the processes whose handler ran too long; when the next one could be due."""
         limit = self.config.timeout_interaction
+        due = now + limit
         for child in users:
             busy_since = read_slot(child.slot).busy_since
-            if busy_since and child.end is None and now - busy_since > limit:
+            if not busy_since or child.end is not None:
+                continue
+            if now - busy_since >= limit:
                 logger.warning("user process killed: %s (interaction timeout: a handler ran more than %gs)", child, limit)
                 child.abort(End.INTERACTION_TIMEOUT)
+                due = min(due, now + ABORT_GRACE)
+            else:
+                due = min(due, busy_since + limit)
+        return due
 
     def _resources(self, users: list[UserChild]) -> None:
         """Kill a user process over its memory or open-files limit."""
