@@ -1,6 +1,6 @@
 """Unit tests of the pure logic, beside the end-to-end suite: the bridge codec, the
 session merge, the store contract (claims included), folder URLs, the fork-server's
-typed requests, exit codes."""
+typed requests, exit codes, CPU pressure."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from htagweb import bridge
 from htagweb.ends import End, Exit, from_status
 from htagweb.folder import resolve
 from htagweb.forkserver import messages
+from htagweb.forkserver.pressure import WINDOW, CpuPressure
 from htagweb.sessions import Session
 from htagweb.stores import MemoryStore, SQLiteStore
 
@@ -155,3 +156,25 @@ def test_exit_codes_tell_why_a_process_ended():
     assert from_status(exited(Exit.BROKEN)) is End.BROKEN
     assert from_status(exited(Exit.CRASHED)) is End.CRASHED and from_status(exited(3)) is End.CRASHED
     assert from_status(9) is End.CRASHED  # killed by a signal nobody sent
+
+
+def _stall(path: Path, microseconds: int) -> None:
+    path.write_text(f"some avg10=0.00 avg60=0.00 avg300=0.00 total={microseconds}\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+
+
+def test_cpu_pressure_calls_calm_only_a_recent_window_with_little_waiting(tmp_path):
+    psi, now = tmp_path / "cpu", [100.0]
+    _stall(psi, 1_000_000)
+    pressure = CpuPressure(psi, clock=lambda: now[0])
+    now[0] += 1.2 * WINDOW
+    assert pressure.is_calm()  # nobody waited
+    _stall(psi, 1_000_000 + int(WINDOW * 1e6))  # a task waited as long as a window
+    now[0] += 0.5 * WINDOW
+    assert pressure.is_calm()  # the window is not over: the last verdict stands
+    now[0] += 0.7 * WINDOW
+    assert not pressure.is_calm()
+    now[0] += 3 * WINDOW  # a long-past window says nothing of now: measured afresh
+    assert not pressure.is_calm()
+    now[0] += 1.2 * WINDOW
+    assert pressure.is_calm()
+    assert CpuPressure(tmp_path / "missing").is_calm()  # a kernel without PSI: calm, as before

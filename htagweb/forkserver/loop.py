@@ -172,7 +172,8 @@ class ForkServer:
         if self._spares_wanted():
             return 0
         waits = [wait.deadline - time.monotonic() for wait in self.status_waits]
-        return max(0.0, min(self.watchdogs.next_check(), self.spares.next_expiry(), *waits))
+        spares = 1.0 if self.retired else self.spares.next_check(self.loader.classes, len(self.users))
+        return max(0.0, min(self.watchdogs.next_check(), spares, *waits))
 
     def _woken(self, mask: int) -> None:
         try:

@@ -5,7 +5,8 @@ and a message rather than a fork. One spare at a time is rehearsed (see
 :mod:`htagweb.rehearsal`), the fastest for the next user; the others sleep, at
 about 1.6 MB each. No spare is forked while a user's arrival is under way (the
 fork would slow that very page load): a process tells, on its control socket,
-when its user's arrival is over.
+when its user's arrival is over. Nor while other processes wait for a CPU
+(see :mod:`.pressure`), unless the pool has been short for ``REFILL_ANYWAY``.
 """
 
 from __future__ import annotations
@@ -24,10 +25,14 @@ from ..runtime import Runtime
 from ..slot import SETTLE_LIMIT, new_slot
 from ..spare import run_spare
 from .children import SpareChild, listen
+from .pressure import WINDOW, CpuPressure
 
 logger = logging.getLogger("htagweb")
 
 Fork = Callable[[str, Callable[[], Exit]], int]
+
+#: seconds after which a short pool gets a spare even on a machine that is never calm
+REFILL_ANYWAY = 1.0
 
 
 class Spares:
@@ -39,13 +44,22 @@ class Spares:
         self.spares: list[SpareChild] = []
         #: control sockets of processes whose user's arrival is not over, and since when
         self.settling: dict[socket.socket, float] = {}
+        self.pressure = CpuPressure()
+        self.forked_at = 0.0
 
     def __len__(self) -> int:
         return len(self.spares)
 
     def wanted(self, classes: Mapping[str, type], users: int) -> bool:
-        """Whether to fork one more spare now: the pool is short, and no arrival is
-        under way. A server near ``max_processes`` keeps no more spares than it may still give out."""
+        """Whether to fork one more spare now: the pool is short, no arrival is under
+        way, and the CPUs are calm (or have not been for long). A server near
+        ``max_processes`` keeps no more spares than it may still give out."""
+        if not self.short(classes, users):
+            return False
+        return self.pressure.is_calm() or time.monotonic() - self.forked_at >= REFILL_ANYWAY
+
+    def short(self, classes: Mapping[str, type], users: int) -> bool:
+        """Whether the pool lacks a spare that could be forked once the CPUs are calm."""
         if not classes or self.settling:
             return False
         room = self.config.max_processes - users
@@ -65,6 +79,7 @@ class Spares:
             return run_spare(theirs, listener, known, self.config, slot, rehearsed)
 
         pid = self._fork("htagweb spare", body)
+        self.forked_at = time.monotonic()
         theirs.close()
         listener.close()
         self.spares.append(
@@ -110,8 +125,11 @@ class Spares:
             if now - since > 2 * SETTLE_LIMIT:
                 self.settled(control)
 
-    def next_expiry(self) -> float:
-        """Seconds until :meth:`expire_settling` has something to do (1 if nothing is settling)."""
+    def next_check(self, classes: Mapping[str, type], users: int) -> float:
+        """Seconds until the pool has something to do: an arrival to stop waiting for
+        (:meth:`expire_settling`), or the CPUs to measure again while it is short (1 if nothing)."""
+        if self.short(classes, users):
+            return WINDOW
         if not self.settling:
             return 1.0
         return max(0.0, min(self.settling.values()) + 2 * SETTLE_LIMIT - time.monotonic())
