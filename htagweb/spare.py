@@ -19,7 +19,7 @@ from .config import Config
 from .ends import Exit
 from .process import UserProcess, new_loop
 from .rehearsal import rehearse
-from .slot import Watchdog
+from .slot import REHEARSING, Watchdog
 
 logger = logging.getLogger("htagweb")
 
@@ -29,16 +29,19 @@ def run_spare(
 ) -> Exit:
     """Serve as the user process the fork-server names on ``control``; afterwards
     ``control`` tells the fork-server when this user's arrival is over. Returns why it ends."""
+    watchdog = Watchdog(slot)
     if rehearsed:
         loop = new_loop()
         try:
-            loop.run_until_complete(rehearse(UserProcess(config, Watchdog(slot)), lambda: bool(select.select([control], [], [], 0)[0])))
+            rehearsing = UserProcess(config, Watchdog(slot, REHEARSING))
+            loop.run_until_complete(rehearse(rehearsing, lambda: bool(select.select([control], [], [], 0)[0])))
         except Exception:
             logger.warning("spare user process: the rehearsal of a first page load failed", exc_info=True)
+        watchdog.touch()  # the slot says RUNNING again: the fork-server gives this spare first
     else:
         select.select([control], [], [])
         loop = new_loop()
-    process = UserProcess(config, Watchdog(slot), control)
+    process = UserProcess(config, watchdog, control)
 
     async def assignment() -> None:
         message = await loop.sock_recv(control, 4096)

@@ -1,9 +1,9 @@
 """The pool of spare user processes, forked ahead of need.
 
 A new user, even one of a crowd arriving at once, then costs renaming a socket
-and a message rather than a fork. One spare at a time is rehearsed (see
-:mod:`htagweb.rehearsal`), the fastest for the next user; the others sleep, at
-about 1.6 MB each. No spare is forked while a user's arrival is under way (the
+and a message rather than a fork. ``REHEARSED`` spares are rehearsed (see
+:mod:`htagweb.rehearsal`), the fastest for the next users (new users often come
+in a row); the others sleep, at about 1.6 MB each. No spare is forked while a user's arrival is under way (the
 fork would slow that very page load): a process tells, on its control socket,
 when its user's arrival is over. Nor while other processes wait for a CPU
 (see :mod:`.pressure`), unless the pool has been short for ``REFILL_ANYWAY``.
@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from ..config import Config
 from ..ends import Exit
 from ..runtime import Runtime
-from ..slot import SETTLE_LIMIT, new_slot
+from ..slot import REHEARSING, RUNNING, SETTLE_LIMIT, new_slot, read_slot
 from ..spare import run_spare
 from .children import SpareChild, listen
 from .pressure import WINDOW, CpuPressure
@@ -33,6 +33,8 @@ Fork = Callable[[str, Callable[[], Exit]], int]
 
 #: seconds after which a short pool gets a spare even on a machine that is never calm
 REFILL_ANYWAY = 1.0
+#: spares that rehearse a first page load (about 5 MB each, against 1.6 asleep)
+REHEARSED = 4
 
 
 class Spares:
@@ -67,11 +69,11 @@ class Spares:
 
     def fork(self, classes: Mapping[str, type]) -> None:
         """A spare listens already, under a name of its own: giving it to a user is a rename."""
-        rehearsed = not any(spare.rehearsed for spare in self.spares)
+        rehearsed = sum(spare.rehearsed for spare in self.spares) < REHEARSED
         ours, theirs = socket.socketpair()
         path = self.runtime.users_dir / f".spare-{os.urandom(8).hex()}.sock"
         listener = listen(path)
-        slot = new_slot()
+        slot = new_slot(REHEARSING if rehearsed else RUNNING)
         known = dict(classes)
 
         def body() -> Exit:
@@ -87,8 +89,10 @@ class Spares:
         )
 
     def take(self, path: os.PathLike[str], app: str, label: str) -> SpareChild | None:
-        """A spare given to this user (the rehearsed one first), serving at ``path``; None if none can."""
-        for spare in sorted(self.spares, key=lambda spare: not spare.rehearsed):
+        """A spare given to this user, serving at ``path``; None if none can. A rehearsed
+        one first, then one asleep, and last one still rehearsing (it would make the user
+        wait for the end of a step of its rehearsal, and compete with it)."""
+        for spare in sorted(self.spares, key=_readiness):
             if app in spare.apps:
                 self.spares.remove(spare)
                 if self._assign(spare, path, app, label):
@@ -176,3 +180,10 @@ class Spares:
             spare.join(5.0)
             spare.take_stack()
         self.spares.clear()
+
+
+def _readiness(spare: SpareChild) -> int:
+    """How soon a spare can serve a user: 0 rehearsed, 1 asleep, 2 still rehearsing."""
+    if not spare.rehearsed:
+        return 1
+    return 2 if read_slot(spare.slot).state == REHEARSING else 0
