@@ -22,6 +22,9 @@ logger = logging.getLogger("htagweb")
 
 #: seconds between two reads of /proc for every user process
 RESOURCES_EVERY = 1.0
+#: the reads of one second are spread in that many slices (a thousand processes read
+#: at once held the loop for some 60 ms, and every new user with it)
+RESOURCE_SLICES = 10
 
 
 class Watchdogs:
@@ -29,19 +32,29 @@ class Watchdogs:
     the loop (which turns for every request: with a thousand users, a scan per turn
     was a thousand slot reads per new user). A scan knows the earliest deadline of
     the interactions running, and one starting after it cannot run out before the
-    scan plus ``timeout_interaction``; memory and open files are read once a second."""
+    scan plus ``timeout_interaction``; memory and open files are read once a second,
+    a slice of the processes at a time."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.resources_checked = 0.0
-        #: monotonic time of the next scan
+        #: monotonic times of the next scan of the slots, of the next slice of /proc reads
         self.due = 0.0
+        self.resources_due = 0.0
+        self.cursor = 0
 
     def check(self, users: Iterable[UserChild]) -> None:
         now = time.monotonic()
-        if now < self.due:
-            return
-        users = list(users)
+        if now >= self.due:
+            self._scan(list(users), now)
+        if now >= self.resources_due:
+            self.resources_due = now + RESOURCES_EVERY / RESOURCE_SLICES
+            self._resources(self._next_slice(list(users)))
+
+    def next_check(self) -> float:
+        """Seconds until :meth:`check` has something to do."""
+        return max(0.0, min(self.due, self.resources_due) - time.monotonic())
+
+    def _scan(self, users: list[UserChild], now: float) -> None:
         due = now + (self.config.timeout_interaction or RESOURCES_EVERY)
         for child in users:
             child.escalate(now)
@@ -49,14 +62,16 @@ class Watchdogs:
                 due = min(due, child.aborted + ABORT_GRACE)
         if self.config.timeout_interaction:
             due = min(due, self._interactions(users, now))
-        if now - self.resources_checked >= RESOURCES_EVERY:
-            self.resources_checked = now
-            self._resources(users)
-        self.due = min(due, self.resources_checked + RESOURCES_EVERY)
+        self.due = due
 
-    def next_check(self) -> float:
-        """Seconds until :meth:`check` has something to do."""
-        return max(0.0, self.due - time.monotonic())
+    def _next_slice(self, users: list[UserChild]) -> list[UserChild]:
+        """The next of RESOURCE_SLICES slices of ``users``, round the list."""
+        if not users:
+            return []
+        size = -(-len(users) // RESOURCE_SLICES)
+        start = self.cursor % len(users)
+        self.cursor = start + size
+        return (users[start:] + users[:start])[:size]
 
     def _interactions(self, users: list[UserChild], now: float) -> float:
         """Abort the processes whose handler ran too long; when the next one could be due."""
