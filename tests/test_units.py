@@ -5,7 +5,10 @@ typed requests, exit codes, CPU pressure."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import selectors
+import socket
 import time
 from pathlib import Path
 
@@ -14,11 +17,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from htagweb import bridge
+from htagweb.config import Config
 from htagweb.ends import End, Exit, from_status
 from htagweb.folder import resolve
 from htagweb.forkserver import messages
+from htagweb.forkserver.children import SpareChild
 from htagweb.forkserver.pressure import WINDOW, CpuPressure
+from htagweb.forkserver.spares import Spares
+from htagweb.runtime import Runtime
 from htagweb.sessions import Session
+from htagweb.slot import REHEARSING, RUNNING, new_slot
 from htagweb.stores import MemoryStore, SQLiteStore
 
 text = st.text(max_size=200)
@@ -178,3 +186,24 @@ def test_cpu_pressure_calls_calm_only_a_recent_window_with_little_waiting(tmp_pa
     now[0] += 1.2 * WINDOW
     assert pressure.is_calm()
     assert CpuPressure(tmp_path / "missing").is_calm()  # a kernel without PSI: calm, as before
+
+
+def test_a_new_user_gets_a_rehearsed_spare_then_one_asleep_then_one_still_rehearsing(tmp_path):
+    """Giving a user a spare still rehearsing would make them wait for a step of its rehearsal."""
+    spares = Spares(Runtime(tmp_path / "rt"), Config(), selectors.DefaultSelector(), fork=lambda title, body: 0)
+    kinds = {"rehearsing": (True, REHEARSING), "asleep": (False, RUNNING), "rehearsed": (True, RUNNING)}
+    controls = []
+    for pid, (name, (rehearsed, state)) in enumerate(kinds.items(), start=10**7):
+        path = spares.runtime.users_dir / f".spare-{name}.sock"
+        path.touch()
+        ours, theirs = socket.socketpair()
+        controls.append(theirs)
+        spare = SpareChild(pid, new_slot(state), tmp_path, control=ours, path=path, apps=frozenset({"a"}), rehearsed=rehearsed)
+        spares.spares.append(spare)
+    given = []
+    for n in range(3):
+        spare = spares.take(spares.runtime.users_dir / f"user{n}.sock", "a", f"user{n}")
+        assert spare is not None
+        given.append(spare.path.name.removeprefix(".spare-").removesuffix(".sock"))
+    assert given == ["rehearsed", "asleep", "rehearsing"]
+    assert [json.loads(c.recv(100))["label"] for c in controls] == ["user2", "user1", "user0"]

@@ -148,7 +148,7 @@ class UserChild(Child):
 class SpareChild(Child):
     """A user process forked ahead of need, serving at ``path`` under a name of its
     own: giving it to a user costs renaming that socket and a message on ``control``.
-    One spare at a time is ``rehearsed`` (see :mod:`htagweb.rehearsal`)."""
+    A few are ``rehearsed`` (see :mod:`htagweb.rehearsal`)."""
 
     control: socket.socket | None = None
     path: Path = Path()
