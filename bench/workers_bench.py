@@ -7,9 +7,11 @@
   of every process of the server (PSS: shared pages counted once) is summed, until
   it passes 4 GiB.
 
-``--arrivals N`` measures only N new users arriving at once on 4 workers (each
-loading the page, opening its WebSocket and clicking once): lost, over 2 s, and
-the arrival times.
+``--arrivals N`` measures only N new users arriving on 4 workers (each loading
+the page, opening its WebSocket and clicking once): lost, over 2 s, and the
+arrival times; at once, or ``--rate R`` new users a second. htag's in-process
+WebApp (one process: its sessions live in it) takes the same arrivals in the
+same run, for the ratio.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runtime_bench import HTAG_SOURCE, htag_python  # noqa: E402
 from servers import Server, http_client, percentile, ws_connect  # noqa: E402
 
 # new_processes_per_minute=0: every user of the bench comes from 127.0.0.1
@@ -96,11 +99,13 @@ async def add_idle_users(url: str, users: int) -> None:
         await asyncio.gather(*(visit() for _ in range(min(50, users - start))))
 
 
-async def arrivals(url: str, users: int) -> dict[str, float]:
-    """``users`` new users at once: page, WebSocket, one click each."""
+async def arrivals(url: str, users: int, rate: float | None = None) -> dict[str, float]:
+    """``users`` new users, at once or ``rate`` a second: page, WebSocket, one click each."""
     times: list[float] = []
 
-    async def arrive() -> None:
+    async def arrive(n: int) -> None:
+        if rate:
+            await asyncio.sleep(n / rate)
         start = time.perf_counter()
         async with http_client(url, 120) as http:
             await http.get("/")
@@ -114,7 +119,7 @@ async def arrivals(url: str, users: int) -> dict[str, float]:
                 raise AssertionError("wrong count")
         times.append(time.perf_counter() - start)
 
-    results = await asyncio.gather(*(arrive() for _ in range(users)), return_exceptions=True)
+    results = await asyncio.gather(*(arrive(n) for n in range(users)), return_exceptions=True)
     lost = sum(1 for r in results if isinstance(r, BaseException))
     return {
         "users": users,
@@ -130,12 +135,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--arrivals", type=int, help="only: that many new users at once on 4 workers")
+    parser.add_argument("--arrivals", type=int, help="only: that many new users on 4 workers, and on htag's WebApp")
+    parser.add_argument("--rate", type=float, help="with --arrivals: new users a second (default: all at once)")
     args = parser.parse_args()
     if args.arrivals:
-        with Server(SOURCE, "--workers", "4") as server:
-            asyncio.run(crowd(server.url, 5, 2))  # warm-up
-            print(json.dumps(asyncio.run(arrivals(server.url, args.arrivals))))
+        servers = {"htag": lambda: Server(HTAG_SOURCE, python=htag_python()), "htagweb": lambda: Server(SOURCE, "--workers", "4")}
+        for name, server in servers.items():
+            with server() as running:
+                asyncio.run(crowd(running.url, 5, 2))  # warm-up
+                print(name, json.dumps(asyncio.run(arrivals(running.url, args.arrivals, args.rate))), flush=True)
         return
     users, clicks = (50, 5) if args.quick else (200, 10)
     results: dict[str, object] = {}

@@ -112,7 +112,8 @@ class HtagEndpoint:
         key = self.runtime.process_key(session.sid, self.app)
         label = session.sid[:8]
         try:
-            connection = None if self.recheck else await self.client.open(key)
+            # a new session has no process yet: no connection to try
+            connection = None if self.recheck or scope[SCOPE_NEW] else await self.client.open(key)
             if connection is None and self.endpoint != "page":
                 # the page's process is gone: a fresh one would silently show another state, unless its end was a normal one
                 status, message, quiet = await death_message(self.client, key, self.config)
@@ -295,9 +296,12 @@ class _Exchange:
             if not message.get("more_body"):
                 break
         await self._open(scope, extra, bridge.frame(bridge.HTTP_BODY, b"\x00" + bytes(body)))
+        if self.endpoint.endpoint != "stream":  # an answer, not a stream: relayed to its end
+            await self._relay_response(scope, receive, send)
+            return
         relaying = asyncio.create_task(self._relay_response(scope, receive, send))
         gone = asyncio.create_task(self._client_gone(receive))
-        # a client that left ends the exchange: closing the bridge tells the process (an SSE stream stops)
+        # a client that left ends the stream: closing the bridge tells the process, whose stream stops
         await _first_of(relaying, gone)
 
     async def _relay_response(self, scope: Scope, receive: Receive, send: Send) -> None:

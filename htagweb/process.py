@@ -37,6 +37,9 @@ from .slot import SETTLE_DELAY, SETTLE_LIMIT, Watchdog
 
 logger = logging.getLogger("htagweb")
 
+#: seconds between two looks at a process' inactivity at most, when its time is up (a handler runs on)
+EXPIRY_CHECK = 1.0
+
 
 class UserProcess:
     """Serves one session's bridge connections. A spare is built and serving before
@@ -133,11 +136,13 @@ class UserProcess:
         loop.call_soon_threadsafe(self.stopping.set)
 
     async def _expire_when_idle(self) -> None:
+        """Wakes when the timeout would be over if nothing happened meanwhile (not every
+        second: a thousand idle users would wake a thousand processes a second)."""
         timeout = self.config.timeout_inactivity
         if not timeout:
             return
         while True:
-            await asyncio.sleep(min(1.0, timeout / 4))
+            await asyncio.sleep(max(min(EXPIRY_CHECK, timeout / 4), self.last_activity + timeout - time.monotonic()))
             if not self.watchdog.busy and time.monotonic() - self.last_activity >= timeout:
                 logger.info("user process expired: session %s after %ss of inactivity", self.label, timeout)
                 self.exit = Exit.EXPIRED

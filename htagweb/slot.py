@@ -21,7 +21,8 @@ from typing import NamedTuple
 #: (monotonic start of the oldest running interaction or 0, monotonic time of the last exchange, state,
 #: whether the page went live: opened a WebSocket or SSE stream, or sent an event)
 SLOT = struct.Struct("<ddii")
-RUNNING, EXITING = 0, 1
+#: a spare rehearsing (see rehearsal.py) is REHEARSING until its rehearsal is over
+RUNNING, EXITING, REHEARSING = 0, 1, 2
 #: seconds after which a new user's arrival counts as over even if no answer followed its page
 SETTLE_LIMIT = 1.0
 #: from the first answer after the page to the arrival being over: time for the front and the browser to take it
@@ -36,10 +37,16 @@ class Reading(NamedTuple):
     live: bool
 
 
-def new_slot() -> mmap.mmap:
+def new_slot(state: int = RUNNING) -> mmap.mmap:
     slot = mmap.mmap(-1, SLOT.size)  # anonymous and shared: survives fork
-    SLOT.pack_into(slot, 0, 0.0, time.monotonic(), RUNNING, 0)
+    reset_slot(slot, state)
     return slot
+
+
+def reset_slot(slot: mmap.mmap, state: int) -> None:
+    """Written by the fork-server before the fork, and to a sleeping spare it wakes to rehearse
+    (whose process has written nothing yet)."""
+    SLOT.pack_into(slot, 0, 0.0, time.monotonic(), state, 0)
 
 
 def read_slot(slot: mmap.mmap) -> Reading:
@@ -51,11 +58,11 @@ class Watchdog:
     """The user process' side of its slot: when the oldest running interaction
     started, when the last exchange happened, whether it is exiting."""
 
-    def __init__(self, slot: mmap.mmap) -> None:
+    def __init__(self, slot: mmap.mmap, state: int = RUNNING) -> None:
         self.slot = slot
         self._started: dict[int, float] = {}
         self._next = 0
-        self.state = RUNNING
+        self.state = state
         self.last_activity = time.monotonic()
         self.live = False
 

@@ -1,11 +1,14 @@
 """Unit tests of the pure logic, beside the end-to-end suite: the bridge codec, the
 session merge, the store contract (claims included), folder URLs, the fork-server's
-typed requests, exit codes."""
+typed requests, exit codes, CPU pressure."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import selectors
+import socket
 import time
 from pathlib import Path
 
@@ -14,10 +17,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from htagweb import bridge
+from htagweb.config import Config
 from htagweb.ends import End, Exit, from_status
 from htagweb.folder import resolve
 from htagweb.forkserver import messages
+from htagweb.forkserver.children import SpareChild
+from htagweb.forkserver.pressure import WINDOW, CpuPressure
+from htagweb.forkserver.spares import Spares
+from htagweb.runtime import Runtime
 from htagweb.sessions import Session
+from htagweb.slot import REHEARSING, RUNNING, new_slot
 from htagweb.stores import MemoryStore, SQLiteStore
 
 text = st.text(max_size=200)
@@ -155,3 +164,46 @@ def test_exit_codes_tell_why_a_process_ended():
     assert from_status(exited(Exit.BROKEN)) is End.BROKEN
     assert from_status(exited(Exit.CRASHED)) is End.CRASHED and from_status(exited(3)) is End.CRASHED
     assert from_status(9) is End.CRASHED  # killed by a signal nobody sent
+
+
+def _stall(path: Path, microseconds: int) -> None:
+    path.write_text(f"some avg10=0.00 avg60=0.00 avg300=0.00 total={microseconds}\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+
+
+def test_cpu_pressure_calls_calm_only_a_recent_window_with_little_waiting(tmp_path):
+    psi, now = tmp_path / "cpu", [100.0]
+    _stall(psi, 1_000_000)
+    pressure = CpuPressure(psi, clock=lambda: now[0])
+    now[0] += 1.2 * WINDOW
+    assert pressure.is_calm()  # nobody waited
+    _stall(psi, 1_000_000 + int(WINDOW * 1e6))  # a task waited as long as a window
+    now[0] += 0.5 * WINDOW
+    assert pressure.is_calm()  # the window is not over: the last verdict stands
+    now[0] += 0.7 * WINDOW
+    assert not pressure.is_calm()
+    now[0] += 3 * WINDOW  # a long-past window says nothing of now: measured afresh
+    assert not pressure.is_calm()
+    now[0] += 1.2 * WINDOW
+    assert pressure.is_calm()
+    assert CpuPressure(tmp_path / "missing").is_calm()  # a kernel without PSI: calm, as before
+
+
+def test_a_new_user_gets_a_rehearsed_spare_then_one_asleep_then_one_still_rehearsing(tmp_path):
+    """Giving a user a spare still rehearsing would make them wait for a step of its rehearsal."""
+    spares = Spares(Runtime(tmp_path / "rt"), Config(), selectors.DefaultSelector(), fork=lambda title, body: 0)
+    kinds = {"rehearsing": (True, REHEARSING), "asleep": (False, RUNNING), "rehearsed": (True, RUNNING)}
+    controls = []
+    for pid, (name, (rehearsed, state)) in enumerate(kinds.items(), start=10**7):
+        path = spares.runtime.users_dir / f".spare-{name}.sock"
+        path.touch()
+        ours, theirs = socket.socketpair()
+        controls.append(theirs)
+        spare = SpareChild(pid, new_slot(state), tmp_path, control=ours, path=path, apps=frozenset({"a"}), rehearsed=rehearsed)
+        spares.spares.append(spare)
+    given = []
+    for n in range(3):
+        spare = spares.take(spares.runtime.users_dir / f"user{n}.sock", "a", f"user{n}")
+        assert spare is not None
+        given.append(spare.path.name.removeprefix(".spare-").removesuffix(".sock"))
+    assert given == ["rehearsed", "asleep", "rehearsing"]
+    assert [json.loads(c.recv(100))["label"] for c in controls] == ["user2", "user1", "user0"]

@@ -146,7 +146,7 @@ class UserChild(Child):
 
     def escalate(self, now: float) -> None:
         """SIGKILL an aborted process that is still there (faulthandler could not run)."""
-        if self.aborted is not None and now - self.aborted > ABORT_GRACE:
+        if self.aborted is not None and now - self.aborted >= ABORT_GRACE:
             self.kill()
             self.aborted = None
 
@@ -155,11 +155,12 @@ class UserChild(Child):
 class SpareChild(Child):
     """A user process forked ahead of need, serving at ``path`` under a name of its
     own: giving it to a user costs renaming that socket and a message on ``control``,
-    on which it may also be told to rehearse (see :mod:`htagweb.spare`)."""
+    on which it may be told to rehearse: then it is ``rehearsed`` (see :mod:`htagweb.spare`)."""
 
     control: socket.socket | None = None
     path: Path = Path()
     apps: frozenset[str] = frozenset()
+    rehearsed: bool = False
 
 
 def stack_path(stacks: Path, pid: int) -> Path:

@@ -178,7 +178,8 @@ class ForkServer:
         if self._spares_wanted():
             return 0
         waits = [wait.deadline - time.monotonic() for wait in self.status_waits]
-        return max(0.0, min(self.watchdogs.next_check(), self.spares.next_expiry(), *waits))
+        spares = 1.0 if self.retired else self.spares.next_check(self.loader.classes, len(self.users))
+        return max(0.0, min(self.watchdogs.next_check(), spares, *waits))
 
     def _woken(self, mask: int) -> None:
         try:
@@ -519,7 +520,7 @@ class ForkServer:
             limit = self.config.new_processes_per_minute
             logger.warning("new process refused: over %d new processes per minute from %s", limit, client)
             return messages.error(429, "Too many new sessions from your address: try again in a minute.")
-        if len(self.users) < self.config.max_processes:  # no need to look at each of them
+        if len(self.by_key) < self.config.max_processes:  # room, without reading every slot
             return None
         candidates = self._candidates()
         if len(candidates) < self.config.max_processes:

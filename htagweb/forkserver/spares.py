@@ -2,10 +2,12 @@
 
 A new user, even one of a crowd arriving at once, then costs renaming a socket
 and a message rather than a fork. Spares are forked asleep, at about 1.7 MB
-each; one at a time is woken to rehearse (see :mod:`htagweb.rehearsal`), the
-fastest for the next user. No spare is forked or woken while a user's arrival
-is under way (it would slow that very page load): a process tells, on its
-control socket, when its user's arrival is over.
+each; ``REHEARSED`` of them are woken to rehearse (see :mod:`htagweb.rehearsal`),
+the fastest for the next users (new users often come in a row). No spare is
+forked or woken while a user's arrival is under way (it would slow that very
+page load): a process tells, on its control socket, when its user's arrival is
+over. Nor while other processes wait for a CPU (see :mod:`.pressure`), unless
+the pool has waited for ``REFILL_ANYWAY``.
 
 The pool is refilled in batches, once a quarter of it is gone, not one spare
 after each arrival: a process shares copy-on-write the pages of the fork-server
@@ -30,13 +32,19 @@ from collections.abc import Callable, Mapping
 from ..config import Config
 from ..ends import Exit
 from ..runtime import Runtime
-from ..slot import SETTLE_LIMIT, new_slot
+from ..slot import REHEARSING, SETTLE_LIMIT, new_slot, read_slot, reset_slot
 from ..spare import REHEARSE, run_spare
 from .children import SpareChild, listen
+from .pressure import WINDOW, CpuPressure
 
 logger = logging.getLogger("htagweb")
 
 Fork = Callable[[str, mmap.mmap, Callable[[], Exit]], int]
+
+#: seconds after which a short pool gets a spare (or a spare is woken) even on a machine that is never calm
+REFILL_ANYWAY = 1.0
+#: spares that rehearse a first page load (about 5 MB each, against 1.7 asleep)
+REHEARSED = 4
 
 
 class Spares:
@@ -48,8 +56,11 @@ class Spares:
         self.spares: list[SpareChild] = []
         #: control sockets of processes whose user's arrival is not over, and since when
         self.settling: dict[socket.socket, float] = {}
-        #: the spare woken to rehearse, the next user's
-        self.rehearsed: SpareChild | None = None
+        self.pressure = CpuPressure()
+        self.forked_at = 0.0
+        self.woken_at = 0.0
+        #: the spares woken to rehearse (counted without looking at every spare at each turn of the loop)
+        self.rehearsed: set[SpareChild] = set()
         #: the pool fell to its low-water mark and is being filled again
         self.refilling = False
 
@@ -57,8 +68,13 @@ class Spares:
         return len(self.spares)
 
     def wanted(self, classes: Mapping[str, type], users: int) -> bool:
-        """Whether to fork one more spare now: the pool fell to its low-water mark (a quarter
-        below its size) and is not full again yet, and no arrival is under way. A server near
+        """Whether to fork one more spare now: the pool is short, no arrival is under
+        way, and the CPUs are calm (or have not been for long)."""
+        return self.short(classes, users) and self._calm_since(self.forked_at)
+
+    def short(self, classes: Mapping[str, type], users: int) -> bool:
+        """Whether the pool lacks a spare that could be forked once the CPUs are calm: it fell
+        to its low-water mark (a quarter below its size) and is not full again yet. A server near
         ``max_processes`` keeps no more spares than it may still give out."""
         if not classes or self.settling:
             return False
@@ -70,16 +86,24 @@ class Spares:
         return self.refilling
 
     def rehearse(self) -> None:
-        """Wake a spare to rehearse, if none is, no arrival is under way and one sleeps."""
-        if self.rehearsed is not None or self.settling or not self.spares:
+        """Wake a sleeping spare to rehearse, if fewer than ``REHEARSED`` do, no arrival is
+        under way and the CPUs are calm (or have not been for long)."""
+        if len(self.rehearsed) >= REHEARSED or self.settling or not self._calm_since(self.woken_at):
             return
-        spare = self.spares[-1]
-        assert spare.control is not None
+        spare = next((spare for spare in reversed(self.spares) if not spare.rehearsed), None)
+        if spare is None or spare.control is None:
+            return
+        reset_slot(spare.slot, REHEARSING)  # until it says it is over: given after the rehearsed and the asleep
         try:
             spare.control.send(REHEARSE)
         except OSError:  # it died: reaped soon
             return
-        self.rehearsed = spare
+        spare.rehearsed = True
+        self.rehearsed.add(spare)
+        self.woken_at = time.monotonic()
+
+    def _calm_since(self, last: float) -> bool:
+        return self.pressure.is_calm() or time.monotonic() - last >= REFILL_ANYWAY
 
     def fork(self, classes: Mapping[str, type]) -> None:
         """A spare listens already, under a name of its own: giving it to a user is a rename."""
@@ -94,18 +118,26 @@ class Spares:
             return run_spare(theirs, listener, known, self.config, slot)
 
         pid = self._fork("htagweb spare", slot, body)
+        self.forked_at = time.monotonic()
         theirs.close()
         listener.close()
         self.spares.append(SpareChild(pid, slot, self.runtime.users_dir, control=ours, path=path, apps=frozenset(known)))
 
     def take(self, path: os.PathLike[str], app: str, label: str) -> SpareChild | None:
-        """A spare given to this user (the rehearsed one first), serving at ``path``; None if none can."""
-        for spare in sorted(self.spares, key=lambda spare: spare is not self.rehearsed):
+        """A spare given to this user, serving at ``path``; None if none can. A rehearsed
+        one first, then one asleep, and last one still rehearsing (it would make the user
+        wait for the end of a step of its rehearsal, and compete with it)."""
+        for spare in sorted(self.spares, key=_readiness):
             if app in spare.apps:
                 self.forget(spare)
                 if self._assign(spare, path, app, label):
                     return spare
         return None
+
+    def forget(self, spare: SpareChild) -> None:
+        """``spare`` leaves the pool."""
+        self.spares.remove(spare)
+        self.rehearsed.discard(spare)
 
     def _assign(self, spare: SpareChild, path: os.PathLike[str], app: str, label: str) -> bool:
         """Its socket renamed into place (atomically replacing a dead process' one), then its session."""
@@ -137,17 +169,15 @@ class Spares:
             if now - since > 2 * SETTLE_LIMIT:
                 self.settled(control)
 
-    def next_expiry(self) -> float:
-        """Seconds until :meth:`expire_settling` has something to do (1 if nothing is settling)."""
+    def next_check(self, classes: Mapping[str, type], users: int) -> float:
+        """Seconds until the pool has something to do: an arrival to stop waiting for
+        (:meth:`expire_settling`), or the CPUs to measure again while it is short or lacks a
+        rehearsed spare (1 if nothing)."""
+        if self.short(classes, users) or len(self.rehearsed) < min(REHEARSED, len(self.spares)):
+            return WINDOW
         if not self.settling:
             return 1.0
         return max(0.0, min(self.settling.values()) + 2 * SETTLE_LIMIT - time.monotonic())
-
-    def forget(self, spare: SpareChild) -> None:
-        """``spare`` is no longer in the pool."""
-        self.spares.remove(spare)
-        if spare is self.rehearsed:
-            self.rehearsed = None
 
     def drop(self, spare: SpareChild) -> None:
         """End a live spare no user will get."""
@@ -189,4 +219,11 @@ class Spares:
             spare.join(5.0)
             spare.take_stack()
         self.spares.clear()
-        self.rehearsed = None
+        self.rehearsed.clear()
+
+
+def _readiness(spare: SpareChild) -> int:
+    """How soon a spare can serve a user: 0 rehearsed, 1 asleep, 2 still rehearsing."""
+    if not spare.rehearsed:
+        return 1
+    return 2 if read_slot(spare.slot).state == REHEARSING else 0

@@ -5,12 +5,6 @@ Read without asking the processes anything: a hang from each process' slot
 (:mod:`htagweb.slot`), memory and files from ``/proc``. A hung process is aborted
 (SIGABRT: faulthandler writes its Python stack, which the fork-server logs when
 it reaps it) and killed if it persists, as gunicorn's arbiter murders workers.
-
-The processes are looked at when something may be due, at most a second apart,
-not at each turn of the fork-server's loop: each look at a process object writes
-to the page it is on (its reference count), and every process forked since the
-previous write keeps the old copy of that page for itself (see bench/RESULTS.md,
-"USS per idle user").
 """
 
 from __future__ import annotations
@@ -28,54 +22,72 @@ logger = logging.getLogger("htagweb")
 
 #: seconds between two reads of /proc for every user process
 RESOURCES_EVERY = 1.0
+#: the reads of one second are spread in that many slices (a thousand processes read
+#: at once held the loop for some 60 ms, and every new user with it)
+RESOURCE_SLICES = 10
 
 
 class Watchdogs:
+    """Scans the user processes only when something can be due, not at each turn of
+    the loop (which turns for every request: with a thousand users, a scan per turn
+    was a thousand slot reads per new user). A scan knows the earliest deadline of
+    the interactions running, and one starting after it cannot run out before the
+    scan plus ``timeout_interaction``; memory and open files are read once a second,
+    a slice of the processes at a time."""
+
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.resources_checked = 0.0
-        #: when :meth:`check` may have something to do
+        #: monotonic times of the next scan of the slots, of the next slice of /proc reads
         self.due = 0.0
+        self.resources_due = 0.0
+        self.cursor = 0
 
     def check(self, users: Iterable[UserChild]) -> None:
         now = time.monotonic()
-        if now < self.due:
-            return
-        users = list(users)
-        for child in users:
-            child.escalate(now)
-        if self.config.timeout_interaction:
-            self._interactions(users, now)
-        if now - self.resources_checked >= RESOURCES_EVERY:
-            self.resources_checked = now
-            self._resources(users)
-        self.due = self._next_due(users, now)
+        if now >= self.due:
+            self._scan(list(users), now)
+        if now >= self.resources_due:
+            self.resources_due = now + RESOURCES_EVERY / RESOURCE_SLICES
+            self._resources(self._next_slice(list(users)))
 
     def next_check(self) -> float:
-        """Seconds until :meth:`check` has something to do, at most RESOURCES_EVERY."""
-        return max(0.0, self.due - time.monotonic())
+        """Seconds until :meth:`check` has something to do."""
+        return max(0.0, min(self.due, self.resources_due) - time.monotonic())
 
-    def _next_due(self, users: list[UserChild], now: float) -> float:
-        """The next abort to escalate or handler to time out, a second from ``now`` at the latest
-        (a handler that starts meanwhile is seen then)."""
-        due = now + RESOURCES_EVERY
-        limit = self.config.timeout_interaction
+    def _scan(self, users: list[UserChild], now: float) -> None:
+        due = now + (self.config.timeout_interaction or RESOURCES_EVERY)
         for child in users:
+            child.escalate(now)
             if child.aborted is not None:
                 due = min(due, child.aborted + ABORT_GRACE)
-            elif limit and child.end is None:
-                busy_since = read_slot(child.slot).busy_since
-                if busy_since:
-                    due = min(due, busy_since + limit)
-        return due
+        if self.config.timeout_interaction:
+            due = min(due, self._interactions(users, now))
+        self.due = due
 
-    def _interactions(self, users: list[UserChild], now: float) -> None:
+    def _next_slice(self, users: list[UserChild]) -> list[UserChild]:
+        """The next of RESOURCE_SLICES slices of ``users``, round the list."""
+        if not users:
+            return []
+        size = -(-len(users) // RESOURCE_SLICES)
+        start = self.cursor % len(users)
+        self.cursor = start + size
+        return (users[start:] + users[:start])[:size]
+
+    def _interactions(self, users: list[UserChild], now: float) -> float:
+        """Abort the processes whose handler ran too long; when the next one could be due."""
         limit = self.config.timeout_interaction
+        due = now + limit
         for child in users:
             busy_since = read_slot(child.slot).busy_since
-            if busy_since and child.end is None and now - busy_since > limit:
+            if not busy_since or child.end is not None:
+                continue
+            if now - busy_since >= limit:
                 logger.warning("user process killed: %s (interaction timeout: a handler ran more than %gs)", child, limit)
                 child.abort(End.INTERACTION_TIMEOUT)
+                due = min(due, now + ABORT_GRACE)
+            else:
+                due = min(due, busy_since + limit)
+        return due
 
     def _resources(self, users: list[UserChild]) -> None:
         """Kill a user process over its memory or open-files limit."""
