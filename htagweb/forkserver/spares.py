@@ -43,7 +43,7 @@ Fork = Callable[[str, mmap.mmap, Callable[[], Exit]], int]
 
 #: seconds after which a short pool gets a spare (or a spare is woken) even on a machine that is never calm
 REFILL_ANYWAY = 1.0
-#: spares that rehearse a first page load (about 5 MB each, against 1.7 asleep)
+#: spares woken to rehearse a first page load (about 4.8 MB each, against 1.7 asleep)
 REHEARSED = 4
 
 

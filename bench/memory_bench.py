@@ -1,0 +1,120 @@
+"""Where htagweb's memory per user goes, by kind of process (one run, about 20 s):
+
+    python bench/memory_bench.py [--json FILE]
+
+The counter app of runtime_bench.py under WebServerWS, its default pool of spares.
+Reported: the median USS (Private_Clean + Private_Dirty of /proc/PID/smaps, in MB)
+of the fork-server, of its sleeping and rehearsed spares, and of user processes by
+how they came: 20 users one after the other (page, WebSocket's initial payload,
+gone), 30 users at once clicking 5 times each, 8 users 0.3 s apart (they get
+rehearsed spares); then the USS of the median one-after-the-other user by mapping
+(``[anon]`` holds pymalloc's arenas). bench/RESULTS.md, "USS per idle user", says what
+the numbers are made of.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import re
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runtime_bench import HTAGWEB_SOURCE, click, visit  # noqa: E402
+from servers import Server, report  # noqa: E402
+
+from htagweb import manage  # noqa: E402
+
+MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$")
+
+
+def uss_by_mapping(pid: int) -> dict[str, int]:
+    """Bytes each mapping of ``pid`` holds alone, by its name (a file's base name)."""
+    found: collections.Counter[str] = collections.Counter()
+    name = ""
+    with open(f"/proc/{pid}/smaps") as smaps:
+        for line in smaps:
+            mapping = MAPPING.match(line)
+            if mapping:
+                name = Path(mapping.group(1)).name if "/" in mapping.group(1) else mapping.group(1) or "[anon]"
+            elif line.startswith(("Private_Clean:", "Private_Dirty:")):
+                found[name] += int(line.split()[1]) * 1024
+    return found
+
+
+def uss(pid: int) -> int:
+    return sum(uss_by_mapping(pid).values())
+
+
+def median_pid(pids: list[int]) -> int:
+    return sorted(pids, key=uss)[len(pids) // 2]
+
+
+def users(server: Server) -> set[int]:
+    return {user.pid for user in manage.users(server.runtime_dir)}
+
+
+async def clicking(url: str, clicks: int) -> None:
+    http, _, _, ws = await visit(url)
+    for n in range(1, clicks + 1):
+        await click(ws, n)
+    await ws.close()
+    await http.aclose()
+
+
+async def crowd(url: str, count: int, clicks: int) -> None:
+    await asyncio.gather(*(clicking(url, clicks) for _ in range(count)))
+
+
+async def one_after_the_other(url: str, count: int, pause: float = 0.0) -> None:
+    for _ in range(count):
+        http, _, _, ws = await visit(url)
+        await ws.close()
+        await http.aclose()
+        await asyncio.sleep(pause)
+
+
+def measure(server: Server) -> tuple[dict[str, float], int]:
+    results: dict[str, float] = {}
+    kinds: dict[str, list[int]] = {}
+    asyncio.run(one_after_the_other(server.url, 1))  # the fork-server starts, the pool fills
+    time.sleep(2)
+    seen = users(server)
+    processes = {p.pid: " ".join(p.cmdline()) for p in server.processes()}
+    forkserver = [pid for pid, title in processes.items() if title.startswith("htagweb fork-server")]
+    spares = [pid for pid, title in processes.items() if title.startswith("htagweb spare")]
+    rehearsed = [pid for pid in spares if uss(pid) > 3_000_000]  # a sleeping one holds under 2 MB
+    asleep = [pid for pid in spares if pid not in rehearsed]
+    for kind, pids in (("fork-server", forkserver), ("spare rehearsed", rehearsed), ("spare asleep", asleep)):
+        results[f"{kind} (MB)"] = uss(median_pid(pids)) / 1e6  # now: spares become users later
+    for kind, arrivals in (
+        ("user, one after the other", one_after_the_other(server.url, 20)),
+        ("user of a crowd, 5 clicks", crowd(server.url, 30, 5)),
+        ("user 0.3 s apart", one_after_the_other(server.url, 8, 0.3)),
+    ):
+        asyncio.run(arrivals)
+        time.sleep(1)
+        kinds[kind] = sorted(users(server) - seen)
+        seen |= set(kinds[kind])
+    for kind, pids in kinds.items():
+        results[f"{kind} (MB)"] = uss(median_pid(pids)) / 1e6
+    return results, median_pid(kinds["user, one after the other"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    with Server(HTAGWEB_SOURCE.format(options="")) as server:
+        results, typical = measure(server)
+        for name, size in sorted(uss_by_mapping(typical).items(), key=lambda item: -item[1]):
+            if size >= 16384:
+                results[f"  its {name} (MB)"] = size / 1e6
+    report(results, args.json)
+
+
+if __name__ == "__main__":
+    main()
