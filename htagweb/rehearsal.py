@@ -35,6 +35,8 @@ logger = logging.getLogger("htagweb")
 
 #: rehearsals the fork-server runs before its first fork (about 1 ms each): more changed nothing measurable
 WARM_UP = 30
+#: seconds after which the fork-server gives up a rehearsal (and starts serving), should one ever hang
+WARM_UP_LIMIT = 5.0
 
 
 class RehearsalApp(Tag.App):
@@ -115,7 +117,7 @@ def warm_up(config: Config, times: int = WARM_UP) -> None:
         for _ in range(times):
             loop = new_loop()
             try:
-                loop.run_until_complete(rehearse(UserProcess(config, Watchdog(slot))))
+                loop.run_until_complete(asyncio.wait_for(rehearse(UserProcess(config, Watchdog(slot))), WARM_UP_LIMIT))
             finally:
                 loop.close()
     except Exception:
