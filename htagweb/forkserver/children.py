@@ -163,8 +163,13 @@ class SpareChild(Child):
     rehearsed: bool = False
 
 
+def stack_file(stacks: str, pid: int) -> str:
+    """Where faulthandler writes the stack of ``pid`` (a string: a new child builds it without pathlib)."""
+    return f"{stacks}/{pid}.stack"
+
+
 def stack_path(stacks: Path, pid: int) -> Path:
-    return stacks / f"{pid}.stack"
+    return Path(stack_file(str(stacks), pid))
 
 
 def fork(title: str, config: Config, stacks: Path, inherited: list[int], slot: mmap.mmap, body: Callable[[], Exit]) -> int:
@@ -177,7 +182,7 @@ def fork(title: str, config: Config, stacks: Path, inherited: list[int], slot: m
     as it can, on values computed here, before the fork (see bench/RESULTS.md,
     "USS per idle user")."""
     parent = os.getpid()
-    stack_file = str(stack_path(stacks, 0)).removesuffix("0.stack")
+    stacks_dir = str(stacks)
     limits = _limits(config)
     pid = os.fork()
     if pid:
@@ -193,7 +198,7 @@ def fork(title: str, config: Config, stacks: Path, inherited: list[int], slot: m
         _die_with(parent)
         setproctitle(title)
         _limit_resources(limits)
-        stack_fd = os.open(f"{stack_file}{os.getpid()}.stack", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        stack_fd = os.open(stack_file(stacks_dir, os.getpid()), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         faulthandler.enable(stack_fd)  # writes to it until the end
         code = body()
     except BaseException:

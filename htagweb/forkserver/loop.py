@@ -150,7 +150,7 @@ class ForkServer:
             self.spares.expire_settling()
             if self._spares_wanted():
                 self.spares.fork(self.loader.classes)
-            if not self.stop_requested and not self.retired:
+            if self._keeps_spares:
                 self.spares.rehearse()
             self.watchdogs.check(self.users.values())
             if self.orphaned_since is not None:
@@ -171,14 +171,19 @@ class ForkServer:
             logger.info("fork-server %d (code generation %s): its last user process ended", os.getpid(), self.runtime.generation)
             self.stop_requested = True
 
+    @property
+    def _keeps_spares(self) -> bool:
+        """Whether the pool is kept: not by a fork-server that stops, nor by a retired one."""
+        return not self.stop_requested and not self.retired
+
     def _spares_wanted(self) -> bool:
-        return not self.stop_requested and not self.retired and self.spares.wanted(self.loader.classes, len(self.users))
+        return self._keeps_spares and self.spares.wanted(self.loader.classes, len(self.users))
 
     def _timeout(self) -> float:
         if self._spares_wanted():
             return 0
         waits = [wait.deadline - time.monotonic() for wait in self.status_waits]
-        spares = 1.0 if self.retired else self.spares.next_check(self.loader.classes, len(self.users))
+        spares = self.spares.next_check(self.loader.classes, len(self.users)) if self._keeps_spares else 1.0
         return max(0.0, min(self.watchdogs.next_check(), spares, *waits))
 
     def _woken(self, mask: int) -> None:

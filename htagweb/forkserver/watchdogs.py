@@ -44,11 +44,14 @@ class Watchdogs:
 
     def check(self, users: Iterable[UserChild]) -> None:
         now = time.monotonic()
+        if now < self.due and now < self.resources_due:
+            return
+        users = list(users)
         if now >= self.due:
-            self._scan(list(users), now)
+            self._scan(users, now)
         if now >= self.resources_due:
             self.resources_due = now + RESOURCES_EVERY / RESOURCE_SLICES
-            self._resources(self._next_slice(list(users)))
+            self._resources(self._next_slice(users))
 
     def next_check(self) -> float:
         """Seconds until :meth:`check` has something to do."""
