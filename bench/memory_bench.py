@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runtime_bench import HTAGWEB_SOURCE, click, visit  # noqa: E402
+from runtime_bench import HTAGWEB_SOURCE, clicks, cold_starts  # noqa: E402
 from servers import Server, report  # noqa: E402
 
 from htagweb import manage  # noqa: E402
@@ -57,23 +57,13 @@ def users(server: Server) -> set[int]:
     return {user.pid for user in manage.users(server.runtime_dir)}
 
 
-async def clicking(url: str, clicks: int) -> None:
-    http, _, _, ws = await visit(url)
-    for n in range(1, clicks + 1):
-        await click(ws, n)
-    await ws.close()
-    await http.aclose()
-
-
-async def crowd(url: str, count: int, clicks: int) -> None:
-    await asyncio.gather(*(clicking(url, clicks) for _ in range(count)))
+async def crowd(url: str, count: int, per_user: int) -> None:
+    await asyncio.gather(*(clicks(url, per_user) for _ in range(count)))
 
 
 async def one_after_the_other(url: str, count: int, pause: float = 0.0) -> None:
     for _ in range(count):
-        http, _, _, ws = await visit(url)
-        await ws.close()
-        await http.aclose()
+        await cold_starts(url, 1)
         await asyncio.sleep(pause)
 
 
