@@ -1,6 +1,6 @@
 """Where htagweb's memory per user goes, by kind of process (one run, about 20 s):
 
-    python bench/memory_bench.py [--json FILE]
+    python bench/memory_bench.py [--json FILE] [--merge-memory]
 
 The counter app of runtime_bench.py under WebServerWS, its default pool of spares.
 Reported: the median USS (Private_Clean + Private_Dirty of /proc/PID/smaps, in MB)
@@ -9,7 +9,8 @@ how they came: 20 users one after the other (page, WebSocket's initial payload,
 gone), 30 users at once clicking 5 times each, 8 users 0.3 s apart (they get
 rehearsed spares); then the USS of the median one-after-the-other user by mapping
 (``[anon]`` holds pymalloc's arenas). bench/RESULTS.md, "USS per idle user", says what
-the numbers are made of.
+the numbers are made of. ``--merge-memory``: the same with ``merge_memory=True`` and
+Linux's KSM on (root; bench/ksm.py), each kind measured once ksmd has gone over it.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import re
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ksm import ksm_running, ksmd_cpu_seconds, settle  # noqa: E402
 from runtime_bench import HTAGWEB_SOURCE, clicks, cold_starts  # noqa: E402
 from servers import Server, report  # noqa: E402
 
@@ -67,7 +70,7 @@ async def one_after_the_other(url: str, count: int, pause: float = 0.0) -> None:
         await asyncio.sleep(pause)
 
 
-def measure(server: Server) -> tuple[dict[str, float], int]:
+def measure(server: Server, merging: bool) -> tuple[dict[str, float], int]:
     results: dict[str, float] = {}
     kinds: dict[str, list[int]] = {}
     asyncio.run(one_after_the_other(server.url, 1))  # the fork-server starts, the pool fills
@@ -89,6 +92,8 @@ def measure(server: Server) -> tuple[dict[str, float], int]:
         time.sleep(1)
         kinds[kind] = sorted(users(server) - seen)
         seen |= set(kinds[kind])
+    if merging:
+        settle()
     for kind, pids in kinds.items():
         results[f"{kind} (MB)"] = uss(median_pid(pids)) / 1e6
     return results, median_pid(kinds["user, one after the other"])
@@ -97,9 +102,14 @@ def measure(server: Server) -> tuple[dict[str, float], int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--merge-memory", action="store_true", help="merge_memory=True, KSM on for the run (root)")
     args = parser.parse_args()
-    with Server(HTAGWEB_SOURCE.format(options="")) as server:
-        results, typical = measure(server)
+    options = ", merge_memory=True" if args.merge_memory else ""
+    with ksm_running() if args.merge_memory else contextlib.nullcontext(), Server(HTAGWEB_SOURCE.format(options=options)) as server:
+        ksmd_before = ksmd_cpu_seconds() if args.merge_memory else 0.0
+        results, typical = measure(server, args.merge_memory)
+        if args.merge_memory:
+            results["ksmd CPU during the run (s)"] = ksmd_cpu_seconds() - ksmd_before
         for name, size in sorted(uss_by_mapping(typical).items(), key=lambda item: -item[1]):
             if size >= 16384:
                 results[f"  its {name} (MB)"] = size / 1e6

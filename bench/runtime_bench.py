@@ -1,6 +1,6 @@
 """htagweb against htag's own in-process WebApp, same app, same client, one run:
 
-    python bench/runtime_bench.py [--quick] [--json FILE] [--no-pin] [--spare-processes N]
+    python bench/runtime_bench.py [--quick] [--json FILE] [--no-pin] [--spare-processes N] [--merge-memory]
 
 htag 2.0.28's WebApp needs Starlette 0.52 (it calls the add_websocket_route that
 Starlette 1.x removed), so it runs from its own virtualenv, bench/.venv-htag,
@@ -15,12 +15,17 @@ Measured with a protocol-level client (httpx + websockets):
   start, lost or wrong replies;
 - memory per idle user: USS/PSS of htagweb's user processes; growth of htag's
   single process per added user.
+
+``--merge-memory`` serves htagweb with ``merge_memory=True`` and turns Linux's KSM
+on for the whole run (root only; bench/ksm.py), so that every measure includes what
+ksmd's scanning costs; the idle users are measured once ksmd has gone over them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -32,6 +37,7 @@ import httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ksm import ksm_running, ksmd_cpu_seconds, settle  # noqa: E402
 from servers import Server, http_client, percentile, ws_connect  # noqa: E402
 
 from htagweb import manage  # noqa: E402
@@ -194,13 +200,15 @@ def user_process_pids(server: Server) -> list[int]:
     return [user.pid for user in manage.users(server.runtime_dir)]
 
 
-def measure(server: Server, quick: bool, is_htagweb: bool, result: dict[str, float]) -> dict[str, float]:
+def measure(server: Server, quick: bool, is_htagweb: bool, result: dict[str, float], merging: bool = False) -> dict[str, float]:
     for key, value in asyncio.run(crowd(server.url, 50, 5 if quick else 20)).items():
         result[f"crowd_{key}"] = value
     main_process = psutil.Process(server.proc.pid)
     before = main_process.memory_full_info().uss
     users = 20
     asyncio.run(idle_users(server.url, users))
+    if merging:
+        settle()
     if is_htagweb:
         infos = sorted((psutil.Process(pid).memory_full_info() for pid in user_process_pids(server)), key=lambda m: m.uss)
         result["idle_user_uss_mb"] = infos[len(infos) // 2].uss / 1e6
@@ -215,6 +223,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--spare-processes", type=int, help="htagweb's spare_processes (default: its own default)")
+    parser.add_argument("--merge-memory", action="store_true", help="htagweb with merge_memory=True, KSM on for the run (root)")
     parser.add_argument(
         "--pin",
         action=argparse.BooleanOptionalAction,
@@ -223,13 +232,19 @@ def main() -> None:
     )
     args = parser.parse_args()
     results = {}
-    spares = "" if args.spare_processes is None else f", spare_processes={args.spare_processes}"
+    options = "" if args.spare_processes is None else f", spare_processes={args.spare_processes}"
+    options += ", merge_memory=True" if args.merge_memory else ""
     all_cores = os.sched_getaffinity(0)
     pinned = args.pin and len(all_cores) >= 2
     if pinned:
         server_core, client_core = sorted(all_cores)[:2]
         os.sched_setaffinity(0, {server_core})  # inherited by the servers and all their processes
-    with Server(HTAG_SOURCE, python=htag_python()) as htag, Server(HTAGWEB_SOURCE.format(options=spares)) as htagweb:
+    with (
+        ksm_running() if args.merge_memory else contextlib.nullcontext(),
+        Server(HTAG_SOURCE, python=htag_python()) as htag,
+        Server(HTAGWEB_SOURCE.format(options=options)) as htagweb,
+    ):
+        ksmd_before = ksmd_cpu_seconds() if args.merge_memory else 0.0
         if pinned:
             os.sched_setaffinity(0, {client_core})
         first, second = latencies([htag, htagweb], args.quick)
@@ -238,7 +253,9 @@ def main() -> None:
             for process in htag.processes() + htagweb.processes():
                 process.cpu_affinity(sorted(all_cores))
         results["htag"] = measure(htag, args.quick, False, first)
-        results["htagweb"] = measure(htagweb, args.quick, True, second)
+        results["htagweb"] = measure(htagweb, args.quick, True, second, args.merge_memory)
+        if args.merge_memory:
+            print(f"ksmd used {ksmd_cpu_seconds() - ksmd_before:.1f} s of CPU during the run")
     print(f"{'metric':<28}{'htag WebApp':>14}{'htagweb':>12}{'ratio':>9}")
     for key in results["htag"]:
         a, b = results["htag"][key], results["htagweb"][key]

@@ -73,6 +73,10 @@ class Config:
     #: new user processes one client address may cause per minute (an IPv6 client counts by its /64;
     #: the address is the socket's, or X-Forwarded-For's last with trust_proxy_headers); 0: no limit
     new_processes_per_minute: int = 60
+    #: let Linux keep once the memory pages user processes hold alike (KSM, where root runs it): an idle
+    #: user about 1 MB instead of 5; costs ksmd's scanning, and opens a timing side channel between
+    #: processes (crypto/THREAT_MODEL.md): off unless asked
+    merge_memory: bool = False
 
     def __post_init__(self) -> None:
         if self.spare_processes is None:  # a small server keeps a tenth of its cap

@@ -32,6 +32,7 @@ from . import bridge
 from .config import Config
 from .ends import Exit
 from .host import HtagHost
+from .merging import merge_memory
 from .sessions import Session
 from .slot import SETTLE_DELAY, SETTLE_LIMIT, Watchdog
 
@@ -101,6 +102,8 @@ class UserProcess:
                 pass
             self.control.close()
             self.control = None
+            if self.config.merge_memory:  # idle from now on, mostly: its pages are merged where alike
+                merge_memory()
 
     async def serve(self, listener: socket.socket, assignment: Awaitable[None] | None = None) -> Exit:
         """Serve ``listener`` until the process must end; why it ends. A spare's

@@ -31,6 +31,7 @@ from ..admission import Candidate, NewProcessLimit, make_room_from
 from ..appspec import AppSpec
 from ..config import Config
 from ..ends import End, Exit, describe, from_status
+from ..merging import why_unmerged
 from ..metrics import BY_END, COUNTERS, FRONT_COUNTERS, KILLS
 from ..process import run as run_user_process
 from ..rehearsal import warm_up
@@ -136,6 +137,8 @@ class ForkServer:
         self.listener = listen(path)
         self.listener.setblocking(False)
         self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
+        if self.config.merge_memory and (unmerged := why_unmerged()):
+            logger.warning("merge_memory is set, but %s", unmerged)
         warm_up(self.config)
         gc.collect()
         gc.freeze()  # what is here now is shared copy-on-write by every user process
