@@ -26,7 +26,7 @@ from htagweb.forkserver.pressure import WINDOW, CpuPressure
 from htagweb.forkserver.spares import Spares
 from htagweb.runtime import Runtime
 from htagweb.sessions import Session
-from htagweb.slot import REHEARSING, RUNNING, new_slot
+from htagweb.slot import EXITING, REHEARSING, RUNNING, Watchdog, new_slot, read_slot
 from htagweb.stores import MemoryStore, SQLiteStore
 
 text = st.text(max_size=200)
@@ -185,6 +185,26 @@ def test_link_back_pressure_both_ways():
         await drained
 
     asyncio.run(run())
+
+
+def test_watchdog_slot_says_the_oldest_running_interaction_and_the_last_exchange():
+    slot = new_slot(REHEARSING)
+    watchdog = Watchdog(slot)
+    watchdog.touch()
+    assert read_slot(slot) == (0.0, watchdog.last_activity, REHEARSING, False)  # a touch writes its field only
+    with watchdog.interaction():
+        first = read_slot(slot).busy_since
+        assert 0 < first <= time.monotonic()
+        second = watchdog.interaction()
+        second.__enter__()
+        assert read_slot(slot).busy_since == first
+    assert read_slot(slot).busy_since > first  # the first ended: the second's clock runs
+    second.__exit__(None, None, None)
+    assert read_slot(slot).busy_since == 0.0 and not watchdog.busy
+    watchdog.went_live()
+    assert read_slot(slot) == (0.0, watchdog.last_activity, RUNNING, True)
+    watchdog.exiting()
+    assert read_slot(slot).state == EXITING
 
 
 def test_session_merge_keeps_local_changes_and_takes_the_stores_others():
