@@ -10,14 +10,21 @@ Bodies are raw bytes (HTTP bodies, WebSocket frames) or small JSON objects
 (scope, response start, close). JSON rather than pickle: the front must never
 run code chosen by a user process. Frame kinds differ by direction so that a
 frame can only be read as what its sender may say.
+
+Both ends hold a connection as a :class:`Link`, a protocol that cuts frames
+from the bytes as they arrive: every click is read from it at both ends, and
+asyncio's streams cost two ``readexactly`` coroutines a frame on that path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
+import socket
 import struct
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
 from starlette.types import Message, Scope
 
@@ -44,11 +51,147 @@ def json_frame(kind: int, obj: Any) -> bytes:
     return frame(kind, json.dumps(obj, separators=(",", ":")).encode())
 
 
-async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    length, kind = HEADER.unpack(await reader.readexactly(HEADER.size))
-    if length > MAX_FRAME:
-        raise BridgeError(f"frame of {length} bytes exceeds {MAX_FRAME}")
-    return kind, await reader.readexactly(length)
+class Link(asyncio.Protocol):
+    """One bridge connection, at either end: :meth:`read` the frames that came,
+    :meth:`write` and :meth:`drain` as with a stream.
+
+    Back-pressure both ways, as with streams: frames read and not yet taken beyond
+    ``LIMIT`` bytes pause the socket (a front whose browser reads slowly holds its
+    process back); a peer that does not read makes :meth:`drain` wait. Frames that
+    came before the connection broke are still read; then the error is raised.
+    """
+
+    #: bytes of frames waiting to be taken before the socket is paused (a StreamReader's 2 x 64 KiB)
+    LIMIT = 128 * 1024
+
+    def __init__(self, serve: Callable[[Link], Coroutine[Any, Any, None]] | None = None) -> None:
+        #: run as a task once connected (the user process' handler of a connection), held while it runs
+        self._serve = serve
+        self._serving: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()  # asked once: on Python 3.11 each asking is a getpid() system call
+        self.transport: asyncio.Transport  # once connected
+        self._buffer = bytearray()
+        self._frames: collections.deque[tuple[int, bytes]] = collections.deque()
+        #: bytes of the frames not yet taken
+        self._waiting = 0
+        self._reader: asyncio.Future[None] | None = None
+        self._end: Exception | None = None
+        self._reading_paused = False
+        self._writing_paused = False
+        self._drainers: list[asyncio.Future[None]] = []
+        self._lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        if self._serve is not None:
+            self._serving = self._loop.create_task(self._serve(self))
+
+    def data_received(self, data: bytes) -> None:
+        if self._end is not None:
+            return
+        buffer = self._buffer
+        buffer += data
+        start, size = 0, len(buffer)
+        while size - start >= HEADER.size:
+            length, kind = HEADER.unpack_from(buffer, start)
+            if length > MAX_FRAME:
+                self._ended(BridgeError(f"frame of {length} bytes exceeds {MAX_FRAME}"))
+                return
+            end = start + HEADER.size + length
+            if end > size:
+                break
+            self._frames.append((kind, bytes(buffer[start + HEADER.size : end])))
+            self._waiting += length
+            start = end
+        del buffer[:start]
+        if self._waiting > self.LIMIT and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        self._ended(asyncio.IncompleteReadError(bytes(self._buffer), None))
+        return True  # half-closed: this end may still write (and closes when done)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._ended(exc or asyncio.IncompleteReadError(bytes(self._buffer), None))
+        for drainer in self._drainers:
+            if not drainer.done():
+                drainer.set_exception(ConnectionResetError("Connection lost"))
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        for drainer in self._drainers:
+            if not drainer.done():
+                drainer.set_result(None)
+
+    async def read(self) -> tuple[int, bytes]:
+        """The next frame (kind, body). At the end, once every frame that came is read:
+        IncompleteReadError (the peer closed), the connection's error, or BridgeError
+        (an oversized frame). One reader at a time, as with a StreamReader."""
+        while not self._frames:
+            if self._end is not None:
+                raise self._end
+            if self._reader is not None:
+                raise RuntimeError("Link.read() called while another coroutine is already waiting for a frame")
+            self._reader = self._loop.create_future()
+            try:
+                await self._reader
+            finally:
+                self._reader = None
+        kind, body = self._frames.popleft()
+        self._waiting -= len(body)
+        if self._reading_paused and self._waiting <= self.LIMIT:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return kind, body
+
+    async def read_to_end(self) -> None:
+        """Drop frames until the peer closes."""
+        try:
+            while True:
+                await self.read()
+        except asyncio.IncompleteReadError:
+            pass
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the peer does not read what was written; ConnectionResetError once the connection is lost."""
+        if self._lost:
+            raise ConnectionResetError("Connection lost")
+        if not self._writing_paused:
+            return
+        drainer = self._loop.create_future()
+        self._drainers.append(drainer)
+        try:
+            await drainer
+        finally:
+            self._drainers.remove(drainer)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def _ended(self, end: Exception) -> None:
+        if self._end is None:
+            self._end = end
+            self._buffer.clear()
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        if self._reader is not None and not self._reader.done():
+            self._reader.set_result(None)
+
+
+async def connect(path: str | None = None, sock: socket.socket | None = None) -> Link:
+    """A bridge connection to the user process listening at ``path`` (or on a connected ``sock``)."""
+    _, link = await asyncio.get_running_loop().create_unix_connection(Link, path, sock=sock)
+    return link
 
 
 def encode_scope(scope: Scope, extra: dict[str, Any]) -> bytes:

@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Any
 
-from . import forkserver
+from . import bridge, forkserver
 from .appspec import AppSpec
 from .config import Config
 from .forkserver import messages
@@ -83,16 +83,16 @@ class ForkServerClient:
         finally:
             writer.close()
 
-    async def open(self, key: str) -> Connection | None:
+    async def open(self, key: str) -> bridge.Link | None:
         """A bridge connection to the live user process of ``key``; None if there is none."""
         try:
-            return await asyncio.open_unix_connection(str(self.runtime.user_socket_path(key)))
+            return await bridge.connect(str(self.runtime.user_socket_path(key)))
         except (FileNotFoundError, ConnectionRefusedError):
             return None
 
     async def connect(
         self, key: str, app: str, label: str, source: dict[str, str] | None = None, recheck: bool = False, client: str = ""
-    ) -> tuple[Connection, bool]:
+    ) -> tuple[bridge.Link, bool]:
         """A bridge connection to the user process of ``key``, and whether it was just spawned.
 
         ``recheck`` asks the fork-server first (it replaces a development app whose source changed);
@@ -103,7 +103,7 @@ class ForkServerClient:
         reply = await self.request(messages.Ensure(key, app, label, source, client))
         if not reply.get("ok"):
             raise SpawnRefused(reply.get("status", 500), reply.get("error", "unknown error"), reply.get("traceback"))
-        return await asyncio.open_unix_connection(path), bool(reply.get("spawned"))
+        return await bridge.connect(path), bool(reply.get("spawned"))
 
     async def status(self, key: str) -> dict[str, Any]:
         """Whether the process of ``key`` lives, or why it is gone. A process unknown to this

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from . import bridge
-from .client import Connection, ForkServerClient, SpawnRefused
+from .client import ForkServerClient, SpawnRefused
 from .config import Config
 from .ends import End
 from .origin import OriginPolicy
@@ -142,7 +142,7 @@ class HtagEndpoint:
             else:
                 await exchange.http(scope, receive, send, extra)
         finally:
-            connection[1].close()
+            connection.close()
 
     async def _tell_gone(self, scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:
         """Say, in htag's error overlay, that the page's process is gone."""
@@ -215,13 +215,13 @@ def _forwarded_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
 class _Exchange:
     """One browser exchange relayed to one user process."""
 
-    def __init__(self, endpoint: HtagEndpoint, scope: Scope, session: Session, key: str, connection: Connection) -> None:
+    def __init__(self, endpoint: HtagEndpoint, scope: Scope, session: Session, key: str, link: bridge.Link) -> None:
         self.endpoint = endpoint
         self.scope = scope
         self.store = endpoint.store
         self.session = session
         self.key = key
-        self.reader, self.writer = connection
+        self.link = link
         self.known_version = session.version
         #: the store's generation when the session was last read (see SessionStore.generation)
         self.seen_generation = session.generation
@@ -232,8 +232,8 @@ class _Exchange:
 
     async def _open(self, scope: Scope, extra: dict[str, Any], first: bytes) -> None:
         """Send the scope and the first message in one write."""
-        self.writer.write(bridge.encode_scope({**scope, "headers": _forwarded_headers(scope)}, extra) + first)
-        await self.writer.drain()
+        self.link.write(bridge.encode_scope({**scope, "headers": _forwarded_headers(scope)}, extra) + first)
+        await self.link.drain()
 
     async def _apply_changes(self, body: bytes) -> None:
         data = json.loads(body)
@@ -272,7 +272,7 @@ class _Exchange:
             if self.live and self.pending:
                 return self.pending.pop(0)
             try:
-                kind, body = await bridge.read_frame(self.reader)
+                kind, body = await self.link.read()
             except (asyncio.IncompleteReadError, ConnectionError):
                 return None
             if kind == bridge.SESSION_CHANGES:
@@ -358,10 +358,10 @@ class _Exchange:
             message = await receive()
             if message["type"] == "websocket.receive":
                 await self._refresh_session()
-            self.writer.write(bridge.encode_inbound(message))
+            self.link.write(bridge.encode_inbound(message))
             if message["type"] == "websocket.disconnect":
                 return
-            await self.writer.drain()  # a process that does not read holds the client back
+            await self.link.drain()  # a process that does not read holds the client back
 
     async def _refresh_session(self) -> None:
         """Before a click reaches the process: the session data, if a route changed it since.
@@ -372,7 +372,7 @@ class _Exchange:
         version = await self.store.version(self.session.sid)
         if version != self.known_version:  # a route changed the session since
             _, items = await self.store.load(self.session.sid)
-            self.writer.write(bridge.json_frame(bridge.SESSION_DATA, {"version": version, "items": items}))
+            self.link.write(bridge.json_frame(bridge.SESSION_DATA, {"version": version, "items": items}))
             self.known_version = version
         self.seen_generation = generation
 

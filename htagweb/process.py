@@ -53,7 +53,7 @@ class UserProcess:
         self.session = Session(self.label)
         self.host: HtagHost | None = None
         self.assigned = asyncio.Event()
-        self.writers: set[asyncio.StreamWriter] = set()
+        self.links: set[bridge.Link] = set()
         self.stopping = asyncio.Event()
         #: why it ends, once it must
         self.exit = Exit.STOPPED
@@ -112,7 +112,7 @@ class UserProcess:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):  # both: a stray Ctrl-C still runs on_destroy
             signal.signal(sig, lambda signum, frame: self.stop_soon(loop))
-        server = await asyncio.start_unix_server(self.handle, sock=listener)
+        server = await loop.create_unix_server(lambda: bridge.Link(self.handle), sock=listener)
         if assignment is not None:
             await assignment
         self.settle_after(SETTLE_LIMIT)
@@ -126,8 +126,8 @@ class UserProcess:
             await self.host.destroy(self.config.shutdown_grace)
             if self.host.broken:
                 self.exit = Exit.BROKEN
-        for writer in list(self.writers):
-            writer.close()
+        for link in list(self.links):
+            link.close()
         if os.getppid() != self._parent:
             self.exit = Exit.ORPHANED
         return self.exit
@@ -152,13 +152,13 @@ class UserProcess:
                 self.stopping.set()
                 return
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.writers.add(writer)
+    async def handle(self, link: bridge.Link) -> None:
+        self.links.add(link)
         self.watchdog.touch()
         try:
             await self.assigned.wait()
             assert self.host is not None
-            kind, body = await bridge.read_frame(reader)
+            kind, body = await link.read()
             if kind != bridge.SCOPE:
                 raise bridge.BridgeError("connection did not start with a scope")
             scope = bridge.decode_scope(body)
@@ -166,21 +166,20 @@ class UserProcess:
                 self.watchdog.went_live()
             data = scope["htagweb"].pop("session")
             self.session.merge(data["version"], data["items"])
-            receive = self._receiver(reader, scope["type"])
-            await self.host(scope, receive, self._sender(writer, scope))
+            await self.host(scope, self._receiver(link, scope["type"]), self._sender(link, scope))
             # the front closes first: closing with its bytes unread would reset the connection under them
-            await asyncio.wait_for(reader.read(), self.config.shutdown_grace)
+            await asyncio.wait_for(link.read_to_end(), self.config.shutdown_grace)
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
             pass
         except Exception:
             logger.exception("bridge connection failed in user process of session %s", self.label)
         finally:
-            self.writers.discard(writer)
-            writer.close()
+            self.links.discard(link)
+            link.close()
             if self.host is not None and self.host.broken:
                 self.stopping.set()
 
-    def _receiver(self, reader: asyncio.StreamReader, kind: str) -> Receive:
+    def _receiver(self, link: bridge.Link, kind: str) -> Receive:
         """The app's receive: the next frame, read when asked (no task, no queue: a
         click's frame goes straight from the socket to htag)."""
         disconnect: Message = {"type": "http.disconnect"} if kind == "http" else {"type": "websocket.disconnect", "code": 1006}
@@ -188,7 +187,7 @@ class UserProcess:
         async def receive() -> Message:
             while True:
                 try:
-                    frame_kind, body = await bridge.read_frame(reader)
+                    frame_kind, body = await link.read()
                 except (asyncio.IncompleteReadError, ConnectionError, bridge.BridgeError):
                     return disconnect
                 self.watchdog.touch()
@@ -199,7 +198,7 @@ class UserProcess:
 
         return receive
 
-    def _sender(self, writer: asyncio.StreamWriter, scope: Scope) -> Send:
+    def _sender(self, link: bridge.Link, scope: Scope) -> Send:
         session = self.session
         # the arrival is over with the first answer after the page (WebSocket, SSE or event), or the page itself over plain HTTP
         settling = scope["htagweb"]["endpoint"] != "page" or self.config.http_only
@@ -214,9 +213,9 @@ class UserProcess:
                 session.mark_synced(changed, deleted, session.version)
                 changes = {"set": changed, "delete": deleted, "rotate": session.rotated}
                 session.rotated = False  # the front applies it, with an id of its own choosing
-                writer.write(bridge.json_frame(bridge.SESSION_CHANGES, changes))
-            writer.write(bridge.encode_outbound(message))
-            await writer.drain()
+                link.write(bridge.json_frame(bridge.SESSION_CHANGES, changes))
+            link.write(bridge.encode_outbound(message))
+            await link.drain()
 
         return send
 

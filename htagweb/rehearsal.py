@@ -59,19 +59,19 @@ async def _exchange(
     """Send ``frames`` to the process' bridge handler as a front would; read its
     frames up to the ``last`` one (or the end)."""
     ours, theirs = socket.socketpair()
-    served = asyncio.ensure_future(process.handle(*await asyncio.open_unix_connection(sock=theirs)))
-    reader, writer = await asyncio.open_unix_connection(sock=ours)
-    writer.write(bridge.encode_scope(scope, {"endpoint": endpoint, "session": {"version": 0, "items": {}}}) + b"".join(frames))
+    served = asyncio.ensure_future(process.handle(await bridge.connect(sock=theirs)))
+    link = await bridge.connect(sock=ours)
+    link.write(bridge.encode_scope(scope, {"endpoint": endpoint, "session": {"version": 0, "items": {}}}) + b"".join(frames))
     received = []
     try:
         while True:
-            kind, body = await bridge.read_frame(reader)
+            kind, body = await link.read()
             received.append((kind, body))
             if last(kind, body):
                 break
     except asyncio.IncompleteReadError:
         pass
-    writer.close()
+    link.close()
     await served
     return received
 

@@ -14,13 +14,15 @@ from __future__ import annotations
 import mmap
 import struct
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from types import TracebackType
 from typing import NamedTuple
 
 #: (monotonic start of the oldest running interaction or 0, monotonic time of the last exchange, state,
 #: whether the page went live: opened a WebSocket or SSE stream, or sent an event)
 SLOT = struct.Struct("<ddii")
+#: one float of it, written alone by the user process when only it changes, and where each is
+FLOAT = struct.Struct("<d")
+BUSY_SINCE_AT, ACTIVE_AT = 0, 8
 #: a spare rehearsing (see rehearsal.py) is REHEARSING until its rehearsal is over
 RUNNING, EXITING, REHEARSING = 0, 1, 2
 #: seconds after which a new user's arrival counts as over even if no answer followed its page
@@ -56,7 +58,10 @@ def read_slot(slot: mmap.mmap) -> Reading:
 
 class Watchdog:
     """The user process' side of its slot: when the oldest running interaction
-    started, when the last exchange happened, whether it is exiting."""
+    started, when the last exchange happened, whether it is exiting.
+
+    A click touches it twice and runs one interaction: each writes the one field it
+    changes, not the whole slot (a few microseconds a click otherwise)."""
 
     def __init__(self, slot: mmap.mmap, state: int = RUNNING) -> None:
         self.slot = slot
@@ -72,28 +77,50 @@ class Watchdog:
 
     def touch(self) -> None:
         """An exchange happened now (the inactivity timeout starts again)."""
-        self.last_activity = time.monotonic()
-        self._publish()
+        self.last_activity = now = time.monotonic()
+        FLOAT.pack_into(self.slot, ACTIVE_AT, now)
 
-    @contextmanager
-    def interaction(self) -> Iterator[None]:
-        token, self._next = self._next, self._next + 1
-        self._started[token] = time.monotonic()
-        self._publish()
-        try:
-            yield
-        finally:
-            del self._started[token]
-            self._publish()
+    def interaction(self) -> _Interaction:
+        """``with watchdog.interaction():`` a handler runs, which the fork-server may abort."""
+        return _Interaction(self)
 
     def went_live(self) -> None:
         """The page opened a WebSocket or SSE stream, or sent an event: no longer provisional."""
         self.live = True
         self.touch()
+        self.publish()
 
     def exiting(self) -> None:
         self.state = EXITING
-        self._publish()
+        self.publish()
 
-    def _publish(self) -> None:
+    def publish(self) -> None:
+        """Write the whole slot (a spare's after its rehearsal: RUNNING again)."""
         SLOT.pack_into(self.slot, 0, min(self._started.values(), default=0.0), self.last_activity, self.state, self.live)
+
+    def _begin(self) -> int:
+        token, self._next = self._next, self._next + 1
+        self._started[token] = now = time.monotonic()
+        if len(self._started) == 1:  # the only one running: the fork-server's clock starts (else an older one's runs)
+            FLOAT.pack_into(self.slot, BUSY_SINCE_AT, now)
+        return token
+
+    def _end(self, token: int) -> None:
+        del self._started[token]
+        FLOAT.pack_into(self.slot, BUSY_SINCE_AT, min(self._started.values(), default=0.0))
+
+
+class _Interaction:
+    """One running interaction: a class, not a ``@contextmanager`` generator (one per click)."""
+
+    __slots__ = ("watchdog", "token")
+
+    def __init__(self, watchdog: Watchdog) -> None:
+        self.watchdog = watchdog
+        self.token = 0
+
+    def __enter__(self) -> None:
+        self.token = self.watchdog._begin()
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        self.watchdog._end(self.token)

@@ -40,7 +40,8 @@ def run_spare(control: socket.socket, listener: socket.socket, classes: dict[str
             loop.run_until_complete(rehearse(rehearsing, lambda: bool(select.select([control], [], [], 0)[0])))
         except Exception:
             logger.warning("spare user process: the rehearsal of a first page load failed", exc_info=True)
-        watchdog.touch()  # the slot says RUNNING again: the fork-server gives this spare first
+        watchdog.touch()
+        watchdog.publish()  # the slot says RUNNING again: the fork-server gives this spare first
     process = UserProcess(config, watchdog, control)
 
     async def assignment() -> None:

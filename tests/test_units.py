@@ -26,7 +26,7 @@ from htagweb.forkserver.pressure import WINDOW, CpuPressure
 from htagweb.forkserver.spares import Spares
 from htagweb.runtime import Runtime
 from htagweb.sessions import Session
-from htagweb.slot import REHEARSING, RUNNING, new_slot
+from htagweb.slot import EXITING, REHEARSING, RUNNING, Watchdog, new_slot, read_slot
 from htagweb.stores import MemoryStore, SQLiteStore
 
 text = st.text(max_size=200)
@@ -57,10 +57,14 @@ outbound = st.one_of(
 
 def _read(data: bytes) -> tuple[int, bytes]:
     async def read() -> tuple[int, bytes]:
-        reader = asyncio.StreamReader()
-        reader.feed_data(data)
-        reader.feed_eof()
-        return await bridge.read_frame(reader)
+        ours, theirs = socket.socketpair()
+        with theirs:
+            theirs.sendall(data)
+        link = await bridge.connect(sock=ours)
+        try:
+            return await link.read()
+        finally:
+            link.close()
 
     return asyncio.run(read())
 
@@ -88,6 +92,119 @@ def test_a_frame_of_one_direction_is_not_read_as_the_other():
         bridge.decode_outbound(*_read(bridge.encode_inbound({"type": "websocket.receive", "text": "x"})))
     with pytest.raises(bridge.BridgeError):
         _read(bridge.HEADER.pack(bridge.MAX_FRAME + 1, bridge.WS_TEXT_IN))
+
+
+class _Transport(asyncio.Transport):
+    """What a Link asks of its transport: whether it paused reading, what it wrote."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused = False
+        self.written = b""
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+
+def _linked() -> tuple[bridge.Link, _Transport]:
+    link, transport = bridge.Link(), _Transport()
+    link.connection_made(transport)
+    return link, transport
+
+
+@given(st.lists(st.tuples(st.integers(0, 255), raw), max_size=8), st.lists(st.integers(1, 50), max_size=20))
+def test_link_cuts_frames_wherever_the_bytes_are_split(frames, cuts):
+    async def run() -> list[tuple[int, bytes]]:
+        link, _ = _linked()
+        data = b"".join(bridge.frame(kind, body) for kind, body in frames)
+        for cut in cuts:
+            link.data_received(data[:cut])
+            data = data[cut:]
+        link.data_received(data)
+        link.eof_received()
+        read = []
+        with pytest.raises(asyncio.IncompleteReadError):
+            while True:
+                read.append(await link.read())
+        return read
+
+    assert asyncio.run(run()) == frames
+
+
+def test_link_reads_what_came_before_an_end_then_the_end():
+    """And one reader at a time, as with a StreamReader."""
+
+    async def run() -> None:
+        link, _ = _linked()
+        waiting = asyncio.ensure_future(link.read())
+        await asyncio.sleep(0)
+        with pytest.raises(RuntimeError):
+            await link.read()
+        link.data_received(bridge.frame(bridge.WS_TEXT_OUT, b"first"))
+        assert await waiting == (bridge.WS_TEXT_OUT, b"first")
+        link.data_received(bridge.frame(bridge.WS_TEXT_OUT, b"last") + bridge.HEADER.pack(10, bridge.WS_TEXT_OUT) + b"cut")
+        link.connection_lost(ConnectionResetError("reset"))
+        assert await link.read() == (bridge.WS_TEXT_OUT, b"last")
+        with pytest.raises(ConnectionResetError):
+            await link.read()
+        with pytest.raises(ConnectionResetError):
+            await link.drain()
+        link, _ = _linked()
+        link.data_received(bridge.frame(bridge.WS_TEXT_OUT, b"ok") + bridge.HEADER.pack(bridge.MAX_FRAME + 1, bridge.WS_TEXT_OUT))
+        link.data_received(bridge.frame(bridge.WS_TEXT_OUT, b"ignored"))
+        assert await link.read() == (bridge.WS_TEXT_OUT, b"ok")
+        with pytest.raises(bridge.BridgeError):
+            await link.read()
+
+    asyncio.run(run())
+
+
+def test_link_back_pressure_both_ways():
+    """Frames not taken pause the socket beyond LIMIT until taken; drain waits while the peer does not read."""
+
+    async def run() -> None:
+        link, transport = _linked()
+        body = b"x" * (bridge.Link.LIMIT // 2)
+        link.data_received(bridge.frame(bridge.WS_TEXT_OUT, body) * 2)
+        assert not transport.paused
+        link.data_received(bridge.frame(bridge.WS_TEXT_OUT, body))
+        assert transport.paused
+        await link.read()
+        assert not transport.paused
+        link.pause_writing()
+        drained = asyncio.ensure_future(link.drain())
+        await asyncio.sleep(0)
+        assert not drained.done()
+        link.resume_writing()
+        await drained
+
+    asyncio.run(run())
+
+
+def test_watchdog_slot_says_the_oldest_running_interaction_and_the_last_exchange():
+    slot = new_slot(REHEARSING)
+    watchdog = Watchdog(slot)
+    watchdog.touch()
+    assert read_slot(slot) == (0.0, watchdog.last_activity, REHEARSING, False)  # a touch writes its field only
+    with watchdog.interaction():
+        first = read_slot(slot).busy_since
+        assert 0 < first <= time.monotonic()
+        second = watchdog.interaction()
+        second.__enter__()
+        assert read_slot(slot).busy_since == first
+    assert read_slot(slot).busy_since > first  # the first ended: the second's clock runs
+    second.__exit__(None, None, None)
+    assert read_slot(slot).busy_since == 0.0 and not watchdog.busy
+    watchdog.went_live()
+    assert read_slot(slot) == (0.0, watchdog.last_activity, RUNNING, True)
+    watchdog.exiting()
+    assert read_slot(slot).state == EXITING
 
 
 def test_session_merge_keeps_local_changes_and_takes_the_stores_others():
