@@ -12,8 +12,8 @@ from pathlib import Path
 
 KSM = Path("/sys/kernel/mm/ksm")
 #: pages ksmd looks at each time it wakes (every 20 ms by default) while a benchmark waits for it
-#: to merge: ten times Linux's default of 100, so that a run's idle users are merged in seconds
-SETTLING_PAGES_TO_SCAN = 1000
+#: to merge: fifty times Linux's default of 100, so that a run's idle users are merged in seconds
+SETTLING_PAGES_TO_SCAN = 5000
 #: full scans over every page opted in after which a moment's idle processes are merged (a page is
 #: merged once it has held the same bytes over two scans)
 SETTLING_SCANS = 3
@@ -40,7 +40,7 @@ def ksm_running() -> contextlib.AbstractContextManager[None]:
     return ksm_settings(run=1)
 
 
-def settle(timeout: float = 120.0) -> float:
+def settle(timeout: float = 600.0) -> float:
     """Let ksmd merge what is idle now, as it would at its own pace given time: faster, over
     ``SETTLING_SCANS`` full scans; the seconds it took."""
     start = time.monotonic()

@@ -208,7 +208,7 @@ def measure(server: Server, quick: bool, is_htagweb: bool, result: dict[str, flo
     users = 20
     asyncio.run(idle_users(server.url, users))
     if merging:
-        settle()
+        print(f"ksmd went over the idle users in {settle():.0f} s")
     if is_htagweb:
         infos = sorted((psutil.Process(pid).memory_full_info() for pid in user_process_pids(server)), key=lambda m: m.uss)
         result["idle_user_uss_mb"] = infos[len(infos) // 2].uss / 1e6
