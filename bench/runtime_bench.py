@@ -1,6 +1,6 @@
 """htagweb against htag's own in-process WebApp, same app, same client, one run:
 
-    python bench/runtime_bench.py [--quick] [--json FILE] [--no-pin] [--spare-processes N] [--merge-memory]
+    python bench/runtime_bench.py [--quick] [--json FILE] [--no-pin] [--spare-processes N] [--merge-memory] [--workers N]
 
 htag 2.0.28's WebApp needs Starlette 0.52 (it calls the add_websocket_route that
 Starlette 1.x removed), so it runs from its own virtualenv, bench/.venv-htag,
@@ -16,6 +16,8 @@ Measured with a protocol-level client (httpx + websockets):
 - memory per idle user: USS/PSS of htagweb's user processes; growth of htag's
   single process per added user.
 
+``--workers N`` serves htagweb with N uvicorn workers (one per core is how it is
+deployed; htag's WebApp keeps every user in its one process and cannot use more).
 ``--merge-memory`` serves htagweb with ``merge_memory=True`` and turns Linux's KSM
 on for the whole run (root only; bench/ksm.py), so that every measure includes what
 ksmd's scanning costs; the idle users are measured once ksmd has gone over them.
@@ -223,6 +225,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--spare-processes", type=int, help="htagweb's spare_processes (default: its own default)")
+    parser.add_argument("--workers", type=int, default=1, help="htagweb's uvicorn workers (default 1)")
     parser.add_argument("--merge-memory", action="store_true", help="htagweb with merge_memory=True, KSM on for the run (root)")
     parser.add_argument(
         "--pin",
@@ -242,7 +245,7 @@ def main() -> None:
     with (
         ksm_running() if args.merge_memory else contextlib.nullcontext(),
         Server(HTAG_SOURCE, python=htag_python()) as htag,
-        Server(HTAGWEB_SOURCE.format(options=options)) as htagweb,
+        Server(HTAGWEB_SOURCE.format(options=options), "--workers", str(args.workers)) as htagweb,
     ):
         ksmd_before = ksmd_cpu_seconds() if args.merge_memory else 0.0
         if pinned:
