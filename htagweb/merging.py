@@ -26,9 +26,9 @@ KSM_RUN = Path("/sys/kernel/mm/ksm/run")
 _prctl = ctypes.CDLL(None, use_errno=True).prctl
 
 
-def merge_memory() -> bool:
-    """Opt this process' memory in; whether the kernel took it."""
-    return _prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) == 0
+def merge_memory() -> None:
+    """Opt this process' memory in (a kernel that cannot refuses: the fork-server said so at its start)."""
+    _prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0)
 
 
 def why_unmerged(run_file: Path = KSM_RUN) -> str | None:
