@@ -9,9 +9,11 @@ import json
 import os
 import selectors
 import socket
+import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -21,7 +23,7 @@ from htagweb.config import Config
 from htagweb.ends import End, Exit, from_status
 from htagweb.folder import resolve
 from htagweb.forkserver import messages
-from htagweb.forkserver.children import SpareChild
+from htagweb.forkserver.children import SpareChild, open_files, resident_memory
 from htagweb.forkserver.pressure import WINDOW, CpuPressure
 from htagweb.forkserver.spares import Spares
 from htagweb.runtime import Runtime
@@ -324,3 +326,18 @@ def test_a_new_user_gets_a_rehearsed_spare_then_one_asleep_then_one_still_rehear
         given.append(spare.path.name.removeprefix(".spare-").removesuffix(".sock"))
     assert given == ["rehearsed", "asleep", "rehearsing"]
     assert [json.loads(c.recv(100))["label"] for c in controls] == ["user2", "user1", "user0"]
+
+
+def test_the_watchdogs_read_of_open_files_and_memory_matches_proc(tmp_path):
+    pipes = [os.pipe() for _ in range(5)]
+    passed = [fd for pair in pipes for fd in pair]
+    child = subprocess.Popen(["sleep", "60"], pass_fds=passed, stdin=subprocess.DEVNULL)
+    try:
+        listed = len(os.listdir(f"/proc/{child.pid}/fd"))
+        assert open_files(child.pid) == listed == 3 + len(passed)
+        assert resident_memory(child.pid) == psutil.Process(child.pid).memory_info().rss
+    finally:
+        child.kill()
+        child.wait()
+        for fd in passed:
+            os.close(fd)

@@ -238,13 +238,20 @@ def _limit_resources(limits: list[tuple[int, tuple[int, int]]]) -> None:
 
 
 def resident_memory(pid: int, field: int = 1) -> int:
-    """Bytes of resident memory of ``pid`` (``field`` 0: of its whole address space)."""
-    with open(f"/proc/{pid}/statm") as statm:
-        return int(statm.read().split()[field]) * PAGE_SIZE
+    """Bytes of resident memory of ``pid`` (``field`` 0: of its whole address space).
+    Read without Python's file objects: the fork-server reads it for every user process."""
+    fd = os.open(f"/proc/{pid}/statm", os.O_RDONLY)
+    try:
+        return int(os.read(fd, 256).split()[field]) * PAGE_SIZE
+    finally:
+        os.close(fd)
 
 
 def open_files(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    """Descriptors open in ``pid``. Since Linux 6.2 the size of its ``/proc/PID/fd`` tells,
+    without listing them (2.5 times cheaper; a process always has one open: 0 means an
+    older kernel)."""
+    return os.stat(f"/proc/{pid}/fd").st_size or len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def listen(path: Path) -> socket.socket:
