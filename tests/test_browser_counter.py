@@ -4,12 +4,13 @@ users and tabs, the session shared with a route, over WebSocket and plain HTTP."
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 from chromium import chromium
 from conftest import ROOT
 from helpers import server_source
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, WebSocketRoute, expect
 
 SESSION_APP = server_source("WebServerWS").replace(
     '''        Tag.button("session", _id="session", _onclick=self.session_event)''',
@@ -40,6 +41,57 @@ def clicks(page: Page, n: int, start: int = 0) -> None:
     for i in range(start + 1, start + n + 1):
         page.click("#inc")
         expect(page.locator("#count")).to_have_text(f"Count: {i}")
+
+
+class LateServer:
+    """Routes the page's htag WebSocket: open for the page at once, connected to the
+    server only by ``connect()``, so that the server's first message (the app's whole
+    state) comes when the test says."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.socket: WebSocketRoute | None = None
+        page.route_web_socket(re.compile(r"/ws$"), self._take)
+
+    def _take(self, socket: WebSocketRoute) -> None:
+        self.socket = socket
+
+    def connect(self) -> None:
+        """Connect, and return once the page has handled the server's first message."""
+        self.page.wait_for_function("window.ws && window.ws.readyState === 1")
+        assert self.socket is not None
+        with self.page.expect_console_message(lambda message: "processing payload updates" in message.text):
+            self.socket.connect_to_server()  # from now on, both ways are passed on
+
+
+def test_a_click_across_the_first_message_of_the_websocket_counts(server, browser: Browser):
+    """htag's client rebuilds the body from the state its WebSocket brings first, just
+    after the page shows: a click whose button went down before and up after must count
+    (new nodes under the pointer at its release made it no click at all), and a page whose
+    state changed meanwhile must still show the new one."""
+    srv = server(server_source("WebServerWS"))
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        late = LateServer(page)
+        page.goto(srv.url + "/")
+        expect(page.locator("#count")).to_have_text("Count: 0")  # as served, before the WebSocket says anything
+        box = page.locator("#inc").bounding_box()
+        assert box is not None
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.down()
+        late.connect()
+        page.mouse.up()
+        expect(page.locator("#count")).to_have_text("Count: 1")
+        behind = context.new_page()  # the same session: the same app
+        late = LateServer(behind)
+        behind.goto(srv.url + "/")
+        expect(behind.locator("#count")).to_have_text("Count: 1")
+        clicks(page, 1, start=1)  # while that page's WebSocket is not connected yet
+        late.connect()
+        expect(behind.locator("#count")).to_have_text("Count: 2")
+    finally:
+        context.close()
 
 
 @pytest.mark.parametrize("factory", ["WebServerWS", "WebServer"])
