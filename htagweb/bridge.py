@@ -159,7 +159,10 @@ class Link(asyncio.Protocol):
             pass
 
     def write(self, data: bytes) -> None:
-        self.transport.write(data)
+        """Sent as the peer reads; dropped once the connection is closing (the process ended:
+        the next read says so, which the front tells its user)."""
+        if not self.transport.is_closing():
+            self.transport.write(data)
 
     async def drain(self) -> None:
         """Wait while the peer does not read what was written; ConnectionResetError once the connection is lost."""

@@ -30,6 +30,10 @@ logger = logging.getLogger("htagweb")
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
+#: times a front asks for a user's process that ends before it can connect to it
+ENSURE_TRIES = 3
+
+
 class SpawnRefused(Exception):
     def __init__(self, status: int, message: str, traceback: str | None = None) -> None:
         super().__init__(message)
@@ -97,13 +101,16 @@ class ForkServerClient:
 
         ``recheck`` asks the fork-server first (it replaces a development app whose source changed);
         ``client`` is the address a new process would count against (see admission.py)."""
-        path = str(self.runtime.user_socket_path(key))
         if not recheck and (connection := await self.open(key)) is not None:
             return connection, False
-        reply = await self.request(messages.Ensure(key, app, label, source, client))
-        if not reply.get("ok"):
-            raise SpawnRefused(reply.get("status", 500), reply.get("error", "unknown error"), reply.get("traceback"))
-        return await bridge.connect(path), bool(reply.get("spawned"))
+        for _ in range(ENSURE_TRIES):
+            reply = await self.request(messages.Ensure(key, app, label, source, client))
+            if not reply.get("ok"):
+                raise SpawnRefused(reply.get("status", 500), reply.get("error", "unknown error"), reply.get("traceback"))
+            if (connection := await self.open(key)) is not None:
+                return connection, bool(reply.get("spawned"))
+            # it ended between the reply and now (it made room for another user, it crashed at its start): anew
+        raise SpawnRefused(503, "The server is busy starting user sessions: try again in a moment.")
 
     async def status(self, key: str) -> dict[str, Any]:
         """Whether the process of ``key`` lives, or why it is gone. A process unknown to this

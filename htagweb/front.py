@@ -233,7 +233,10 @@ class _Exchange:
     async def _open(self, scope: Scope, extra: dict[str, Any], first: bytes) -> None:
         """Send the scope and the first message in one write."""
         self.link.write(bridge.encode_scope({**scope, "headers": _forwarded_headers(scope)}, extra) + first)
-        await self.link.drain()
+        try:
+            await self.link.drain()
+        except ConnectionResetError:  # the process ended meanwhile: the answer read next tells why
+            pass
 
     async def _apply_changes(self, body: bytes) -> None:
         data = json.loads(body)
@@ -331,7 +334,7 @@ class _Exchange:
         elif self.endpoint.endpoint == "event":
             await JSONResponse({"status": "error", "payloads": [htag_error(message)]})(scope, receive, send)
         else:
-            await error_page(status, message)(scope, receive, send)
+            await error_page(status, message, retry_after=RETRY_AFTER if status in (429, 503) else None)(scope, receive, send)
 
     async def websocket(self, scope: Scope, receive: Receive, send: Send, extra: dict[str, Any]) -> None:
         await receive()  # websocket.connect

@@ -215,3 +215,43 @@ def test_parano_key_exchanges_from_one_address_are_limited_too(server):
         assert statuses == [200, 200, 429] and b"Too many new sessions from your address" in body
 
     run(scenario())
+
+
+
+def test_a_crowd_arriving_at_the_cap_gets_pages_or_clear_answers(server):
+    """New users at max_processes make room from processes whose page never went live, the
+    others' as much as a flood's (see admission.py): one whose process was taken between
+    the fork-server's answer and the front's connection is given another, or a clear 503;
+    never a 500. A page that loaded gets its click counted, or is told why not."""
+    cap = 8
+    srv = server(server_source("WebServerWS", max_processes=cap, spare_processes=cap, new_processes_per_minute=0))
+
+    async def arrive(user: User) -> str:
+        page = await user.page()
+        if page.status_code != 200:
+            assert page.status_code == 503 and page.headers["retry-after"], page.text
+            return "refused"
+        async with user.ws() as ws:
+            await ws.recv()
+            try:
+                message = await click(ws, "inc")
+            except websockets.ConnectionClosedOK as closed:  # its process made room for a later one
+                assert "make room for other users" in closed.rcvd.reason
+                return "told"
+            if message.get("action") == "error":
+                assert "make room for other users" in message["traceback"]
+                return "told"
+            assert count(message["updates"]["count"]) == 1
+            return "counted"
+
+    async def scenario() -> list[str]:
+        crowd = [User(srv.url) for _ in range(3 * cap)]
+        try:
+            return await asyncio.gather(*(arrive(user) for user in crowd))
+        finally:
+            for user in crowd:
+                await user.http.aclose()
+
+    outcomes = run(scenario())
+    assert "counted" in outcomes
+    assert "Exception in ASGI application" not in srv.log and "Traceback" not in srv.log

@@ -341,3 +341,35 @@ def test_the_watchdogs_read_of_open_files_and_memory_matches_proc(tmp_path):
         child.wait()
         for fd in passed:
             os.close(fd)
+
+
+def test_a_process_gone_before_the_front_connects_is_asked_for_again_then_refused_clearly(tmp_path):
+    from htagweb.client import ENSURE_TRIES, ForkServerClient, SpawnRefused
+
+    runtime = Runtime(tmp_path / "rt")
+    runtime.users_dir.mkdir(parents=True, exist_ok=True)
+    client = ForkServerClient(runtime, Config(), {})
+    key = runtime.process_key("s" * 32, "app")
+    asked: list[object] = []
+    listener = socket.socket(socket.AF_UNIX)
+
+    async def ensure_then(appears_at: int) -> bool:
+        async def request(message: object) -> dict:
+            asked.append(message)
+            if len(asked) == appears_at:  # the process that finally stays
+                listener.bind(str(runtime.user_socket_path(key)))
+                listener.listen()
+            return {"ok": True, "spawned": True}
+
+        client.request = request  # type: ignore[method-assign]
+        connection, spawned = await client.connect(key, "app", "label", recheck=True)
+        connection.close()
+        return spawned
+
+    with pytest.raises(SpawnRefused) as refused:
+        asyncio.run(ensure_then(appears_at=0))
+    assert refused.value.status == 503 and "try again" in str(refused.value)
+    assert len(asked) == ENSURE_TRIES
+    asked.clear()
+    assert asyncio.run(ensure_then(appears_at=2)) and len(asked) == 2
+    listener.close()
