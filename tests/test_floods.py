@@ -222,7 +222,8 @@ def test_a_crowd_arriving_at_the_cap_gets_pages_or_clear_answers(server):
     """New users at max_processes make room from processes whose page never went live, the
     others' as much as a flood's (see admission.py): one whose process was taken between
     the fork-server's answer and the front's connection is given another, or a clear 503;
-    never a 500. A page that loaded gets its click counted, or is told why not."""
+    never a 500. A page that loaded gets its click counted, or is told why not (its WebSocket
+    closed with the reason, or refused before it opens when no process can be had)."""
     cap = 8
     srv = server(server_source("WebServerWS", max_processes=cap, spare_processes=cap, new_processes_per_minute=0))
 
@@ -231,7 +232,12 @@ def test_a_crowd_arriving_at_the_cap_gets_pages_or_clear_answers(server):
         if page.status_code != 200:
             assert page.status_code == 503 and page.headers["retry-after"], page.text
             return "refused"
-        async with user.ws() as ws:
+        try:
+            ws = await user.ws().__aenter__()
+        except websockets.InvalidStatus as refused:  # no process for it any more, none to be had: refused before it opened
+            assert refused.response.status_code == 403
+            return "refused"
+        async with ws:
             await ws.recv()
             try:
                 message = await click(ws, "inc")
