@@ -40,7 +40,6 @@ from .stores import SessionStore
 
 logger = logging.getLogger("htagweb")
 
-RETRY_AFTER = 30
 RELOAD = "Reload the page to start again."
 
 #: what a user reads when the process of their session is gone, by why it is gone
@@ -170,7 +169,7 @@ class HtagEndpoint:
         if self.endpoint == "event":
             response = JSONResponse({"status": "error", "payloads": [htag_error(message)]}, status_code=status)
         else:
-            response = error_page(status, message, trace, RETRY_AFTER if status in (429, 503) else None)
+            response = error_page(status, message, trace)
         await response(scope, receive, send)
 
 
@@ -334,7 +333,7 @@ class _Exchange:
         elif self.endpoint.endpoint == "event":
             await JSONResponse({"status": "error", "payloads": [htag_error(message)]})(scope, receive, send)
         else:
-            await error_page(status, message, retry_after=RETRY_AFTER if status in (429, 503) else None)(scope, receive, send)
+            await error_page(status, message)(scope, receive, send)
 
     async def websocket(self, scope: Scope, receive: Receive, send: Send, extra: dict[str, Any]) -> None:
         await receive()  # websocket.connect

@@ -36,10 +36,15 @@ _TITLES = {
 }
 
 
-def error_page(status: int, message: str, traceback: str | None = None, retry_after: int | None = None) -> HTMLResponse:
+#: seconds a 429 or 503 page tells the browser to wait before trying again
+RETRY_AFTER = 30
+
+
+def error_page(status: int, message: str, traceback: str | None = None) -> HTMLResponse:
+    """The page of an error; a 429 or 503 (a limit, not a fault) says when to try again."""
     details = f"<pre>{html.escape(traceback)}</pre>" if traceback else ""
     body = _TEMPLATE.format(title=_TITLES.get(status, "Error"), message=html.escape(message), details=details)
-    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    headers = {"Retry-After": str(RETRY_AFTER)} if status in (429, 503) else None
     return HTMLResponse(body, status_code=status, headers=headers)
 
 

@@ -217,7 +217,6 @@ def test_parano_key_exchanges_from_one_address_are_limited_too(server):
     run(scenario())
 
 
-
 def test_a_crowd_arriving_at_the_cap_gets_pages_or_clear_answers(server):
     """New users at max_processes make room from processes whose page never went live, the
     others' as much as a flood's (see admission.py): one whose process was taken between
