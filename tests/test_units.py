@@ -10,6 +10,7 @@ import os
 import selectors
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from htagweb import bridge
+from htagweb.client import ENSURE_TRIES, ForkServerClient, SpawnRefused
 from htagweb.config import Config
 from htagweb.ends import End, Exit, from_status
 from htagweb.folder import resolve
@@ -328,24 +330,25 @@ def test_a_new_user_gets_a_rehearsed_spare_then_one_asleep_then_one_still_rehear
     assert [json.loads(c.recv(100))["label"] for c in controls] == ["user2", "user1", "user0"]
 
 
-def test_the_watchdogs_read_of_open_files_and_memory_matches_proc(tmp_path):
+def test_the_watchdogs_read_of_open_files_and_memory_matches_proc():
     pipes = [os.pipe() for _ in range(5)]
     passed = [fd for pair in pipes for fd in pair]
-    child = subprocess.Popen(["sleep", "60"], pass_fds=passed, stdin=subprocess.DEVNULL)
+    asleep = "import sys, time; sys.stdout.write('asleep'); sys.stdout.flush(); time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", asleep], pass_fds=passed, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
     try:
+        assert child.stdout is not None and child.stdout.read(6) == b"asleep"  # started: its memory holds still
         listed = len(os.listdir(f"/proc/{child.pid}/fd"))
         assert open_files(child.pid) == listed == 3 + len(passed)
         assert resident_memory(child.pid) == psutil.Process(child.pid).memory_info().rss
     finally:
         child.kill()
         child.wait()
+        child.stdout.close()  # type: ignore[union-attr]
         for fd in passed:
             os.close(fd)
 
 
 def test_a_process_gone_before_the_front_connects_is_asked_for_again_then_refused_clearly(tmp_path):
-    from htagweb.client import ENSURE_TRIES, ForkServerClient, SpawnRefused
-
     runtime = Runtime(tmp_path / "rt")
     runtime.users_dir.mkdir(parents=True, exist_ok=True)
     client = ForkServerClient(runtime, Config(), {})
