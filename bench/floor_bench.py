@@ -45,6 +45,8 @@ from htagweb.slot import Watchdog, new_slot  # noqa: E402
 
 #: seconds left after the arrivals for the work they leave behind (htagweb refills its spares)
 AFTERMATH = 3.0
+#: the crowd of the issue's target: that many new users at once
+AT_ONCE = 1000
 PAGE = mmap.PAGESIZE
 
 
@@ -192,9 +194,10 @@ def main() -> None:
     )
     print(f"page fault here: first touch {faults['first_touch_us']:.2f} µs, copy-on-write {faults['copy_on_write_us']:.2f} µs")
     cores = len(os.sched_getaffinity(0))
-    print(f"1,000 users at once on {cores} cores, servers' CPU alone (the client's comes on top):")
+    print(f"{AT_ONCE:,} users at once on {cores} cores, servers' CPU alone (the client's comes on top):")
     for name, per_user in (("htag WebApp", htag_total), ("htagweb", htagweb_total), ("a process per user (floor)", forked_total)):
-        print(f"  {name:<28}{1000 * per_user / 1000 / cores:6.2f} s at the least for the last one")
+        seconds = AT_ONCE * per_user / 1000 / cores  # per_user in ms
+        print(f"  {name:<28}{seconds:6.2f} s at the least for the last one")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
