@@ -4,7 +4,7 @@
 
 Each user loads the page, opens its WebSocket and clicks, checking each answer's
 count. Every ``--every`` seconds one of these is SIGKILLed at random: a user
-process, a worker, the fork-server. Reported:
+process, a worker, the fork-server, its zygote. Reported:
 
 - clicks answered right;
 - clicks lost without the user being told (must be 0): a wrong count in an answer,
@@ -14,7 +14,7 @@ process, a worker, the fork-server. Reported:
   if any, was done: one still inside the killed worker is gone with it;
 - users told to reload (htag's error overlay or a close reason), who then do;
 - WebSockets cut without a word (a worker killed) and whether the state survived;
-- after the fork-server was killed, the time until a new user got a page again;
+- after the fork-server or its zygote was killed, the time until a new user got a page again;
 - processes and sockets left after the server's stop (must be 0).
 """
 
@@ -52,7 +52,7 @@ class Tally:
     cut_lost: int = 0
     cut_idle: int = 0
     page_failures: int = 0
-    kills: dict[str, int] = field(default_factory=lambda: {"user": 0, "worker": 0, "fork-server": 0})
+    kills: dict[str, int] = field(default_factory=lambda: {"user": 0, "worker": 0, "fork-server": 0, "zygote": 0})
     recoveries: list[float] = field(default_factory=list)
 
 
@@ -153,11 +153,12 @@ async def chaos(srv: ServerProcess, until: float, every: float, tally: Tally) ->
             "user": [p for p in processes if title(p).startswith("htagweb user")],
             "worker": [p for p in master.children() if p.is_running()],
             "fork-server": [p for p in processes if title(p).startswith("htagweb fork-server")],
+            "zygote": [p for p in processes if title(p).startswith("htagweb zygote")],
         }
         kind = random.choice([kind for kind, found in victims.items() if found])
         random.choice(victims[kind]).kill()
         tally.kills[kind] += 1
-        if kind == "fork-server":
+        if kind in ("fork-server", "zygote"):
             start = time.monotonic()
             await page(srv.url, tally)
             tally.recoveries.append(time.monotonic() - start)
@@ -203,7 +204,7 @@ def main() -> None:
         f"{tally.cut_done} with the click in flight done, {tally.cut_lost} with it lost, {tally.cut_idle} between clicks"
     )
     print(f"page loads refused or failed (retried): {tally.page_failures}")
-    print(f"seconds until a new user was served after the fork-server's death: {recoveries}")
+    print(f"seconds until a new user was served after the fork-server's or the zygote's death: {recoveries}")
     print(f"left after stop: {left}")
 
 

@@ -5,7 +5,7 @@ in-process WebApp, in one run:
 
 CPU per new user (a page, its WebSocket, one click), users one after the other:
 - htag's WebApp, its whole server (one process: a new user is a few objects in it);
-- htagweb, by kind of process (front, fork-server, user processes and spares), the
+- htagweb, by kind of process (front, fork-server, its zygote, user processes and spares), the
   spares' refill after the arrivals included;
 - the floor of any design that gives each user an OS process: the same page,
   WebSocket and click served by htagweb's user-process code (its rehearsal,
@@ -52,7 +52,7 @@ PAGE = mmap.PAGESIZE
 
 def kind_of(process: psutil.Process) -> str:
     title = " ".join(process.cmdline())
-    for kind in ("fork-server", "user", "spare"):
+    for kind in ("fork-server", "zygote", "user", "spare"):
         if f"htagweb {kind}" in title:
             return "user processes" if kind in ("user", "spare") else kind
     return "front"

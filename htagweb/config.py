@@ -24,7 +24,7 @@ class Config:
     timeout_interaction: float = 60.0
     #: live user processes at most; beyond, new users get a 503 with Retry-After
     max_processes: int = 500
-    #: user processes forked ahead of need (asleep, about 1.7 MB each; four woken to rehearse, 4.8 MB):
+    #: user processes forked ahead of need (asleep, about 1.1 MB each; four woken to rehearse, 4.4 MB):
     #: a crowd of new users that large costs no fork (None: min(50, max_processes // 10))
     spare_processes: int | None = None
     #: seconds user processes get to run on_destroy at server stop before being killed

@@ -1,14 +1,14 @@
 """The user process: one htag app instance for one session, behind a Unix socket.
 
-Forked by the fork-server with its listening socket already bound. It serves
+Forked by the fork-server's zygote with its listening socket already bound. It serves
 bridge connections (see :mod:`htagweb.bridge`) through :class:`HtagHost`,
 publishes in its slot (:mod:`htagweb.slot`) when an interaction is running
 (the fork-server kills it when one lasts too long), and ends itself after
 ``timeout_inactivity`` or on SIGTERM, running the app's ``on_destroy`` first. It
 exits with a code that says why (:class:`htagweb.ends.Exit`).
 
-SIGTERM also comes when its fork-server dies (``PR_SET_PDEATHSIG``): then no one
-is left to kill it if on_destroy or a handler hangs, so a SIGTERM arms an alarm
+SIGTERM also comes when its zygote dies (``PR_SET_PDEATHSIG``), which dies with
+the fork-server: then no one is left to kill it if on_destroy or a handler hangs, so a SIGTERM arms an alarm
 that ends the process ``shutdown_grace`` seconds later whatever it is doing.
 """
 

@@ -1,6 +1,6 @@
 """A spare user process rehearses a user's arrival before it has a user.
 
-A process forked from the fork-server shares its memory copy-on-write: the first
+A process forked from the zygote shares its memory copy-on-write: the first
 time it runs a piece of code, each memory page that code writes to (reference
 counts, the interpreter's inline caches) is copied, one page fault each (about
 6 µs each on the project's machine, some 480 of them in a first page load). A
@@ -8,11 +8,11 @@ spare pays for them while it waits: it serves a page, a WebSocket and a click of
 an app of ours through its own bridge handler, over a socket pair, so that the
 user's first page finds those pages copied already. Nothing of it is kept.
 
-The fork-server runs the same rehearsal before it forks anything
+The fork-server runs the same rehearsal before it forks its zygote
 (:func:`warm_up`): Python 3.11 rewrites a function's bytecode after its first
 calls and keeps counters in it (PEP 659, the specializing interpreter), which
-each process did again in its own copy of those pages; done once in the
-fork-server, they stay shared (0.2 to 0.4 MB less per user process, see
+each process did again in its own copy of those pages; done once before the
+zygote is forked, they stay shared (0.2 to 0.4 MB less per user process, see
 bench/RESULTS.md, "USS per idle user").
 """
 

@@ -4,14 +4,15 @@ The user process writes, the fork-server reads, neither waits for the other: no
 message, no lock, no system call. The fork-server learns from it whether a
 handler hangs (``busy_since``), how long the process has been idle (``active``,
 for ``ps`` and evictions), whether it is on its way out (``state``) and whether
-its page ever went live (``live``: a page that never did is evicted first). Each slot is an
-anonymous shared mapping made before the fork; a user process keeps its own and
-closes everyone else's.
+its page ever went live (``live``: a page that never did is evicted first). Each slot is a
+shared mapping of a memory file the fork-server makes and hands to the zygote, which maps
+it for the one process it forks; no other process inherits it.
 """
 
 from __future__ import annotations
 
 import mmap
+import os
 import struct
 import time
 from types import TracebackType
@@ -40,9 +41,29 @@ class Reading(NamedTuple):
 
 
 def new_slot(state: int = RUNNING) -> mmap.mmap:
-    slot = mmap.mmap(-1, SLOT.size)  # anonymous and shared: survives fork
+    """A slot for this process alone (the rehearsals in the fork-server)."""
+    slot = mmap.mmap(-1, SLOT.size)
     reset_slot(slot, state)
     return slot
+
+
+def shared_slot(state: int = RUNNING) -> tuple[mmap.mmap, int]:
+    """A slot for a process to be forked, and its file, to hand over (the caller closes it).
+    No child of the fork-server's own inherits the mapping (``MADV_DONTFORK``)."""
+    fd = os.memfd_create("htagweb-slot", os.MFD_CLOEXEC)
+    os.ftruncate(fd, SLOT.size)
+    slot = mmap.mmap(fd, SLOT.size)
+    slot.madvise(mmap.MADV_DONTFORK)
+    reset_slot(slot, state)
+    return slot, fd
+
+
+def open_slot(fd: int) -> mmap.mmap:
+    """The slot handed over as ``fd`` (closed here), mapped."""
+    try:
+        return mmap.mmap(fd, SLOT.size)
+    finally:
+        os.close(fd)
 
 
 def reset_slot(slot: mmap.mmap, state: int) -> None:

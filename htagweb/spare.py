@@ -2,7 +2,7 @@
 name its session and app (or to go away).
 
 It sleeps, before even an event loop exists: the fewer pages a spare writes to,
-the fewer it copies (about 1.7 MB, against 4.8 once rehearsed). Woken by
+the fewer it copies (about 1.1 MB, against 4.4 once rehearsed). Woken by
 ``REHEARSE``, it rehearses a first page load (see :mod:`htagweb.rehearsal`),
 its slot saying REHEARSING (written by the fork-server) until it is over.
 """

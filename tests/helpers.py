@@ -8,6 +8,7 @@ import ssl
 from typing import Any
 
 import httpx
+import psutil
 import websockets
 
 APP = '''
@@ -155,3 +156,20 @@ async def click(ws: Any, tag_id: str, value: Any = None, callback_id: str = "cb"
         message = json.loads(await ws.recv())
         if message.get("callback_id") == callback_id or message.get("action") == "error":
             return message
+
+
+def title(process: psutil.Process) -> str:
+    """What ps shows (psutil cuts a title at the NUL bytes that pad it)."""
+    return " ".join(part for part in process.cmdline() if part)
+
+
+def forked_by(forkserver: psutil.Process) -> list[psutil.Process]:
+    """The processes a fork-server has forked (spares and user processes): its zygote's children."""
+    processes = []
+    for child in forkserver.children():
+        try:
+            if title(child).startswith("htagweb zygote "):
+                processes += child.children()
+        except psutil.NoSuchProcess:
+            pass
+    return processes

@@ -219,10 +219,10 @@ def test_sigterm_to_every_process_as_systemd_stops_a_service(server):
     srv = server(server_source("WebServerWS", spare_processes=3))
     [user_pid] = run(new_users_pids(srv.url, 1))
     deadline = time.monotonic() + 20
-    while len(srv.processes()) < 6 and time.monotonic() < deadline:  # worker, fork-server, user, 3 spares
+    while len(srv.processes()) < 7 and time.monotonic() < deadline:  # worker, fork-server, zygote, user, 3 spares
         time.sleep(0.05)
     processes = srv.processes()
-    assert len(processes) == 6
+    assert len(processes) == 7
     for process in processes:
         process.send_signal(signal.SIGTERM)
     psutil.wait_procs(processes, timeout=20)

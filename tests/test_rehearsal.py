@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 import psutil
-from helpers import User, pid, server_source
+from helpers import User, forked_by, pid, server_source
 from htag import Tag
 
 from htagweb import WebServerWS, bridge
@@ -68,7 +68,7 @@ def wait_for(condition: Callable[[], object], what: str) -> object:
 
 
 def spares(forkserver: psutil.Process, users: set[int]) -> set[int]:
-    return {p.pid for p in forkserver.children() if p.pid not in users and p.status() != psutil.STATUS_ZOMBIE}
+    return {p.pid for p in forked_by(forkserver) if p.pid not in users and p.status() != psutil.STATUS_ZOMBIE}
 
 
 def pool_of(forkserver: psutil.Process, users: set[int], size: int) -> Callable[[], set[int] | None]:
@@ -142,23 +142,25 @@ def test_the_pool_keeps_within_max_processes_and_replaces_a_dead_spare(server):
     wait_for(lambda: len(spares(forkserver, users)) == 1, "not 1 spare beside 2 users")
 
 
-def shared_anonymous_mappings(process: int) -> int:
-    """Slots are anonymous shared mappings (``/dev/zero (deleted)`` in /proc/PID/maps)."""
+def slot_mappings(process: int) -> int:
+    """Slots are shared mappings of memory files (``/memfd:htagweb-slot (deleted)`` in /proc/PID/maps)."""
     with open(f"/proc/{process}/maps") as maps:
-        return sum(1 for line in maps if line.split()[1].endswith("s") and "/dev/zero" in line)
+        return sum(1 for line in maps if line.split()[1].endswith("s") and "/memfd:htagweb-slot" in line)
 
 
 def test_a_user_process_holds_its_own_slot_only(server):
     """Slots are not inherited by later processes (nor closed one by one in each of them):
-    the fourth user's process, and its spares, map one slot each, not the others'."""
+    the fourth user's process, and its spares, map one slot each, not the others', and the
+    zygote that forked them none."""
     srv = server(server_source("WebServerWS", spare_processes=2))
     forkserver = forkserver_of(srv)
     users = set()
     for _ in range(4):
         users.add(asyncio.run(arrive(srv.url)))
     pool = wait_for(pool_of(forkserver, users, 2), "no 2 spares")
-    assert shared_anonymous_mappings(forkserver.pid) >= 6
-    assert [shared_anonymous_mappings(process) for process in sorted(users | pool)] == [1] * 6
+    assert slot_mappings(forkserver.pid) >= 6
+    assert [slot_mappings(process.pid) for process in forkserver.children()] == [0]
+    assert [slot_mappings(process) for process in sorted(users | pool)] == [1] * 6
 
 
 def test_rehearsal_gives_way_to_a_waiting_user():

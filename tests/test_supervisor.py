@@ -12,7 +12,7 @@ import threading
 import time
 
 import psutil
-from helpers import User, click, count, pid, server_source
+from helpers import User, click, count, forked_by, pid, server_source, title
 
 
 def run(coro):
@@ -55,8 +55,8 @@ def test_user_processes_end_with_their_fork_server_and_users_are_told(server):
             watcher_pid = pid((await watcher.page()).text)
             reader_pid = pid((await reader.page()).text)
             forkserver = forkserver_of(srv)
-            wait_for(lambda: len(forkserver.children()) >= 4, "no spares were forked")
-            children = {p.pid for p in forkserver.children()}
+            wait_for(lambda: len(forked_by(forkserver)) >= 4, "no spares were forked")
+            children = {p.pid for p in forked_by(forkserver)}
             assert {watcher_pid, reader_pid} <= children
             async with watcher.ws() as ws:
                 await ws.recv()
@@ -74,6 +74,42 @@ def test_user_processes_end_with_their_fork_server_and_users_are_told(server):
         assert len(re.findall(r"fork-server \d+ serving", srv.log)) == 2
 
     run(scenario())
+
+
+def test_a_killed_zygote_takes_its_processes_with_it_and_is_replaced(server):
+    """The zygote SIGKILLed (or chosen by the OOM killer): the processes it forked end
+    (their death signal), are reaped by the fork-server, their users are told to reload,
+    and a new zygote forks for the next users; nothing is left orphaned."""
+    srv = server(server_source("WebServerWS", timeout_inactivity=0, spare_processes=2))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            first = pid((await user.page()).text)
+            forkserver = forkserver_of(srv)
+            wait_for(lambda: len(forked_by(forkserver)) >= 3, "no spares were forked")
+            [zygote] = forkserver.children()
+            forked = {p.pid for p in forked_by(forkserver)}
+            async with user.ws() as ws:
+                await ws.recv()
+                assert count((await click(ws, "inc"))["updates"]["count"]) == 1
+                zygote.kill()
+                await asyncio.to_thread(wait_for, lambda: not alive(forked), "processes outlived their zygote")
+                message = json.loads(await ws.recv())
+                assert message["action"] == "error" and "Reload the page" in message["traceback"]
+            again = await user.page()
+            assert pid(again.text) not in forked | {first} and count(again.text) == 0
+            async with user.ws() as ws:
+                await ws.recv()
+                assert count((await click(ws, "inc"))["updates"]["count"]) == 1
+            [new_zygote] = forkserver.children()
+            assert new_zygote.pid != zygote.pid and title(new_zygote) == f"htagweb zygote {srv.runtime_dir}"
+            assert pid(again.text) in {p.pid for p in new_zygote.children()}
+            return first
+
+    first = run(scenario())
+    srv.wait_log(r"ERROR.*fork-server: its zygote ended \(signal 9\): its processes end with it, a new one is started")
+    srv.wait_log(rf"INFO.*user process ended: pid {first}, session \S+, app srv:App \(lost\)")  # counted, its session told
+    assert "Traceback" not in srv.log
 
 
 def test_a_crash_is_told_and_counted_as_a_crash_not_an_expiry(server):
@@ -117,18 +153,14 @@ def test_process_titles_say_what_each_process_is(server):
     srv = server(server_source("WebServerWS", spare_processes=2))
     [user_pid] = [pid(text) for text in run(_pages(srv.url, 1))]
     forkserver = forkserver_of(srv)
-    wait_for(lambda: len(forkserver.children()) >= 3, "no spares were forked")
+    wait_for(lambda: len(forked_by(forkserver)) >= 3, "no spares were forked")
     assert title(forkserver) == f"htagweb fork-server {srv.runtime_dir}"
+    assert [title(p) for p in forkserver.children()] == [f"htagweb zygote {srv.runtime_dir}"]
     label = re.search(r"user process spawned: pid \d+, session (\S{8})", srv.log).group(1)
     assert title(psutil.Process(user_pid)) == f"htagweb user srv:App {label}"
     # a spare forked a moment ago shows its parent's title until its first steps are done
-    spares = [p for p in forkserver.children() if p.pid != user_pid]
+    spares = [p for p in forked_by(forkserver) if p.pid != user_pid]
     wait_for(lambda: all(title(spare) == "htagweb spare" for spare in spares), f"spare titles: {[title(p) for p in spares]}")
-
-
-def title(process: psutil.Process) -> str:
-    """What ps shows (psutil cuts a title at the NUL bytes that pad it)."""
-    return " ".join(part for part in process.cmdline() if part)
 
 
 async def _pages(url: str, n: int) -> list[str]:

@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
+import select
 import selectors
+import signal
 import socket
 import subprocess
 import sys
@@ -25,12 +28,14 @@ from htagweb.config import Config
 from htagweb.ends import End, Exit, from_status
 from htagweb.folder import resolve
 from htagweb.forkserver import messages
-from htagweb.forkserver.children import SpareChild, open_files, resident_memory
+from htagweb.forkserver.children import Child, SpareChild, listen, open_files, resident_memory
+from htagweb.forkserver.loader import AppLoader
 from htagweb.forkserver.pressure import WINDOW, CpuPressure
 from htagweb.forkserver.spares import Spares
+from htagweb.forkserver.zygote import SPARE, Zygote, serve
 from htagweb.runtime import Runtime
 from htagweb.sessions import Session
-from htagweb.slot import EXITING, REHEARSING, RUNNING, Watchdog, new_slot, read_slot
+from htagweb.slot import EXITING, REHEARSING, RUNNING, Watchdog, new_slot, read_slot, shared_slot
 from htagweb.stores import MemoryStore, SQLiteStore
 
 text = st.text(max_size=200)
@@ -376,3 +381,62 @@ def test_a_process_gone_before_the_front_connects_is_asked_for_again_then_refuse
     asked.clear()
     assert asyncio.run(ensure_then(appears_at=2)) and len(asked) == 2
     listener.close()
+
+
+def test_the_zygote_forks_tells_each_end_and_refuses_an_app_that_does_not_import(tmp_path):
+    """The line to a real zygote: an app that cannot be imported is refused with its
+    traceback; a spare is forked as the zygote's child, signalled through its pidfd,
+    and its end told with its status."""
+    runtime = Runtime(tmp_path / "rt")
+    parent = os.getpid()
+    zygote = Zygote.start(lambda line: serve(line, AppLoader({}, runtime), Config(), runtime.users_dir, parent, "htagweb zygote test"), [])
+    try:
+        failure = zygote.load("no_such_module:App", None)
+        assert failure is not None and "No module named 'no_such_module'" in failure["traceback"]
+        ours, theirs = socket.socketpair()
+        listener = listen(runtime.users_dir / "spare.sock")
+        slot, slot_fd = shared_slot()
+        pid, pidfd = zygote.fork(SPARE, [theirs.fileno(), listener.fileno(), slot_fd])
+        for handed in (theirs, listener):
+            handed.close()
+        os.close(slot_fd)
+        spare = psutil.Process(pid)
+        assert spare.ppid() == zygote.pid
+        deadline = time.monotonic() + 20
+        while spare.cmdline()[:1] != ["htagweb spare"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert spare.cmdline()[:1] == ["htagweb spare"]
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        ended: list[tuple[int, int]] = []
+        while not ended and time.monotonic() < deadline:
+            select.select([zygote.line], [], [], 1)
+            ended += zygote.exits()
+        assert ended == [(pid, signal.SIGKILL)]  # killed by signal 9: its waitpid status
+        os.close(pidfd)
+        ours.close()
+        slot.close()
+    finally:
+        zygote.stop()
+    assert not psutil.pid_exists(zygote.pid)
+
+
+def test_a_process_is_joined_through_a_pidfd_above_1024(tmp_path):
+    """A fork-server with a thousand users holds descriptors above select()'s 1024: its stop,
+    which waits for its processes through their pidfds, failed there (ValueError) and left
+    its socket behind."""
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(limit[0], 2048), limit[1]))
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        pidfd = os.pidfd_open(sleeper.pid)
+        os.dup2(pidfd, 1500)
+        os.close(pidfd)
+        child = Child(sleeper.pid, new_slot(), tmp_path, pidfd=1500)
+        assert not child.join(0.05)
+        child.kill()
+        assert child.join(10)
+        child.release()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        resource.setrlimit(resource.RLIMIT_NOFILE, limit)

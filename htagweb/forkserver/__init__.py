@@ -7,16 +7,18 @@ per request (:mod:`.messages`), answered in order; being a single process, it ca
 never spawn two processes for one user. It ends every user process and removes
 every socket when the last worker says ``bye`` (server stop), or
 ``orphan_grace`` seconds after the last worker vanished without a word; its user
-processes end with it if it is killed.
+processes end with it if it is killed. It forks nothing itself: its zygote, a
+quiet copy of it made once it is warm, forks every process on its behalf.
 
 One module per job:
 
 - :mod:`.loop`: the request loop, reaping, the user processes' registry;
 - :mod:`.children`: the processes as objects (``is_alive``, ``terminate``,
   ``abort``, ``kill``, ``join``) and how every child is forked;
+- :mod:`.zygote`: the process that forks them, and the line to it;
 - :mod:`.spares`: the pool of spare user processes;
 - :mod:`.watchdogs`: hung handlers, memory and open-files limits;
-- :mod:`.loader`: what a user process runs, and when a development app is stale;
+- :mod:`.loader`: what a user process runs (imported in the zygote), and when a development app is stale;
 - :mod:`.daemon`: starting it, detached, from a worker.
 """
 

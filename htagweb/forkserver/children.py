@@ -1,14 +1,16 @@
 """The processes a fork-server forks, as objects that carry their own behaviour.
 
 As in uvicorn's supervisors, the supervisor's loop only asks a process whether it
-is alive and tells it to terminate, abort or be killed; how that is done (never
-a signal to a pid already reaped: it may be someone else's by now) is here.
+is alive and tells it to terminate, abort or be killed; how that is done is here.
+The zygote forks them and reaps them (:mod:`.zygote`): the fork-server signals a
+process through its pidfd, never through a pid that may be someone else's by now.
 
 A child is forked by :func:`fork`, which prepares it the same way for every kind:
-the fork-server's own descriptors and signal handlers let go, death with the
-fork-server (``PR_SET_PDEATHSIG``), a process title, resource limits, and a
-stack file that ``faulthandler`` writes to on SIGABRT (or on a fatal signal), so
-that the fork-server can log where a hung or crashed process was.
+the zygote's descriptors and signal handlers let go, death with the zygote
+(``PR_SET_PDEATHSIG``; the zygote dies with the fork-server), a process title,
+resource limits, and a stack file that ``faulthandler`` writes to on SIGABRT (or
+on a fatal signal), so that the fork-server can log where a hung or crashed
+process was.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 import mmap
 import os
 import resource
+import select
 import signal
 import socket
 import time
@@ -27,42 +30,49 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from setproctitle import setproctitle
 
 from ..config import Config
 from ..ends import End, Exit
+from ..slot import shared_slot
 
 logger = logging.getLogger("htagweb")
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 #: found once, here: a child only calls it
 _prctl = ctypes.CDLL(None, use_errno=True).prctl
 #: the fork-server's handlers, reset in a child through ``_signal``, without the enum wrappers of
 #: ``signal.signal``: they run more code (one copied page per object it touches) than the reset itself
 RESET_SIGNALS = tuple(int(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD))
 SIG_DFL, SIGTERM = int(signal.SIG_DFL), int(signal.SIGTERM)
+#: resource limits of a child: (resource, (soft, hard))
+Limits = list[tuple[int, tuple[int, int]]]
 #: seconds an aborted process gets to write its stack and die before it is killed
 ABORT_GRACE = 1.0
 
 
 @dataclass(eq=False)
 class Child:
-    """A process of the fork-server; ``status`` is its ``waitpid`` status once reaped."""
+    """A process of the fork-server; ``status`` is its ``waitpid`` status once reaped
+    (the zygote tells), ``pidfd`` the descriptor it is signalled through until then."""
 
     pid: int
     slot: mmap.mmap
     stacks: Path
     status: int | None = None
+    pidfd: int = -1
 
     def is_alive(self) -> bool:
         return self.status is None
 
     def signal(self, sig: int) -> None:
-        if self.status is None:
+        if self.status is None and self.pidfd >= 0:
             try:
-                os.kill(self.pid, sig)
+                signal.pidfd_send_signal(self.pidfd, sig)
             except ProcessLookupError:
                 pass
 
@@ -75,23 +85,18 @@ class Child:
 
     def join(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for it to end; whether it did. Only for a
-        fork-server that is stopping: its loop reaps through :meth:`reaped`."""
-        deadline = time.monotonic() + timeout
-        while self.status is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                return True
-            if pid:
-                self.reaped(status)
-            elif time.monotonic() >= deadline:
-                return False
-            else:
-                time.sleep(0.01)
-        return True
+        fork-server that is stopping: its status comes from the zygote, through its loop."""
+        return self.status is not None or self.pidfd < 0 or readable(self.pidfd, timeout)
 
     def reaped(self, status: int) -> None:
         self.status = status
+        self.release()
+
+    def release(self) -> None:
+        """Let go of its pidfd: it ended, or it is forgotten (killed, its end not waited for)."""
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
 
     @property
     def stack_path(self) -> Path:
@@ -163,6 +168,14 @@ class SpareChild(Child):
     rehearsed: bool = False
 
 
+def readable(fd: int, timeout: float) -> bool:
+    """Whether ``fd`` is readable within ``timeout`` seconds (a pidfd: its process ended). ``poll``,
+    not ``select``: a fork-server with a thousand users has descriptors above select's 1024."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
 def stack_file(stacks: str, pid: int) -> str:
     """Where faulthandler writes the stack of ``pid`` (a string: a new child builds it without pathlib)."""
     return f"{stacks}/{pid}.stack"
@@ -172,21 +185,18 @@ def stack_path(stacks: Path, pid: int) -> Path:
     return Path(stack_file(str(stacks), pid))
 
 
-def fork(title: str, config: Config, stacks: Path, inherited: list[int], slot: mmap.mmap, body: Callable[[], Exit]) -> int:
-    """Fork a child that runs ``body`` and exits with the code it returns (CRASHED
-    if it raises). ``inherited``: the fork-server's own descriptors, closed in the
-    child; ``slot``: the child's, which no later child inherits.
+def fork(title: str, limits: Limits, stacks: str, inherited: list[int], body: Callable[..., Exit], args: tuple[Any, ...]) -> int:
+    """Fork a child that runs ``body(*args)`` and exits with the code it returns
+    (CRASHED if it raises). ``inherited``: the zygote's own descriptors, closed in
+    the child; ``limits``: see :func:`limits`; ``stacks``: the directory of stack files.
 
     Each object the child touches for the first time copies the page it is on (its
     reference count is written to): the child's preparation runs as little Python
-    as it can, on values computed here, before the fork (see bench/RESULTS.md,
-    "USS per idle user")."""
+    as it can, on values computed before the fork (see bench/RESULTS.md, "USS per
+    idle user")."""
     parent = os.getpid()
-    stacks_dir = str(stacks)
-    limits = _limits(config)
     pid = os.fork()
     if pid:
-        slot.madvise(mmap.MADV_DONTFORK)  # other users' slots are not a child's to keep, nor to close one by one
         return pid
     code = Exit.CRASHED
     try:
@@ -195,33 +205,37 @@ def fork(title: str, config: Config, stacks: Path, inherited: list[int], slot: m
             _signal.signal(sig, SIG_DFL)
         for fd in inherited:
             os.close(fd)
-        _die_with(parent)
+        die_with(parent)
         setproctitle(title)
         _limit_resources(limits)
-        stack_fd = os.open(stack_file(stacks_dir, os.getpid()), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        stack_fd = os.open(stack_file(stacks, os.getpid()), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         faulthandler.enable(stack_fd)  # writes to it until the end
-        code = body()
+        code = body(*args)
     except BaseException:
         traceback.print_exc()
     finally:
         os._exit(code)
 
 
-def _die_with(parent: int) -> None:
-    """SIGTERM when the fork-server dies, whatever killed it (a user process then
-    runs on_destroy and ends; see :mod:`htagweb.process`)."""
-    if _prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+def die_with(parent: int) -> None:
+    """SIGTERM when the parent dies, whatever killed it (a user process then runs
+    on_destroy and ends, see :mod:`htagweb.process`; the zygote ends at once)."""
+    prctl(PR_SET_PDEATHSIG, SIGTERM)
     if os.getppid() != parent:  # it died before prctl took effect
         os._exit(Exit.ORPHANED)
 
 
-def _limits(config: Config) -> list[tuple[int, tuple[int, int]]]:
+def prctl(option: int, value: int) -> None:
+    if _prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}, {value}) failed")
+
+
+def limits(config: Config) -> Limits:
     """Hard limits for a user process, a backstop for what the fork-server checks
     every second: between two checks, memory can grow by four times the limit at most
     (a larger allocation fails with MemoryError, which htag reports to the user).
     No core file: an aborted process leaves its stack in the log, not a core.
-    Computed in the fork-server, whose address space the child starts with."""
+    Computed in the zygote, whose address space the child starts with."""
     limits = [(resource.RLIMIT_CORE, (0, 0))]
     if config.memory_limit:
         limit = resident_memory(os.getpid(), field=0) + 4 * config.memory_limit
@@ -232,7 +246,7 @@ def _limits(config: Config) -> list[tuple[int, tuple[int, int]]]:
     return limits
 
 
-def _limit_resources(limits: list[tuple[int, tuple[int, int]]]) -> None:
+def _limit_resources(limits: Limits) -> None:
     for which, limit in limits:
         resource.setrlimit(which, limit)
 
@@ -252,6 +266,31 @@ def open_files(pid: int) -> int:
     without listing them (2.5 times cheaper; a process always has one open: 0 means an
     older kernel)."""
     return os.stat(f"/proc/{pid}/fd").st_size or len(os.listdir(f"/proc/{pid}/fd"))
+
+
+#: forks a process through the zygote: (request, descriptors handed over) -> (pid, pidfd)
+Fork = Callable[[bytes, list[int]], tuple[int, int]]
+
+
+def fork_listening(fork: Fork, request: bytes, path: Path) -> tuple[int, int, mmap.mmap, socket.socket]:
+    """A process forked through ``fork`` on ``request``, listening at ``path``: (pid, pidfd,
+    slot, control line). What it takes (its end of the line, its listening socket, its slot's
+    file) is closed here once handed over; if the fork fails, all that was made goes."""
+    listener = listen(path)
+    slot, slot_fd = shared_slot()
+    ours, theirs = socket.socketpair()
+    try:
+        pid, pidfd = fork(request, [theirs.fileno(), listener.fileno(), slot_fd])
+    except BaseException:
+        ours.close()
+        slot.close()
+        path.unlink(missing_ok=True)
+        raise
+    finally:
+        theirs.close()
+        listener.close()
+        os.close(slot_fd)
+    return pid, pidfd, slot, ours
 
 
 def listen(path: Path) -> socket.socket:

@@ -1,7 +1,7 @@
 """What a user process runs, and when a development app's process is stale.
 
-An app of the server is imported once, in the fork-server, so that every user
-process shares it copy-on-write (and spares can be forked with it). A file app
+An app of the server is imported once, in the zygote (:mod:`.zygote`), so that every
+user process shares it copy-on-write (and spares can be forked with it). A file app
 of a development folder is imported in its own process instead, afresh when its
 source or a module of the folder it imported changed (see :mod:`htagweb.folder`).
 """
@@ -38,7 +38,7 @@ class AppLoader:
             assert source is not None
             root, rel, name, deps_file = Path(source["root"]), source["rel"], source["class"], self.deps_file(key)
             return lambda: folder.load_file_app(root, rel, name, deps_file)
-        app_cls = self._imported(app, source)
+        app_cls = self.imported(app, source)
         return lambda: app_cls
 
     def stale(self, key: str, source: Source | None) -> bool:
@@ -51,7 +51,8 @@ class AppLoader:
     def deps_file(self, key: str) -> Path:
         return self.runtime.users_dir / f"{key}.deps"
 
-    def _imported(self, app: str, source: Source | None) -> type:
+    def imported(self, app: str, source: Source | None) -> type:
+        """The class of ``app``, imported here once (raises if it cannot be)."""
         if app not in self.classes:
             if source is not None:  # a folder index: our own code, loaded once
                 self.classes[app] = index_app(Path(source["root"]), source["rel"])

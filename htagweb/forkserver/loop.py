@@ -14,36 +14,38 @@ import collections
 import gc
 import json
 import logging
-import mmap
 import os
+import resource
 import selectors
 import signal
 import socket
 import time
-import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 from setproctitle import setproctitle
 
 from ..admission import Candidate, NewProcessLimit, make_room_from
 from ..appspec import AppSpec
 from ..config import Config
-from ..ends import End, Exit, describe, from_status
+from ..ends import End, describe, from_status
 from ..merging import why_unmerged
 from ..metrics import BY_END, COUNTERS, FRONT_COUNTERS, KILLS
-from ..process import run as run_user_process
 from ..rehearsal import warm_up
 from ..runtime import Runtime
-from ..slot import EXITING, new_slot, read_slot
-from . import messages
-from .children import UserChild, fork, listen, resident_memory, stack_path
+from ..slot import EXITING, read_slot
+from . import messages, zygote
+from .children import PR_SET_CHILD_SUBREAPER, UserChild, fork_listening, listen, prctl, readable, resident_memory, stack_path
 from .loader import AppLoader
 from .spares import Spares
 from .watchdogs import Watchdogs
+from .zygote import Zygote, ZygoteGone, user_request
 
 logger = logging.getLogger("htagweb")
+
+T = TypeVar("T")
 
 #: a worker's unread replies past which its requests are not read either
 MAX_OUTBOX = 4 * 2**20
@@ -53,6 +55,8 @@ STATUS_WAIT = 1.0
 RETIRED_LINGER = 5.0
 #: why-gone reasons remembered, for fronts that ask late
 DEATHS_KEPT = 10000
+#: seconds a stopping fork-server waits for the zygote to tell of its children's ends
+EXITS_WAIT = 2.0
 
 
 class Reply:
@@ -89,6 +93,14 @@ class ForkServer:
         self.runtime = runtime
         self.config = config
         self.loader = AppLoader(apps, runtime)
+        #: the zygote that forks the children, started once this process is warm (and again if it dies)
+        self.zygote: Zygote | None = None
+        #: the apps imported in the zygote: what its spares can serve
+        self.apps: set[str] = set()
+        #: ends the zygote told of, not taken yet when it died
+        self.pending_ends: list[tuple[int, int]] = []
+        #: the limit of open files this process was started with, and its processes keep
+        self.open_files_limit = resource.getrlimit(resource.RLIMIT_NOFILE)
         self.selector = selectors.DefaultSelector()
         self.users: dict[int, UserChild] = {}
         self.by_key: dict[str, UserChild] = {}
@@ -123,6 +135,9 @@ class ForkServer:
     def run(self, ready_fd: int) -> None:
         """Serve until the server stops; never returns."""
         setproctitle(f"htagweb fork-server {self.runtime.path}")
+        prctl(PR_SET_CHILD_SUBREAPER, 1)  # a dead zygote's children (ending with it) are reaped here
+        _, hard = self.open_files_limit
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # a pidfd per process: max_processes may be above the soft limit
         signal.set_wakeup_fd(self.wakeup_w)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_stop_signal)
@@ -141,7 +156,8 @@ class ForkServer:
             logger.warning("merge_memory is set, but %s", unmerged)
         warm_up(self.config)
         gc.collect()
-        gc.freeze()  # what is here now is shared copy-on-write by every user process
+        gc.freeze()  # what is here now is shared copy-on-write by the zygote, then by every user process
+        self._start_zygote()
         os.write(ready_fd, b"1")
         os.close(ready_fd)
         logger.info("fork-server %d serving %s (code generation %s)", os.getpid(), self.runtime.path, self.runtime.generation)
@@ -152,7 +168,7 @@ class ForkServer:
             self._answer_status_waits()
             self.spares.expire_settling()
             if self._spares_wanted():
-                self.spares.fork(self.loader.classes)
+                self.spares.fork(self.apps)
             if self._keeps_spares:
                 self.spares.rehearse()
             self.watchdogs.check(self.users.values())
@@ -180,13 +196,13 @@ class ForkServer:
         return not self.stop_requested and not self.retired
 
     def _spares_wanted(self) -> bool:
-        return self._keeps_spares and self.spares.wanted(self.loader.classes, len(self.users))
+        return self._keeps_spares and self.spares.wanted(self.apps, len(self.users))
 
     def _timeout(self) -> float:
         if self._spares_wanted():
             return 0
         waits = [wait.deadline - time.monotonic() for wait in self.status_waits]
-        spares = self.spares.next_check(self.loader.classes, len(self.users)) if self._keeps_spares else 1.0
+        spares = self.spares.next_check(self.apps, len(self.users)) if self._keeps_spares else 1.0
         return max(0.0, min(self.watchdogs.next_check(), spares, *waits))
 
     def _woken(self, mask: int) -> None:
@@ -253,10 +269,9 @@ class ForkServer:
                 child.end = End.SHUTDOWN_GRACE
                 child.kill()
                 child.join(5.0)
-        self._reap()
-        for child in children:
-            if child.status is not None and child.pid in self.users:
-                self._ended(self.users.pop(child.pid))
+        self._await_ends(children, EXITS_WAIT)
+        if self.zygote is not None:
+            self.zygote.stop()
         self.runtime.forkserver_socket.unlink(missing_ok=True)
         for path in self.predecessors:  # the server stops: the older generations' users end too
             _ask(path, messages.Stop())
@@ -487,33 +502,23 @@ class ForkServer:
         refusal = self._admit(request.client, label)
         if refusal is not None:
             return refusal
-        known = set(self.loader.classes)
-        try:
-            load = self.loader.load(key, app, source)
-        except Exception as exc:
-            logger.error("cannot load htag app %s: %s", app, exc)
-            return messages.error(500, f"The application {app} could not be loaded.", traceback=traceback.format_exc())
-        for name in set(self.loader.classes) - known:
-            self.spares.drop_without(name)
+        if not self.loader.per_process(source) and app not in self.apps:
+            failure = self._with_zygote(lambda zygote: zygote.load(app, source))
+            if failure is not None:
+                logger.error("cannot load htag app %s: %s", app, failure["error"])
+                return messages.error(500, f"The application {app} could not be loaded.", traceback=failure["traceback"])
+            self.apps.add(app)
+            self.spares.drop_without(app)
         path = self.runtime.user_socket_path(key)
         spare = None if self.loader.per_process(source) else self.spares.take(path, app, label)
         if spare is not None:
-            pid, slot = spare.pid, spare.slot
+            pid, slot, pidfd = spare.pid, spare.slot, spare.pidfd
         else:
             path.unlink(missing_ok=True)  # a previous process' socket, being replaced
-            listener = listen(path)
-            slot = new_slot()
-            ours, theirs = socket.socketpair()
-
-            def body() -> Exit:
-                ours.close()
-                return run_user_process(listener, load, self.config, slot, label, app, theirs)
-
-            pid = self._fork(f"htagweb user {app} {label}", slot, body)
-            theirs.close()
-            listener.close()
-            self.spares.arriving(ours)
-        child = UserChild(pid, slot, self.runtime.users_dir, key=key, app=app, label=label, socket=path)
+            asked = user_request(f"htagweb user {app} {label}", key, app, label, source)
+            pid, pidfd, slot, control = fork_listening(self._fork, asked, path)
+            self.spares.arriving(control)
+        child = UserChild(pid, slot, self.runtime.users_dir, pidfd=pidfd, key=key, app=app, label=label, socket=path)
         self.by_key[key] = child
         self.users[pid] = child
         self.deaths.pop(key, None)
@@ -575,24 +580,90 @@ class ForkServer:
             moved += 1
         return {"ok": True, "moved": moved}
 
-    def _fork(self, title: str, slot: mmap.mmap, body: Any) -> int:
-        return fork(title, self.config, self.runtime.users_dir, self._inherited(), slot, body)
+    def _fork(self, request: bytes, fds: list[int]) -> tuple[int, int]:
+        """A child forked by the zygote: (pid, pidfd)."""
+        return self._with_zygote(lambda zygote: zygote.fork(request, fds))
+
+    def _with_zygote(self, ask: Callable[[Zygote], T]) -> T:
+        """``ask`` the zygote; one that died is replaced (its apps imported again as asked) and asked again."""
+        for attempt in range(2):
+            if self.zygote is None:
+                self._start_zygote()
+            assert self.zygote is not None
+            try:
+                return ask(self.zygote)
+            except ZygoteGone as exc:
+                if attempt:
+                    raise
+                self._zygote_gone(str(exc))
+        raise AssertionError("unreachable")
+
+    def _start_zygote(self) -> None:
+        """Fork the zygote: a copy of this process as it is now, warm, that will only fork."""
+        parent, title = os.getpid(), f"htagweb zygote {self.runtime.path}"
+
+        def serve(line: socket.socket) -> NoReturn:
+            resource.setrlimit(resource.RLIMIT_NOFILE, self.open_files_limit)
+            zygote.serve(line, self.loader, self.config, self.runtime.users_dir, parent, title)
+
+        self.zygote = Zygote.start(serve, self._inherited())
+        self.apps.clear()  # imported in the zygote, as asked
+        self.selector.register(self.zygote.line, selectors.EVENT_READ, lambda mask: None)  # a child's end wakes the loop
+
+    def _zygote_gone(self, why: str, reaped: bool = False) -> None:
+        """The zygote died: its children end with it (their death signal) and are reaped here,
+        as they are now this process' own (``PR_SET_CHILD_SUBREAPER``); so do the spares.
+        A new one starts at once, ready for the next user."""
+        assert self.zygote is not None
+        level = logging.INFO if self.stop_requested else logging.ERROR  # at a stop, systemd signals every process
+        logger.log(level, "fork-server: its zygote ended (%s): its processes end with it, a new one is started", why)
+        self.selector.unregister(self.zygote.line)
+        self.pending_ends += self.zygote.exits()
+        if reaped:
+            self.zygote.line.close()
+        else:
+            self.zygote.stop()
+        self.zygote = None
+        self.spares.stop()
+        if not self.stop_requested:
+            try:
+                self._start_zygote()
+            except OSError:  # no process to be had now: the next fork asks again
+                logger.exception("fork-server: a new zygote could not be started")
 
     def _inherited(self) -> list[int]:
-        """What a new child closes at once: the fork-server's descriptors are not the child's to keep."""
+        """What the zygote closes at once: the fork-server's descriptors are not its to keep."""
         fds = [self.selector.fileno(), self.wakeup_r, self.wakeup_w, *(sock.fileno() for sock in self.lines)]
         if self.listener is not None:
             fds.append(self.listener.fileno())
         return fds + self.spares.inherited()
 
+    def _await_ends(self, children: list[UserChild], timeout: float) -> None:
+        """Reap until each of ``children`` is told of by the zygote, for ``timeout`` seconds at most."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._reap()
+            left = deadline - time.monotonic()
+            if self.zygote is None or left <= 0 or all(child.status is not None for child in children):
+                return
+            readable(self.zygote.line.fileno(), left)
+
     def _reap(self) -> None:
+        """Take the ends of children: the zygote's, told by it, and this process' own (the zygote,
+        and a dead zygote's children)."""
+        ended, self.pending_ends = self.pending_ends + (self.zygote.exits() if self.zygote is not None else []), []
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
+            if self.zygote is not None and pid == self.zygote.pid:
+                self._zygote_gone(describe(status), reaped=True)
+            else:
+                ended.append((pid, status))
+        for pid, status in ended:
             if self.spares.reaped(pid, status, self.stop_requested):
                 continue
             child = self.users.pop(pid, None)

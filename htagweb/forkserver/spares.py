@@ -1,7 +1,7 @@
 """The pool of spare user processes, forked ahead of need.
 
 A new user, even one of a crowd arriving at once, then costs renaming a socket
-and a message rather than a fork. Spares are forked asleep, at about 1.7 MB
+and a message rather than a fork. Spares are forked asleep, at about 1.1 MB
 each; ``REHEARSED`` of them are woken to rehearse (see :mod:`htagweb.rehearsal`),
 the fastest for the next users (new users often come in a row). No spare is
 forked or woken while a user's arrival is under way (it would slow that very
@@ -10,40 +10,33 @@ over. Nor while other processes wait for a CPU (see :mod:`.pressure`), unless
 the pool has waited for ``REFILL_ANYWAY``.
 
 The pool is refilled in batches, once a quarter of it is gone, not one spare
-after each arrival: a process shares copy-on-write the pages of the fork-server
-that the fork-server has not written to since the fork, and each page it writes
-to afterwards (while it serves the next requests) leaves its old copy to the
-processes forked before. Forked together, spares share those copies; a spare
-forked alone keeps each of them to itself, some 0.5 MB more (see bench/RESULTS.md,
-"USS per idle user").
+after each arrival: forking and rehearsing a spare takes a CPU, and a batch takes
+it once, when the CPUs are calm. Spares are forked by the zygote (:mod:`.zygote`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import mmap
 import os
 import selectors
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Collection
 
 from ..config import Config
-from ..ends import Exit
 from ..runtime import Runtime
-from ..slot import REHEARSING, SETTLE_LIMIT, new_slot, read_slot, reset_slot
-from ..spare import REHEARSE, run_spare
-from .children import SpareChild, listen
+from ..slot import REHEARSING, SETTLE_LIMIT, read_slot, reset_slot
+from ..spare import REHEARSE
+from .children import Fork, SpareChild, fork_listening
 from .pressure import WINDOW, CpuPressure
+from .zygote import SPARE
 
 logger = logging.getLogger("htagweb")
 
-Fork = Callable[[str, mmap.mmap, Callable[[], Exit]], int]
-
 #: seconds after which a short pool gets a spare (or a spare is woken) even on a machine that is never calm
 REFILL_ANYWAY = 1.0
-#: spares woken to rehearse a first page load (about 4.8 MB each, against 1.7 asleep)
+#: spares woken to rehearse a first page load (about 4.4 MB each, against 1.1 asleep)
 REHEARSED = 4
 
 
@@ -67,16 +60,16 @@ class Spares:
     def __len__(self) -> int:
         return len(self.spares)
 
-    def wanted(self, classes: Mapping[str, type], users: int) -> bool:
+    def wanted(self, apps: Collection[str], users: int) -> bool:
         """Whether to fork one more spare now: the pool is short, no arrival is under
         way, and the CPUs are calm (or have not been for long)."""
-        return self.short(classes, users) and self._calm_since(self.forked_at)
+        return self.short(apps, users) and self._calm_since(self.forked_at)
 
-    def short(self, classes: Mapping[str, type], users: int) -> bool:
+    def short(self, apps: Collection[str], users: int) -> bool:
         """Whether the pool lacks a spare that could be forked once the CPUs are calm: it fell
         to its low-water mark (a quarter below its size) and is not full again yet. A server near
         ``max_processes`` keeps no more spares than it may still give out."""
-        if not classes or self.settling:
+        if not apps or self.settling:
             return False
         size = min(self.config.spares, self.config.max_processes - users)
         if len(self.spares) >= size:
@@ -105,23 +98,14 @@ class Spares:
     def _calm_since(self, last: float) -> bool:
         return self.pressure.is_calm() or time.monotonic() - last >= REFILL_ANYWAY
 
-    def fork(self, classes: Mapping[str, type]) -> None:
-        """A spare listens already, under a name of its own: giving it to a user is a rename."""
-        ours, theirs = socket.socketpair()
+    def fork(self, apps: Collection[str]) -> None:
+        """A spare of ``apps`` (the zygote's) listens already, under a name of its own:
+        giving it to a user is a rename."""
         path = self.runtime.users_dir / f".spare-{os.urandom(8).hex()}.sock"
-        listener = listen(path)
-        slot = new_slot()
-        known = dict(classes)
-
-        def body() -> Exit:
-            ours.close()
-            return run_spare(theirs, listener, known, self.config, slot)
-
-        pid = self._fork("htagweb spare", slot, body)
+        pid, pidfd, slot, ours = fork_listening(self._fork, SPARE, path)
         self.forked_at = time.monotonic()
-        theirs.close()
-        listener.close()
-        self.spares.append(SpareChild(pid, slot, self.runtime.users_dir, control=ours, path=path, apps=frozenset(known)))
+        spare = SpareChild(pid, slot, self.runtime.users_dir, pidfd=pidfd, control=ours, path=path, apps=frozenset(apps))
+        self.spares.append(spare)
 
     def take(self, path: os.PathLike[str], app: str, label: str) -> SpareChild | None:
         """A spare given to this user, serving at ``path``; None if none can. A rehearsed
@@ -169,18 +153,22 @@ class Spares:
             if now - since > 2 * SETTLE_LIMIT:
                 self.settled(control)
 
-    def next_check(self, classes: Mapping[str, type], users: int) -> float:
+    def next_check(self, apps: Collection[str], users: int) -> float:
         """Seconds until the pool has something to do: an arrival to stop waiting for
         (:meth:`expire_settling`), or the CPUs to measure again while it is short or lacks a
         rehearsed spare (1 if nothing)."""
-        if self.short(classes, users) or len(self.rehearsed) < min(REHEARSED, len(self.spares)):
+        if self.short(apps, users) or len(self.rehearsed) < min(REHEARSED, len(self.spares)):
             return WINDOW
         if not self.settling:
             return 1.0
         return max(0.0, min(self.settling.values()) + 2 * SETTLE_LIMIT - time.monotonic())
 
     def drop(self, spare: SpareChild) -> None:
-        """End a live spare no user will get."""
+        """End a live spare no user will get (its end is not waited for)."""
+        self._kill(spare)
+        spare.release()
+
+    def _kill(self, spare: SpareChild) -> None:
         if spare.control is not None:
             spare.control.close()
         spare.kill()
@@ -215,8 +203,10 @@ class Spares:
 
     def stop(self) -> None:
         for spare in self.spares:
-            self.drop(spare)
+            self._kill(spare)
+        for spare in self.spares:
             spare.join(5.0)
+            spare.release()
             spare.take_stack()
         self.spares.clear()
         self.rehearsed.clear()

@@ -1,0 +1,258 @@
+"""The zygote: the quiet process that forks the fork-server's children.
+
+A forked process shares its parent's memory until one of them writes to a page.
+The fork-server's loop writes to some 350 pages while it handles an arrival, and
+each time, the process forked just before keeps the old copy to itself: 1.5 MB of
+a user process' 5 MB (bench/RESULTS.md, "The zygote"). The zygote is forked from
+the fork-server once it is warm and does nothing but fork when asked, so that
+its children go on sharing the pages it does not write to.
+
+The app classes are imported here, not in the fork-server: they are what the
+children share. The children are the zygote's own: it reaps them and tells the
+fork-server how each ended (its ``waitpid`` status), with a pidfd of each through
+which the fork-server signals it (never a pid that may be someone else's by now).
+It dies with the fork-server (``PR_SET_PDEATHSIG``), and its children with it.
+
+The line is a ``SOCK_SEQPACKET`` socket pair, one message a packet, with the
+descriptors it hands over. The fork-server asks ``spare`` or ``user {json}`` with a
+process' control line, listening socket and slot (answered ``pid N`` with its pidfd,
+or ``error {json}``), and ``import {json}`` (answered ``ok`` or ``error {json}``); the
+zygote says ``exit PID STATUS`` whenever a child ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mmap
+import os
+import select
+import signal
+import socket
+import struct
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from setproctitle import setproctitle
+
+from ..config import Config
+from ..ends import Exit
+from ..process import run as run_user_process
+from ..slot import open_slot
+from ..spare import run_spare
+from .children import die_with, fork, limits
+from .loader import AppLoader
+from .messages import Source
+
+logger = logging.getLogger("htagweb")
+
+#: the largest message either way (a request names an app and its source; the rest are small)
+PACKET = 65536
+#: the descriptors a fork request hands over: the process' control line, listening socket and slot
+HANDED = struct.Struct("3i")
+#: the descriptor a fork's answer hands back
+PIDFD = struct.Struct("i")
+#: the request for a spare
+SPARE = b"spare"
+
+
+class ZygoteGone(Exception):
+    """The zygote ended, or its line broke."""
+
+
+class ForkRefused(Exception):
+    """The zygote could not fork (the app no longer imports, no memory, no more processes)."""
+
+
+def user_request(title: str, key: str, app: str, label: str, source: Source | None) -> bytes:
+    """The request for the process of one user, not a spare."""
+    return b"user " + json.dumps({"title": title, "key": key, "app": app, "label": label, "source": source}).encode()
+
+
+def _ended(data: bytes) -> tuple[int, int]:
+    """(pid, waitpid status) of an ``exit PID STATUS`` message."""
+    _, pid, status = data.split()
+    return int(pid), int(status)
+
+
+class Zygote:
+    """The fork-server's end of the line to its zygote."""
+
+    def __init__(self, pid: int, line: socket.socket) -> None:
+        self.pid = pid
+        self.line = line
+        #: children that ended, read while waiting for an answer: (pid, waitpid status)
+        self._exits: list[tuple[int, int]] = []
+
+    @classmethod
+    def start(cls, serve: Callable[[socket.socket], NoReturn], inherited: list[int]) -> Zygote:
+        """Fork a zygote that runs ``serve`` on its end of the line, ``inherited`` closed first."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                ours.close()
+                for fd in inherited:
+                    os.close(fd)
+                serve(theirs)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(Exit.CRASHED)
+        theirs.close()
+        return cls(pid, ours)
+
+    def fork(self, request: bytes, fds: Sequence[int]) -> tuple[int, int]:
+        """A child forked on ``request`` (:data:`SPARE`, or :func:`user_request`): (pid, pidfd)."""
+        answer, handed = self._ask(request, fds)
+        kind, _, rest = answer.partition(b" ")
+        if kind != b"pid":
+            raise ForkRefused(json.loads(rest)["error"])
+        return int(rest), handed[0]
+
+    def load(self, app: str, source: Source | None) -> dict[str, str] | None:
+        """Import ``app`` in the zygote; None once done, else the error and its traceback."""
+        answer, _ = self._ask(b"import " + json.dumps({"app": app, "source": source}).encode(), ())
+        return None if answer == b"ok" else json.loads(answer.partition(b" ")[2])
+
+    def _ask(self, request: bytes, fds: Sequence[int]) -> tuple[bytes, list[int]]:
+        """The answer to ``request``, and the descriptors it hands back. Blocking: the zygote
+        answers at once, and a fork it makes would take the fork-server as long itself."""
+        try:
+            socket.send_fds(self.line, [request], list(fds))
+            while True:
+                data, handed, _, _ = socket.recv_fds(self.line, PACKET, 1)
+                if not data:
+                    raise ZygoteGone("its line closed")
+                if not data.startswith(b"exit "):
+                    return data, handed
+                self._exits.append(_ended(data))
+        except OSError as exc:
+            raise ZygoteGone(f"its line broke: {exc}") from exc
+
+    def exits(self) -> list[tuple[int, int]]:
+        """The children that ended since last asked: (pid, waitpid status)."""
+        while True:
+            try:
+                data = self.line.recv(PACKET, socket.MSG_DONTWAIT)
+            except OSError:  # nothing more now (or the line broke: the zygote is reaped as a child)
+                break
+            if not data:
+                break
+            self._exits.append(_ended(data))
+        exits, self._exits = self._exits, []
+        return exits
+
+    def stop(self) -> None:
+        """End it (its children are expected gone: any left get SIGTERM from their death signal)."""
+        self.line.close()
+        try:
+            os.kill(self.pid, signal.SIGTERM)
+            os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+def serve(line: socket.socket, loader: AppLoader, config: Config, stacks: Path, parent: int, title: str) -> NoReturn:
+    """The zygote's loop: fork when asked, tell each child's end. Ends with its line.
+
+    Each page it writes to after a fork is left to the child it forked, which keeps the
+    old copy to itself (the zygote moved on to its own): the loop touches as few objects
+    as it can. A spare's fork and its answer are a few bytes, not JSON; the sockets and
+    the slot of a child are made from their descriptors in the child; what a child
+    needs that does not change is computed once."""
+    die_with(parent)
+    setproctitle(title)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # its byte on the wake-up pipe is what counts
+    line_fd = line.fileno()
+    children = Children(loader, config, str(stacks), [line_fd, wake_r, wake_w])
+    poller = select.poll()  # not select: the fork-server's descriptors, hence this one's, can be above 1024
+    poller.register(line_fd, select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    space = socket.CMSG_SPACE(HANDED.size)
+    while True:
+        ready = [fd for fd, _ in poller.poll()]
+        if wake_r in ready:
+            while _drained(wake_r):
+                pass
+            _reap(line)
+        if line_fd in ready:
+            data, ancillary, _, _ = line.recvmsg(PACKET, space)
+            if not data:
+                os._exit(Exit.STOPPED)
+            handed = HANDED.unpack(ancillary[0][2]) if ancillary else ()
+            try:
+                answer, pidfd = children.answer(data, handed)
+            except Exception as exc:  # an app that no longer imports, a fork refused: the fork-server says so
+                answer, pidfd = b"error " + json.dumps({"error": repr(exc), "traceback": traceback.format_exc()}).encode(), -1
+            finally:
+                for fd in handed:
+                    os.close(fd)
+            if pidfd < 0:
+                line.send(answer)
+            else:
+                line.sendmsg([answer], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, PIDFD.pack(pidfd))])
+                os.close(pidfd)
+
+
+class Children:
+    """What the zygote forks: spares and user processes, from the descriptors handed over."""
+
+    def __init__(self, loader: AppLoader, config: Config, stacks: str, own: list[int]) -> None:
+        self.loader = loader
+        self.config = config
+        self.stacks = stacks
+        self.own = own
+        self.limits = limits(config)
+
+    def answer(self, data: bytes, handed: tuple[int, ...]) -> tuple[bytes, int]:
+        """The answer to one request, and the pidfd it hands back (-1: none)."""
+        if data == SPARE:
+            pid = fork("htagweb spare", self.limits, self.stacks, self.own, self._spare, (handed,))
+            return b"pid %d" % pid, os.pidfd_open(pid)
+        kind, _, body = data.partition(b" ")
+        request = json.loads(body)
+        if kind == b"import":
+            self.loader.imported(request["app"], request["source"])
+            self.limits = limits(self.config)  # this process grew
+            return b"ok", -1
+        load = self.loader.load(request["key"], request["app"], request["source"])
+        pid = fork(request["title"], self.limits, self.stacks, self.own, self._user, (handed, load, request["app"], request["label"]))
+        return b"pid %d" % pid, os.pidfd_open(pid)
+
+    def _spare(self, handed: tuple[int, int, int]) -> Exit:
+        control, listener, slot = _opened(handed)
+        return run_spare(control, listener, dict(self.loader.classes), self.config, slot)
+
+    def _user(self, handed: tuple[int, int, int], load: Callable[[], type], app: str, label: str) -> Exit:
+        control, listener, slot = _opened(handed)
+        return run_user_process(listener, load, self.config, slot, label, app, control)
+
+
+def _opened(handed: tuple[int, int, int]) -> tuple[socket.socket, socket.socket, mmap.mmap]:
+    """A child's control line, listening socket and slot, from their descriptors."""
+    return socket.socket(fileno=handed[0]), socket.socket(fileno=handed[1]), open_slot(handed[2])
+
+
+def _reap(line: socket.socket) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        line.send(b"exit %d %d" % (pid, status))
+
+
+def _drained(fd: int) -> bool:
+    try:
+        return bool(os.read(fd, 4096))
+    except BlockingIOError:
+        return False
