@@ -15,15 +15,16 @@ import logging
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from . import bridge
 from .client import ForkServerClient, SpawnRefused
 from .config import Config
 from .ends import End
 from .origin import OriginPolicy
-from .pages import error_page, htag_error
+from .pages import error_page, htag_error, retry_later
 from .runtime import Runtime
 from .sessions import (
     COOKIE_NAME,
@@ -162,8 +163,11 @@ class HtagEndpoint:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, message: str, trace: str | None = None) -> None:
         if scope["type"] == "websocket":
+            if "websocket.http.response" in scope.get("extensions", {}):  # the status and the reason reach the client
+                await WebSocket(scope, receive, send).send_denial_response(retry_later(PlainTextResponse(message, status)))
+                return
             code = 1013 if status in (429, 503) else 4403 if status == 403 else 1011
-            await send({"type": "websocket.close", "code": code, "reason": message[:120]})
+            await send({"type": "websocket.close", "code": code, "reason": message[:120]})  # a bare 403 for the client
             return
         response: Response
         if self.endpoint == "event":

@@ -10,9 +10,9 @@ import html
 import json
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, Response
 
 if TYPE_CHECKING:
     from .cipher import IdentityKey
@@ -39,13 +39,21 @@ _TITLES = {
 #: seconds a 429 or 503 page tells the browser to wait before trying again
 RETRY_AFTER = 30
 
+R = TypeVar("R", bound=Response)
+
 
 def error_page(status: int, message: str, traceback: str | None = None) -> HTMLResponse:
     """The page of an error; a 429 or 503 (a limit, not a fault) says when to try again."""
     details = f"<pre>{html.escape(traceback)}</pre>" if traceback else ""
     body = _TEMPLATE.format(title=_TITLES.get(status, "Error"), message=html.escape(message), details=details)
-    headers = {"Retry-After": str(RETRY_AFTER)} if status in (429, 503) else None
-    return HTMLResponse(body, status_code=status, headers=headers)
+    return retry_later(HTMLResponse(body, status_code=status))
+
+
+def retry_later(response: R) -> R:
+    """``response``, saying when to try again if it is a 429 or a 503 (a limit, not a fault)."""
+    if response.status_code in (429, 503):
+        response.headers["Retry-After"] = str(RETRY_AFTER)
+    return response
 
 
 def htag_error(message: str) -> str:

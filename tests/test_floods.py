@@ -234,7 +234,8 @@ def test_a_crowd_arriving_at_the_cap_gets_pages_or_clear_answers(server):
         try:
             ws = await user.ws().__aenter__()
         except websockets.InvalidStatus as refused:  # no process for it any more, none to be had: refused before it opened
-            assert refused.response.status_code == 403
+            answer = refused.response
+            assert answer.status_code == 503 and answer.headers["Retry-After"] and b"limit of live user sessions" in answer.body
             return "refused"
         async with ws:
             await ws.recv()

@@ -47,7 +47,7 @@ def test_websocket_and_sse_refuse_another_sites_page(server):
                     async with websockets.connect(srv.url.replace("http", "ws") + "/ws", origin=origin,
                                                   additional_headers={"Cookie": user.cookie_header}):
                         pass
-                assert refused.value.response.status_code == 403
+                assert refused.value.response.status_code == 403 and b"not allowed to connect" in refused.value.response.body
                 stream = await user.http.get("/stream", headers={"Origin": origin})
                 assert stream.status_code == 403 and "not allowed to connect" in stream.text
             async with websockets.connect(srv.url.replace("http", "ws") + "/ws", origin=own,

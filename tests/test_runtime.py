@@ -208,7 +208,7 @@ def test_ws_and_event_need_a_session(server):
             with pytest.raises(websockets.InvalidStatus) as refused:
                 async with user.ws():
                     pass
-            assert refused.value.response.status_code == 403
+            assert refused.value.response.status_code == 403 and refused.value.response.body == b"No valid session: reload the page."
 
     run(scenario())
 
