@@ -1,5 +1,6 @@
-"""Deploying new code without downtime: gunicorn's HUP (new workers, old ones retired
-gracefully) serves new users the new code, while users already in keep their process."""
+"""Deploying new code without downtime: gunicorn's HUP, or uvicorn's with ``--workers``
+(new workers, old ones retired gracefully), serves new users the new code, while users
+already in keep their process."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import signal
 import time
 
 import psutil
+import pytest
 from helpers import User, click, count, pid
 
 from htagweb import manage
@@ -51,8 +53,25 @@ def wait_for(predicate, what: str, timeout: float = 60.0):
     raise AssertionError(what)
 
 
-def test_gunicorn_hup_serves_new_users_the_new_code_and_keeps_users_in(server):
-    srv = server(SERVER, "-w", "2", gunicorn=True, files={"appmod.py": APP_MODULE.format(version="version one")})
+def workers(master: psutil.Process) -> set[int]:
+    """The master's worker processes (not multiprocessing's resource tracker, which uvicorn's spawning starts)."""
+    found = set()
+    for child in master.children():
+        try:
+            if child.is_running() and "resource_tracker" not in " ".join(child.cmdline()):
+                found.add(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("runner", ["gunicorn", "uvicorn"])
+def test_hup_serves_new_users_the_new_code_and_keeps_users_in(server, runner):
+    files = {"appmod.py": APP_MODULE.format(version="version one")}
+    if runner == "gunicorn":
+        srv = server(SERVER, "-w", "2", gunicorn=True, files=files)
+    else:
+        srv = server(SERVER, "--workers", "2", files=files)
     master = psutil.Process(srv.proc.pid)
 
     async def before():
@@ -84,12 +103,13 @@ def test_gunicorn_hup_serves_new_users_the_new_code_and_keeps_users_in(server):
         await old_user.http.aclose()
 
     cookies, old_pid = run(before())
-    old_workers = {p.pid for p in master.children()}
+    old_workers = workers(master)
+    assert len(old_workers) == 2
     module = srv.workdir / "appmod.py"
     module.write_text(APP_MODULE.format(version="version two"))
     stamp = time.time() + 2
     os.utime(module, (stamp, stamp))  # a new modification time, whatever the clock's resolution
     master.send_signal(signal.SIGHUP)
-    wait_for(lambda: not old_workers & {p.pid for p in master.children()} and len(master.children()) == 2, "the workers were not replaced")
+    wait_for(lambda: not old_workers & workers(master) and len(workers(master)) == 2, "the workers were not replaced")
     run(after(cookies, old_pid))
     assert len(re.findall(r"fork-server \d+ serving", srv.log)) == 2
