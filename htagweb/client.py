@@ -135,8 +135,22 @@ class ForkServerClient:
         return reply
 
     async def rotate(self, old: str, new: str) -> None:
-        """A session id changed: its user processes answer to the new one only."""
+        """A session id changed: its user processes answer to the new one only, those of older
+        code generations' fork-servers too (a user in before a reload keeps its process)."""
         await self.request(messages.Rotate(old, new))
+        for path in self.runtime.forkserver_sockets():
+            if path == self.runtime.forkserver_socket:
+                continue
+            try:
+                reader, writer = await asyncio.open_unix_connection(str(path))
+            except OSError:  # a fork-server killed, its socket left behind: no process of it to move
+                continue
+            try:
+                await self._ask((reader, writer), messages.Rotate(old, new))
+            except (OSError, ConnectionError):
+                pass
+            finally:
+                writer.close()
 
     async def count(self, counter: str) -> None:
         """Add one to a server-wide counter of /_htagweb/metrics (on error paths only)."""

@@ -35,8 +35,17 @@ class App(Tag.App):
 """
 
 SERVER = """
+from starlette.responses import PlainTextResponse
 from htagweb import WebServerWS
+
+
+async def login(request):
+    request.session.rotate()
+    return PlainTextResponse("signed in")
+
+
 app = WebServerWS("appmod:App", runtime_dir=RUNTIME_DIR)
+app.add_route("/login", login)
 """
 
 
@@ -113,3 +122,39 @@ def test_hup_serves_new_users_the_new_code_and_keeps_users_in(server, runner):
     wait_for(lambda: not old_workers & workers(master) and len(workers(master)) == 2, "the workers were not replaced")
     run(after(cookies, old_pid))
     assert len(re.findall(r"fork-server \d+ serving", srv.log)) == 2
+
+
+def test_a_user_of_the_old_code_who_signs_in_after_a_reload_keeps_its_process(server):
+    """A session id that changes (a login route calls ``rotate()``) moves the session's
+    processes to the new id, those of older code generations' fork-servers too: a user
+    already in before the reload keeps its page's state, not a fresh process of the new code."""
+    srv = server(SERVER, "-w", "2", gunicorn=True, files={"appmod.py": APP_MODULE.format(version="version one")})
+    master = psutil.Process(srv.proc.pid)
+
+    async def before():
+        async with User(srv.url) as user:
+            page = await user.page()
+            async with user.ws() as ws:
+                await ws.recv()
+                assert count((await click(ws, "inc"))["updates"]["count"]) == 1
+            return dict(user.http.cookies), pid(page.text)
+
+    async def after(cookies: dict, old_pid: int):
+        async with User(srv.url) as user:
+            user.http.cookies.update(cookies)
+            login = await user.http.get("/login")
+            assert login.text == "signed in" and login.cookies["htagweb_session"] != cookies["htagweb_session"]
+            user.http.cookies.clear()
+            user.http.cookies.update({"htagweb_session": login.cookies["htagweb_session"]})
+            page = await user.page()
+            assert "version one" in page.text and pid(page.text) == old_pid and count(page.text) == 1
+
+    cookies, old_pid = run(before())
+    old_workers = workers(master)
+    module = srv.workdir / "appmod.py"
+    module.write_text(APP_MODULE.format(version="version two"))
+    stamp = time.time() + 2
+    os.utime(module, (stamp, stamp))
+    master.send_signal(signal.SIGHUP)
+    wait_for(lambda: not old_workers & workers(master) and len(workers(master)) == 2, "the workers were not replaced")
+    run(after(cookies, old_pid))
