@@ -26,6 +26,8 @@ FLOAT = struct.Struct("<d")
 BUSY_SINCE_AT, ACTIVE_AT = 0, 8
 #: a spare rehearsing (see rehearsal.py) is REHEARSING until its rehearsal is over
 RUNNING, EXITING, REHEARSING = 0, 1, 2
+#: the name of a slot's memory file (``/memfd:htagweb-slot`` in /proc)
+SLOT_FILE = "htagweb-slot"
 #: seconds after which a new user's arrival counts as over even if no answer followed its page
 SETTLE_LIMIT = 1.0
 #: from the first answer after the page to the arrival being over: time for the front and the browser to take it
@@ -50,7 +52,7 @@ def new_slot(state: int = RUNNING) -> mmap.mmap:
 def shared_slot(state: int = RUNNING) -> tuple[mmap.mmap, int]:
     """A slot for a process to be forked, and its file, to hand over (the caller closes it).
     No child of the fork-server's own inherits the mapping (``MADV_DONTFORK``)."""
-    fd = os.memfd_create("htagweb-slot", os.MFD_CLOEXEC)
+    fd = os.memfd_create(SLOT_FILE, os.MFD_CLOEXEC)
     os.ftruncate(fd, SLOT.size)
     slot = mmap.mmap(fd, SLOT.size)
     slot.madvise(mmap.MADV_DONTFORK)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import socket
 import threading
@@ -104,6 +105,12 @@ def test_a_killed_zygote_takes_its_processes_with_it_and_is_replaced(server):
             [new_zygote] = forkserver.children()
             assert new_zygote.pid != zygote.pid and title(new_zygote) == f"htagweb zygote {srv.runtime_dir}"
             assert pid(again.text) in {p.pid for p in new_zygote.children()}
+            # the new zygote was forked while the fork-server still held the dying processes' pidfds
+            # and slots: none of them reaches it, nor the processes it forks
+            for process in (new_zygote.pid, pid(again.text)):
+                held = [os.readlink(f"/proc/{process}/fd/{fd}") for fd in os.listdir(f"/proc/{process}/fd")]
+                assert "anon_inode:[pidfd]" not in held, held
+                assert sum("memfd:htagweb-slot" in target for target in held) == (process != new_zygote.pid), held
             return first
 
     first = run(scenario())

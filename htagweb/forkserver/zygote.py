@@ -40,7 +40,7 @@ from setproctitle import setproctitle
 from ..config import Config
 from ..ends import Exit
 from ..process import run as run_user_process
-from ..slot import open_slot
+from ..slot import SLOT_FILE, open_slot
 from ..spare import run_spare
 from .children import die_with, fork, limits
 from .loader import AppLoader
@@ -96,6 +96,7 @@ class Zygote:
                 ours.close()
                 for fd in inherited:
                     os.close(fd)
+                _close_records()
                 serve(theirs)
             except BaseException:
                 traceback.print_exc()
@@ -238,6 +239,19 @@ class Children:
 def _opened(handed: tuple[int, int, int]) -> tuple[socket.socket, socket.socket, mmap.mmap]:
     """A child's control line, listening socket and slot, from their descriptors."""
     return socket.socket(fileno=handed[0]), socket.socket(fileno=handed[1]), open_slot(handed[2])
+
+
+def _close_records() -> None:
+    """Close the pidfds and slots of the fork-server's processes: a zygote forked after a death
+    would hand them to every process it forks (the fork-server holds them as it waits for those
+    processes' ends; each slot's mapping keeps its own copy of the file, out of reach)."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:  # the descriptor of the listing itself
+            continue
+        if target == "anon_inode:[pidfd]" or target.startswith(f"/memfd:{SLOT_FILE} "):
+            os.close(int(name))
 
 
 def _reap(line: socket.socket) -> None:
