@@ -230,3 +230,24 @@ def test_sigterm_to_every_process_as_systemd_stops_a_service(server):
     assert (srv.workdir / "destroyed.log").read_text().split() == [str(user_pid)]
     assert "spare user process" not in srv.log and "WARNING" not in srv.log
     assert not list((srv.runtime_dir / "u").iterdir())  # no socket left
+
+
+def test_a_limit_of_open_files_too_low_for_max_processes_is_said_at_start(server):
+    """The fork-server holds a pidfd and a slot per process: under a hard limit of 256 open
+    files, max_processes=500 cannot be reached, and the log says so (and what to do) at start.
+    Its processes start all the same: their own limit of open files (max_open_files + 16) is
+    kept under the hard limit (every user process crashed at start when it was above)."""
+    limited = (
+        "import resource\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))\n"
+        "from srv import app\n"
+        "app.run(port=0)\n"
+    )
+    srv = server(server_source("WebServerWS", max_processes=500), files={"limited.py": limited}, script="limited.py")
+    srv.wait_log(r"WARNING.*at most 256 open files \(RLIMIT_NOFILE\), and max_processes=500 needs some 1164 .*raise the limit")
+    assert count(run(_page(srv.url))) == 0  # it serves all the same
+
+
+async def _page(url: str) -> str:
+    async with User(url) as user:
+        return (await user.page()).text

@@ -235,15 +235,20 @@ def limits(config: Config) -> Limits:
     every second: between two checks, memory can grow by four times the limit at most
     (a larger allocation fails with MemoryError, which htag reports to the user).
     No core file: an aborted process leaves its stack in the log, not a core.
-    Computed in the zygote, whose address space the child starts with."""
+    Computed in the zygote, whose address space the child starts with; never above the
+    hard limits it has (no process can raise them: it would not start at all)."""
     limits = [(resource.RLIMIT_CORE, (0, 0))]
     if config.memory_limit:
-        limit = resident_memory(os.getpid(), field=0) + 4 * config.memory_limit
-        limits.append((resource.RLIMIT_AS, (limit, limit)))
-    if config.max_open_files:
-        limit = config.max_open_files + 16  # the fork-server kills above max_open_files: let it see it
-        limits.append((resource.RLIMIT_NOFILE, (limit, limit)))
+        limits.append(_within(resource.RLIMIT_AS, resident_memory(os.getpid(), field=0) + 4 * config.memory_limit))
+    if config.max_open_files:  # the fork-server kills above max_open_files: let it see it
+        limits.append(_within(resource.RLIMIT_NOFILE, config.max_open_files + 16))
     return limits
+
+
+def _within(which: int, wanted: int) -> tuple[int, tuple[int, int]]:
+    hard = resource.getrlimit(which)[1]
+    limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    return which, (limit, limit)
 
 
 def _limit_resources(limits: Limits) -> None:

@@ -55,6 +55,8 @@ STATUS_WAIT = 1.0
 RETIRED_LINGER = 5.0
 #: why-gone reasons remembered, for fronts that ask late
 DEATHS_KEPT = 10000
+#: descriptors the fork-server holds for each process: its pidfd and its slot's file
+OPEN_FILES_PER_PROCESS = 2
 #: seconds a stopping fork-server waits for the zygote to tell of its children's ends
 EXITS_WAIT = 2.0
 
@@ -137,7 +139,15 @@ class ForkServer:
         setproctitle(f"htagweb fork-server {self.runtime.path}")
         prctl(PR_SET_CHILD_SUBREAPER, 1)  # a dead zygote's children (ending with it) are reaped here
         _, hard = self.open_files_limit
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # a pidfd per process: max_processes may be above the soft limit
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # two per process: max_processes may be above the soft limit
+        if hard < (needed := OPEN_FILES_PER_PROCESS * (self.config.max_processes + self.config.spares) + 64):
+            logger.warning(
+                "fork-server: at most %d open files (RLIMIT_NOFILE), and max_processes=%d needs some %d (a pidfd and a slot"
+                " per process): raise the limit (ulimit -n, LimitNOFILE= in a systemd unit) or lower max_processes",
+                hard,
+                self.config.max_processes,
+                needed,
+            )
         signal.set_wakeup_fd(self.wakeup_w)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_stop_signal)

@@ -111,6 +111,8 @@ class Zygote:
         kind, _, rest = answer.partition(b" ")
         if kind != b"pid":
             raise ForkRefused(json.loads(rest)["error"])
+        if not handed:  # the kernel dropped it: this process has no descriptor left
+            raise ForkRefused(f"process {int(rest)} was forked, but its pidfd did not come: too many open files")
         return int(rest), handed[0]
 
     def load(self, app: str, source: Source | None) -> dict[str, str] | None:
