@@ -168,6 +168,19 @@ class SpareChild(Child):
     rehearsed: bool = False
 
 
+def ended_children() -> list[tuple[int, int]]:
+    """(pid, ``waitpid`` status) of each child of this process that ended since last asked."""
+    ended: list[tuple[int, int]] = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return ended
+        if pid == 0:
+            return ended
+        ended.append((pid, status))
+
+
 def readable(fd: int, timeout: float) -> bool:
     """Whether ``fd`` is readable within ``timeout`` seconds (a pidfd: its process ended). ``poll``,
     not ``select``: a fork-server with a thousand users has descriptors above select's 1024."""

@@ -37,7 +37,17 @@ from ..rehearsal import warm_up
 from ..runtime import Runtime
 from ..slot import EXITING, read_slot
 from . import messages, zygote
-from .children import PR_SET_CHILD_SUBREAPER, UserChild, fork_listening, listen, prctl, readable, resident_memory, stack_path
+from .children import (
+    PR_SET_CHILD_SUBREAPER,
+    UserChild,
+    ended_children,
+    fork_listening,
+    listen,
+    prctl,
+    readable,
+    resident_memory,
+    stack_path,
+)
 from .loader import AppLoader
 from .spares import Spares
 from .watchdogs import Watchdogs
@@ -662,13 +672,7 @@ class ForkServer:
         """Take the ends of children: the zygote's, told by it, and this process' own (the zygote,
         and a dead zygote's children)."""
         ended, self.pending_ends = self.pending_ends + (self.zygote.exits() if self.zygote is not None else []), []
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
+        for pid, status in ended_children():
             if self.zygote is not None and pid == self.zygote.pid:
                 self._zygote_gone(describe(status), reaped=True)
             else:
