@@ -48,7 +48,7 @@ def serve(argv: list[str]) -> int:
         type=float,
         default=Config.timeout_interaction,
         metavar="S",
-        help=f"kill a user process whose handler runs S seconds (default {Config.timeout_interaction:g})",
+        help=f"kill a user process whose handler (or an app's import) runs S seconds (default {Config.timeout_interaction:g})",
     )
     args = parser.parse_args(argv)
     options = {

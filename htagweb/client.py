@@ -32,6 +32,10 @@ Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 #: times a front asks for a user's process that ends before it can connect to it
 ENSURE_TRIES = 3
+#: seconds a page waits for its app's first import before it is told to come back (503)
+LOADING_WAIT = 5.0
+#: seconds between two asks while the app is being imported
+LOADING_POLL = 0.05
 
 
 class SpawnRefused(Exception):
@@ -103,8 +107,15 @@ class ForkServerClient:
         ``client`` is the address a new process would count against (see admission.py)."""
         if not recheck and (connection := await self.open(key)) is not None:
             return connection, False
-        for _ in range(ENSURE_TRIES):
+        loop = asyncio.get_running_loop()
+        loading_until = loop.time() + LOADING_WAIT
+        tries = 0
+        while tries < ENSURE_TRIES:
             reply = await self.request(messages.Ensure(key, app, label, source, client))
+            if reply.get("loading") and loop.time() < loading_until:  # its first import, in a zygote of its own
+                await asyncio.sleep(LOADING_POLL)
+                continue
+            tries += 1
             if not reply.get("ok"):
                 raise SpawnRefused(reply.get("status", 500), reply.get("error", "unknown error"), reply.get("traceback"))
             if (connection := await self.open(key)) is not None:

@@ -20,7 +20,8 @@ class Config:
     http_only: bool = False
     #: seconds without any exchange before a user process is destroyed (0: never)
     timeout_inactivity: float = 600.0
-    #: seconds an event handler (or the app's construction) may run before its process is killed (0: never)
+    #: seconds an event handler (or the app's construction, or the first import of an app named by a string)
+    #: may run before its process is killed (0: never)
     timeout_interaction: float = 60.0
     #: live user processes at most; beyond, new users get a 503 with Retry-After
     max_processes: int = 500

@@ -164,12 +164,12 @@ def title(process: psutil.Process) -> str:
 
 
 def forked_by(forkserver: psutil.Process) -> list[psutil.Process]:
-    """The processes a fork-server has forked (spares and user processes): its zygote's children."""
+    """The processes a fork-server has forked (spares and user processes): its zygotes' children."""
     processes = []
-    for child in forkserver.children():
+    for process in forkserver.children(recursive=True):
         try:
-            if title(child).startswith("htagweb zygote "):
-                processes += child.children()
-        except psutil.NoSuchProcess:
+            if not title(process).startswith("htagweb zygote ") and title(process.parent()).startswith("htagweb zygote "):
+                processes.append(process)
+        except (psutil.NoSuchProcess, AttributeError):  # gone meanwhile
             pass
     return processes

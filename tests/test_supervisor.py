@@ -243,3 +243,67 @@ def _send_quietly(line: socket.socket, data: bytes) -> None:
         line.sendall(data)
     except OSError:
         pass
+
+
+def test_an_app_whose_import_hangs_holds_back_no_other_user(server):
+    """A "module:Class" app is imported at its first visit. An import that never ends (a
+    database out of reach at import time, a bug) must not stop the fork-server: the other
+    apps' new users are served, users already in click on, the app's visitors are told it
+    is loading, and once ``timeout_interaction`` is over the log says where it hung."""
+    files = {"stuck.py": "import time\n\n\ndef connect():\n    while True:\n        time.sleep(0.1)\n\n\nconnect()\n"}
+    source = server_source("WebServerWS", spare_processes=1, timeout_interaction=8) + 'app.add_app("/stuck", "stuck:App")\n'
+    srv = server(source, files=files)
+
+    async def scenario():
+        async with User(srv.url) as before, User(srv.url) as visitor, User(srv.url) as after:
+            assert count((await before.page()).text) == 0
+            async with before.ws() as ws:
+                await ws.recv()
+                stuck = asyncio.create_task(visitor.page("/stuck"))
+                await asyncio.to_thread(srv.wait_log, r"importing stuck:App")
+                assert count((await after.page()).text) == 0  # another app's new user
+                assert count((await click(ws, "inc"))["updates"]["count"]) == 1
+                importing = [p for p in psutil.process_iter(["cmdline"]) if "importing stuck:App" in " ".join(p.info["cmdline"] or [])]
+                assert len(importing) == 1  # what ps shows
+                answer = await stuck
+                assert answer.status_code == 503 and "still loading" in answer.text and answer.headers["Retry-After"]
+                logged = await asyncio.to_thread(srv.wait_log, r"stuck:App: its import has taken over 8s; its Python stack(.|\n)*")
+                assert 'stuck.py", line 6 in connect' in logged.group(0)
+                again = await visitor.page("/stuck")
+                assert again.status_code == 500 and "could not be loaded" in again.text
+                assert not importing[0].is_running()
+                assert count((await click(ws, "inc"))["updates"]["count"]) == 2
+
+    run(scenario())
+
+
+def test_a_killed_zygote_takes_the_zygote_of_an_imported_app_with_it(server):
+    """An app named by a string runs in a next zygote, forked by the first: the first SIGKILLed,
+    both zygotes' processes end and their users are told; new zygotes serve both apps."""
+    files = {"strapp.py": "from htag import Tag\n\n\nclass App(Tag.App):\n    def init(self):\n        Tag.p('string app')\n"}
+    srv = server(server_source("WebServerWS", timeout_inactivity=0, spare_processes=1) + 'app.add_app("/str", "strapp:App")\n', files=files)
+
+    async def scenario():
+        async with User(srv.url) as user:
+            counter = pid((await user.page()).text)
+            assert "string app" in (await user.page("/str")).text
+            forkserver = forkserver_of(srv)
+            [first] = forkserver.children()
+            [following] = [p for p in first.children() if title(p).startswith("htagweb zygote ")]
+            forked = {p.pid for p in forked_by(forkserver)}
+            assert counter in forked and any(p.pid in forked for p in following.children())
+            async with user.ws() as ws, user.ws("/str/ws") as str_ws:
+                await ws.recv()
+                await str_ws.recv()
+                first.kill()
+                await asyncio.to_thread(wait_for, lambda: not alive(forked | {following.pid}), "processes outlived their zygote")
+                for socket_ in (ws, str_ws):
+                    message = json.loads(await socket_.recv())
+                    assert message["action"] == "error" and "Reload the page" in message["traceback"]
+            assert count((await user.page()).text) == 0
+            assert "string app" in (await user.page("/str")).text
+            zygotes = [p for p in forkserver.children(recursive=True) if title(p).startswith("htagweb zygote ")]
+            assert len(zygotes) == 2 and not {first.pid, following.pid} & {p.pid for p in zygotes}
+
+    run(scenario())
+    srv.wait_log(r"ERROR.*fork-server: an older zygote ended \(signal 9\): its processes end with it, and the zygotes forked from it")

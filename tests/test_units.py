@@ -383,38 +383,52 @@ def test_a_process_gone_before_the_front_connects_is_asked_for_again_then_refuse
     listener.close()
 
 
-def test_the_zygote_forks_tells_each_end_and_refuses_an_app_that_does_not_import(tmp_path):
-    """The line to a real zygote: an app that cannot be imported is refused with its
-    traceback; a spare is forked as the zygote's child, signalled through its pidfd,
-    and its end told with its status."""
+def said(zygote: Zygote, deadline: float) -> Zygote:
+    """``zygote`` once it said its import is over."""
+    while zygote.importing is not None and time.monotonic() < deadline:
+        select.select([zygote.line], [], [], 1)
+        zygote.exits()
+    assert zygote.importing is None
+    return zygote
+
+
+def test_the_zygote_forks_tells_each_end_and_imports_in_the_next_zygote(tmp_path):
+    """The line to a real zygote: an app is imported in a next zygote, its child, which says
+    so and then forks (here a spare, its own child, signalled through its pidfd, its end told
+    with its status); one that cannot be imported is told with its traceback."""
     runtime = Runtime(tmp_path / "rt")
     parent = os.getpid()
     zygote = Zygote.start(lambda line: serve(line, AppLoader({}, runtime), Config(), runtime.users_dir, parent, "htagweb zygote test"), [])
+    deadline = time.monotonic() + 20
     try:
-        failure = zygote.load("no_such_module:App", None)
-        assert failure is not None and "No module named 'no_such_module'" in failure["traceback"]
+        failed = said(zygote.next("no_such_module:App", None), deadline)
+        assert failed.imported is not None and "No module named 'no_such_module'" in failed.imported["traceback"]
+        failed.close()
+        following = said(zygote.next("htagweb.rehearsal:RehearsalApp", None), deadline)
+        assert following.imported is None and psutil.Process(following.pid).ppid() == zygote.pid
         ours, theirs = socket.socketpair()
         listener = listen(runtime.users_dir / "spare.sock")
         slot, slot_fd = shared_slot()
-        pid, pidfd = zygote.fork(SPARE, [theirs.fileno(), listener.fileno(), slot_fd])
+        pid, pidfd = following.fork(SPARE, [theirs.fileno(), listener.fileno(), slot_fd])
         for handed in (theirs, listener):
             handed.close()
         os.close(slot_fd)
         spare = psutil.Process(pid)
-        assert spare.ppid() == zygote.pid
-        deadline = time.monotonic() + 20
+        assert spare.ppid() == following.pid
         while spare.cmdline()[:1] != ["htagweb spare"] and time.monotonic() < deadline:
             time.sleep(0.01)
         assert spare.cmdline()[:1] == ["htagweb spare"]
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
         ended: list[tuple[int, int]] = []
         while not ended and time.monotonic() < deadline:
-            select.select([zygote.line], [], [], 1)
-            ended += zygote.exits()
+            select.select([following.line], [], [], 1)
+            ended += following.exits()
         assert ended == [(pid, signal.SIGKILL)]  # killed by signal 9: its waitpid status
         os.close(pidfd)
         ours.close()
         slot.close()
+        following.stop()
+        assert not psutil.pid_exists(following.pid) or psutil.Process(following.pid).status() == psutil.STATUS_ZOMBIE
     finally:
         zygote.stop()
     assert not psutil.pid_exists(zygote.pid)

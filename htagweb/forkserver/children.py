@@ -181,11 +181,12 @@ def ended_children() -> list[tuple[int, int]]:
         ended.append((pid, status))
 
 
-def readable(fd: int, timeout: float) -> bool:
-    """Whether ``fd`` is readable within ``timeout`` seconds (a pidfd: its process ended). ``poll``,
-    not ``select``: a fork-server with a thousand users has descriptors above select's 1024."""
+def readable(fds: int | list[int], timeout: float) -> bool:
+    """Whether one of ``fds`` is readable within ``timeout`` seconds (a pidfd: its process ended).
+    ``poll``, not ``select``: a fork-server with a thousand users has descriptors above select's 1024."""
     poller = select.poll()
-    poller.register(fd, select.POLLIN)
+    for fd in [fds] if isinstance(fds, int) else fds:
+        poller.register(fd, select.POLLIN)
     return bool(poller.poll(timeout * 1000))
 
 

@@ -1,13 +1,15 @@
 """What a user process runs, and when a development app's process is stale.
 
-An app of the server is imported once, in the zygote (:mod:`.zygote`), so that every
-user process shares it copy-on-write (and spares can be forked with it). A file app
-of a development folder is imported in its own process instead, afresh when its
-source or a module of the folder it imported changed (see :mod:`htagweb.folder`).
+An app of the server is imported once, before the zygote is forked or in a next zygote
+(:mod:`.zygote`), so that every user process shares it copy-on-write (and spares can
+be forked with it). A file app of a development folder is imported in its own process
+instead, afresh when its source or a module of the folder it imported changed (see
+:mod:`htagweb.folder`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +52,15 @@ class AppLoader:
 
     def deps_file(self, key: str) -> Path:
         return self.runtime.users_dir / f"{key}.deps"
+
+    def import_given(self) -> None:
+        """Import now the apps given as classes or modules (their code ran already): the zygote
+        starts with them. An app named by a string is imported at its first visit, in a next
+        zygote (see :mod:`.imports`), as is one that fails here (it says why then)."""
+        for name, spec in self.apps.items():
+            if spec.target is not None:
+                with contextlib.suppress(Exception):
+                    self.imported(name, None)
 
     def imported(self, app: str, source: Source | None) -> type:
         """The class of ``app``, imported here once (raises if it cannot be)."""

@@ -48,6 +48,7 @@ from .children import (
     resident_memory,
     stack_path,
 )
+from .imports import Imports
 from .loader import AppLoader
 from .spares import Spares
 from .watchdogs import Watchdogs
@@ -107,6 +108,8 @@ class ForkServer:
         self.loader = AppLoader(apps, runtime)
         #: the zygote that forks the children, started once this process is warm (and again if it dies)
         self.zygote: Zygote | None = None
+        #: the zygotes that forked before it (an import made a next one): their children live on
+        self.older_zygotes: list[Zygote] = []
         #: the apps imported in the zygote: what its spares can serve
         self.apps: set[str] = set()
         #: ends the zygote told of, not taken yet when it died
@@ -114,6 +117,8 @@ class ForkServer:
         #: the limit of open files this process was started with, and its processes keep
         self.open_files_limit = resource.getrlimit(resource.RLIMIT_NOFILE)
         self.selector = selectors.DefaultSelector()
+        #: the first import of each app named by a string, in a next zygote
+        self.imports = Imports(config, runtime.users_dir, self.selector)
         self.users: dict[int, UserChild] = {}
         self.by_key: dict[str, UserChild] = {}
         self.deaths: dict[str, End] = {}
@@ -174,6 +179,7 @@ class ForkServer:
         self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
         if self.config.merge_memory and (unmerged := why_unmerged()):
             logger.warning("merge_memory is set, but %s", unmerged)
+        self.loader.import_given()
         warm_up(self.config)
         gc.collect()
         gc.freeze()  # what is here now is shared copy-on-write by the zygote, then by every user process
@@ -185,6 +191,7 @@ class ForkServer:
             for key, mask in self.selector.select(self._timeout()):
                 key.data(mask)
             self._reap()
+            self._take_import()
             self._answer_status_waits()
             self.spares.expire_settling()
             if self._spares_wanted():
@@ -223,7 +230,7 @@ class ForkServer:
             return 0
         waits = [wait.deadline - time.monotonic() for wait in self.status_waits]
         spares = self.spares.next_check(self.apps, len(self.users)) if self._keeps_spares else 1.0
-        return max(0.0, min(self.watchdogs.next_check(), spares, *waits))
+        return max(0.0, min(self.watchdogs.next_check(), spares, self.imports.timeout(), *waits))
 
     def _woken(self, mask: int) -> None:
         try:
@@ -290,8 +297,9 @@ class ForkServer:
                 child.kill()
                 child.join(5.0)
         self._await_ends(children, EXITS_WAIT)
-        if self.zygote is not None:
-            self.zygote.stop()
+        self.imports.stop()
+        for forking in self._zygotes():
+            forking.stop()
         self.runtime.forkserver_socket.unlink(missing_ok=True)
         for path in self.predecessors:  # the server stops: the older generations' users end too
             _ask(path, messages.Stop())
@@ -519,16 +527,11 @@ class ForkServer:
                 return {"ok": True, "pid": child.pid, "spawned": False}
             logger.info("user process reloaded: %s (its source changed)", child)
             child.stop(End.RELOADED)
+        if not self.loader.per_process(source) and app not in self.apps:  # "still loading": the front asks again
+            return self.imports.refusal(app, source, lambda app, source: self._with_zygote(lambda zygote: zygote.next(app, source)))
         refusal = self._admit(request.client, label)
         if refusal is not None:
             return refusal
-        if not self.loader.per_process(source) and app not in self.apps:
-            failure = self._with_zygote(lambda zygote: zygote.load(app, source))
-            if failure is not None:
-                logger.error("cannot load htag app %s: %s", app, failure["error"])
-                return messages.error(500, f"The application {app} could not be loaded.", traceback=failure["traceback"])
-            self.apps.add(app)
-            self.spares.drop_without(app)
         path = self.runtime.user_socket_path(key)
         spare = None if self.loader.per_process(source) else self.spares.take(path, app, label)
         if spare is not None:
@@ -615,8 +618,24 @@ class ForkServer:
             except ZygoteGone as exc:
                 if attempt:
                     raise
-                self._zygote_gone(str(exc))
+                self._zygote_gone(self.zygote, str(exc))
         raise AssertionError("unreachable")
+
+    def _take_import(self) -> None:
+        """A next zygote that imported its app forks from now on; the one before keeps its children."""
+        ready = self.imports.done()
+        if ready is None:
+            return
+        assert ready.app is not None
+        if self.zygote is not None:
+            self.older_zygotes.append(self.zygote)
+        self.zygote = ready
+        self.apps.add(ready.app)
+        self.spares.drop_without(ready.app)
+
+    def _zygotes(self) -> list[Zygote]:
+        """Every zygote with children of its own: the current one last."""
+        return [*self.older_zygotes, *([self.zygote] if self.zygote is not None else [])]
 
     def _start_zygote(self) -> None:
         """Fork the zygote: a copy of this process as it is now, warm, that will only fork."""
@@ -627,22 +646,28 @@ class ForkServer:
             zygote.serve(line, self.loader, self.config, self.runtime.users_dir, parent, title)
 
         self.zygote = Zygote.start(serve, self._inherited())
-        self.apps.clear()  # imported in the zygote, as asked
+        self.apps = set(self.loader.classes)  # those named by a string are imported in a next zygote, as asked
         self.selector.register(self.zygote.line, selectors.EVENT_READ, lambda mask: None)  # a child's end wakes the loop
 
-    def _zygote_gone(self, why: str, reaped: bool = False) -> None:
-        """The zygote died: its children end with it (their death signal) and are reaped here,
-        as they are now this process' own (``PR_SET_CHILD_SUBREAPER``); so do the spares.
-        A new one starts at once, ready for the next user."""
-        assert self.zygote is not None
+    def _zygote_gone(self, gone: Zygote, why: str, reaped: bool = False) -> None:
+        """A zygote died: its children end with it (their death signal), the zygotes forked
+        from it too, and are reaped here, as they are now this process' own
+        (``PR_SET_CHILD_SUBREAPER``). The current one's spares go with it, and a new one
+        starts at once, ready for the next user."""
         level = logging.INFO if self.stop_requested else logging.ERROR  # at a stop, systemd signals every process
-        logger.log(level, "fork-server: its zygote ended (%s): its processes end with it, a new one is started", why)
-        self.selector.unregister(self.zygote.line)
-        self.pending_ends += self.zygote.exits()
-        if reaped:
-            self.zygote.line.close()
+        if gone is self.zygote:
+            logger.log(level, "fork-server: its zygote ended (%s): its processes end with it, a new one is started", why)
         else:
-            self.zygote.stop()
+            logger.log(level, "fork-server: an older zygote ended (%s): its processes end with it, and the zygotes forked from it", why)
+        self.selector.unregister(gone.line)
+        self.pending_ends += gone.exits()
+        if reaped:
+            gone.close()
+        else:
+            gone.stop()
+        if gone is not self.zygote:
+            self.older_zygotes.remove(gone)
+            return
         self.zygote = None
         self.spares.stop()
         if not self.stop_requested:
@@ -653,7 +678,9 @@ class ForkServer:
 
     def _inherited(self) -> list[int]:
         """What the zygote closes at once: the fork-server's descriptors are not its to keep."""
+        zygotes = [*self._zygotes(), *([self.imports.next] if self.imports.next is not None else [])]
         fds = [self.selector.fileno(), self.wakeup_r, self.wakeup_w, *(sock.fileno() for sock in self.lines)]
+        fds += [other.line.fileno() for other in zygotes]
         if self.listener is not None:
             fds.append(self.listener.fileno())
         return fds + self.spares.inherited()
@@ -664,28 +691,31 @@ class ForkServer:
         while True:
             self._reap()
             left = deadline - time.monotonic()
-            if self.zygote is None or left <= 0 or all(child.status is not None for child in children):
+            zygotes = self._zygotes()
+            if not zygotes or left <= 0 or all(child.status is not None for child in children):
                 return
-            readable(self.zygote.line.fileno(), left)
+            readable([forking.line.fileno() for forking in zygotes], left)
 
     def _reap(self) -> None:
         """Take the ends of children: the zygote's, told by it, and this process' own (the zygote,
         and a dead zygote's children)."""
-        ended, self.pending_ends = self.pending_ends + (self.zygote.exits() if self.zygote is not None else []), []
-        for pid, status in ended_children():
-            if self.zygote is not None and pid == self.zygote.pid:
-                self._zygote_gone(describe(status), reaped=True)
-            else:
-                ended.append((pid, status))
+        ended = self.pending_ends + [end for forking in self._zygotes() for end in forking.exits()] + ended_children()
+        self.pending_ends = []
         for pid, status in ended:
-            if self.spares.reaped(pid, status, self.stop_requested):
+            gone = next((forking for forking in self._zygotes() if forking.pid == pid), None)
+            if gone is not None:
+                self._zygote_gone(gone, describe(status), reaped=True)
+                continue
+            if self.imports.ended(pid, status) or self.spares.reaped(pid, status, self.stop_requested):
                 continue
             child = self.users.pop(pid, None)
             if child is not None:
                 child.reaped(status)
                 self._ended(child)
-            else:  # a spare dropped earlier
+            else:  # a spare dropped earlier, a next zygote whose import failed
                 stack_path(self.runtime.users_dir, pid).unlink(missing_ok=True)
+        if self.pending_ends:  # told by a zygote that died meanwhile
+            self._reap()
 
     def _ended(self, child: UserChild) -> None:
         assert child.status is not None

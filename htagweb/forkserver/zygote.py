@@ -7,21 +7,31 @@ written itself: 0.3 to 0.45 MB of a user process' 5 MB (bench/RESULTS.md, "The z
 the fork-server once it is warm and does nothing but fork when asked, so that
 its children go on sharing the pages it does not write to.
 
-The app classes are imported here, not in the fork-server: they are what the
-children share. The children are the zygote's own: it reaps them and tells the
+The apps given as classes are imported before it is forked (their code ran in the
+server already); the others in a next zygote (below). The children are the zygote's own: it reaps them and tells the
 fork-server how each ended (its ``waitpid`` status), with a pidfd of each through
 which the fork-server signals it (never a pid that may be someone else's by now).
 It dies with the fork-server (``PR_SET_PDEATHSIG``), and its children with it.
 
+An app named by a string ("module:Class") is imported at its first visit, and its
+import may take long or never end (a database out of reach at import time, a bug).
+The zygote does not import it: it forks the *next zygote*, which imports the app,
+says so on a line of its own, and then serves as zygote in turn, with every app of
+its parent and this one. Meanwhile the zygote goes on forking for the other apps;
+the fork-server lets a next zygote whose import fails or takes too long die, and
+keeps the one it had. Each zygote dies with its parent, as its children do.
+
 The line is a ``SOCK_SEQPACKET`` socket pair, one message a packet, with the
 descriptors it hands over. The fork-server asks ``spare`` or ``user {json}`` with a
 process' control line, listening socket and slot (answered ``pid N`` with its pidfd,
-or ``error {json}``), and ``import {json}`` (answered ``ok`` or ``error {json}``); the
-zygote says ``exit PID STATUS`` whenever a child ends.
+or ``error {json}``), and ``import {json}`` (answered ``pid N`` with the next
+zygote's pidfd and line, on which it says ``ok`` or ``error {json}`` once the import
+is over); a zygote says ``exit PID STATUS`` whenever a child of its ends.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import mmap
@@ -30,6 +40,7 @@ import select
 import signal
 import socket
 import struct
+import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,7 +53,7 @@ from ..ends import Exit
 from ..process import run as run_user_process
 from ..slot import SLOT_FILE, open_slot
 from ..spare import run_spare
-from .children import die_with, ended_children, fork, limits
+from .children import die_with, ended_children, fork, limits, readable, stack_file
 from .loader import AppLoader
 from .messages import Source
 
@@ -52,10 +63,10 @@ logger = logging.getLogger("htagweb")
 PACKET = 65536
 #: the descriptors a fork request hands over: the process' control line, listening socket and slot
 HANDED = struct.Struct("3i")
-#: the descriptor a fork's answer hands back
-PIDFD = struct.Struct("i")
 #: the request for a spare
 SPARE = b"spare"
+#: seconds a zygote that is not this process' child is waited for at its stop
+STOP_WAIT = 5.0
 
 
 class ZygoteGone(Exception):
@@ -80,9 +91,17 @@ def _ended(data: bytes) -> tuple[int, int]:
 class Zygote:
     """The fork-server's end of the line to its zygote."""
 
-    def __init__(self, pid: int, line: socket.socket) -> None:
+    def __init__(self, pid: int, line: socket.socket, pidfd: int = -1, app: str | None = None) -> None:
         self.pid = pid
         self.line = line
+        #: the descriptor it is signalled through, for a zygote that is not this process' child (-1: it is)
+        self.pidfd = pidfd
+        #: the app a next zygote was forked to import
+        self.app = app
+        #: that app, until the zygote says it imported it
+        self.importing = app
+        #: the end of its import: None once imported, else the error and its traceback
+        self.imported: dict[str, str] | None = None
         #: children that ended, read while waiting for an answer: (pid, waitpid status)
         self._exits: list[tuple[int, int]] = []
 
@@ -115,10 +134,17 @@ class Zygote:
             raise ForkRefused(f"process {int(rest)} was forked, but its pidfd did not come: too many open files")
         return int(rest), handed[0]
 
-    def load(self, app: str, source: Source | None) -> dict[str, str] | None:
-        """Import ``app`` in the zygote; None once done, else the error and its traceback."""
-        answer, _ = self._ask(b"import " + json.dumps({"app": app, "source": source}).encode(), ())
-        return None if answer == b"ok" else json.loads(answer.partition(b" ")[2])
+    def next(self, app: str, source: Source | None) -> Zygote:
+        """The next zygote, forked to import ``app``: it says when it did (see :meth:`exits`)."""
+        answer, handed = self._ask(b"import " + json.dumps({"app": app, "source": source}).encode(), ())
+        kind, _, rest = answer.partition(b" ")
+        if kind != b"pid":
+            raise ForkRefused(json.loads(rest)["error"])
+        if len(handed) < 2:  # the kernel dropped them: this process has no descriptor left
+            for fd in handed:
+                os.close(fd)
+            raise ForkRefused(f"zygote {int(rest)} was forked, but its line did not come: too many open files")
+        return Zygote(int(rest), socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, fileno=handed[1]), handed[0], app)
 
     def _ask(self, request: bytes, fds: Sequence[int]) -> tuple[bytes, list[int]]:
         """The answer to ``request``, and the descriptors it hands back. Blocking: the zygote
@@ -126,7 +152,7 @@ class Zygote:
         try:
             socket.send_fds(self.line, [request], list(fds))
             while True:
-                data, handed, _, _ = socket.recv_fds(self.line, PACKET, 1)
+                data, handed, _, _ = socket.recv_fds(self.line, PACKET, 2)
                 if not data:
                     raise ZygoteGone("its line closed")
                 if not data.startswith(b"exit "):
@@ -136,7 +162,8 @@ class Zygote:
             raise ZygoteGone(f"its line broke: {exc}") from exc
 
     def exits(self) -> list[tuple[int, int]]:
-        """The children that ended since last asked: (pid, waitpid status)."""
+        """The children that ended since last asked: (pid, waitpid status). A next zygote's
+        word on its import is taken on the way (:attr:`importing`, :attr:`imported`)."""
         while True:
             try:
                 data = self.line.recv(PACKET, socket.MSG_DONTWAIT)
@@ -144,18 +171,42 @@ class Zygote:
                 break
             if not data:
                 break
-            self._exits.append(_ended(data))
+            if data.startswith(b"exit "):
+                self._exits.append(_ended(data))
+            else:  # the end of its import
+                self.importing = None
+                self.imported = None if data == b"ok" else json.loads(data.partition(b" ")[2])
         exits, self._exits = self._exits, []
         return exits
+
+    def signal(self, signum: int) -> None:
+        try:
+            if self.pidfd >= 0:
+                signal.pidfd_send_signal(self.pidfd, signum)
+            else:
+                os.kill(self.pid, signum)
+        except ProcessLookupError:
+            pass
 
     def stop(self) -> None:
         """End it (its children are expected gone: any left get SIGTERM from their death signal)."""
         self.line.close()
-        try:
-            os.kill(self.pid, signal.SIGTERM)
-            os.waitpid(self.pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
+        self.signal(signal.SIGTERM)
+        if self.pidfd >= 0:  # not this process' child: its parent zygote reaps it
+            readable(self.pidfd, STOP_WAIT)
+        else:
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+        self.close()
+
+    def close(self) -> None:
+        """Let go of it (it ended, or ends by itself)."""
+        self.line.close()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
 
 
 def serve(line: socket.socket, loader: AppLoader, config: Config, stacks: Path, parent: int, title: str) -> NoReturn:
@@ -174,7 +225,7 @@ def serve(line: socket.socket, loader: AppLoader, config: Config, stacks: Path, 
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # its byte on the wake-up pipe is what counts
     line_fd = line.fileno()
-    children = Children(loader, config, str(stacks), [line_fd, wake_r, wake_w])
+    children = Children(loader, config, str(stacks), [line_fd, wake_r, wake_w], title)
     poller = select.poll()  # not select: the fork-server's descriptors, hence this one's, can be above 1024
     poller.register(line_fd, select.POLLIN)
     poller.register(wake_r, select.POLLIN)
@@ -191,43 +242,77 @@ def serve(line: socket.socket, loader: AppLoader, config: Config, stacks: Path, 
                 os._exit(Exit.STOPPED)
             handed = HANDED.unpack(ancillary[0][2]) if ancillary else ()
             try:
-                answer, pidfd = children.answer(data, handed)
-            except Exception as exc:  # an app that no longer imports, a fork refused: the fork-server says so
-                answer, pidfd = b"error " + json.dumps({"error": repr(exc), "traceback": traceback.format_exc()}).encode(), -1
+                answer, handed_back = children.answer(data, handed)
+            except Exception:  # a fork refused (no memory, no more processes): the fork-server says so
+                answer, handed_back = _failure(), []
             finally:
                 for fd in handed:
                     os.close(fd)
-            if pidfd < 0:
+            if not handed_back:
                 line.send(answer)
             else:
-                line.sendmsg([answer], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, PIDFD.pack(pidfd))])
-                os.close(pidfd)
+                line.sendmsg([answer], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(handed_back)}i", *handed_back))])
+                for fd in handed_back:
+                    os.close(fd)
 
 
 class Children:
     """What the zygote forks: spares and user processes, from the descriptors handed over."""
 
-    def __init__(self, loader: AppLoader, config: Config, stacks: str, own: list[int]) -> None:
+    def __init__(self, loader: AppLoader, config: Config, stacks: str, own: list[int], title: str) -> None:
         self.loader = loader
         self.config = config
         self.stacks = stacks
         self.own = own
+        self.title = title
         self.limits = limits(config)
 
-    def answer(self, data: bytes, handed: tuple[int, ...]) -> tuple[bytes, int]:
-        """The answer to one request, and the pidfd it hands back (-1: none)."""
+    def answer(self, data: bytes, handed: tuple[int, ...]) -> tuple[bytes, list[int]]:
+        """The answer to one request, and the descriptors it hands back."""
         if data == SPARE:
             pid = fork("htagweb spare", self.limits, self.stacks, self.own, self._spare, (handed,))
-            return b"pid %d" % pid, os.pidfd_open(pid)
+            return b"pid %d" % pid, [os.pidfd_open(pid)]
         kind, _, body = data.partition(b" ")
         request = json.loads(body)
         if kind == b"import":
-            self.loader.imported(request["app"], request["source"])
-            self.limits = limits(self.config)  # this process grew
-            return b"ok", -1
+            pid, line = self._next_zygote(request["app"], request["source"])
+            return b"pid %d" % pid, [os.pidfd_open(pid), line]
         load = self.loader.load(request["key"], request["app"], request["source"])
         pid = fork(request["title"], self.limits, self.stacks, self.own, self._user, (handed, load, request["app"], request["label"]))
-        return b"pid %d" % pid, os.pidfd_open(pid)
+        return b"pid %d" % pid, [os.pidfd_open(pid)]
+
+    def _next_zygote(self, app: str, source: Source | None) -> tuple[int, int]:
+        """Fork the next zygote, which imports ``app`` and then serves: (pid, the fork-server's
+        end of its line). Its Python stack goes to its stack file if it is aborted (an import
+        that takes too long)."""
+        parent = os.getpid()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid:
+            ours.close()
+            return pid, theirs.detach()
+        try:
+            theirs.close()
+            for fd in self.own:
+                os.close(fd)
+            die_with(parent)
+            setproctitle(f"{self.title} importing {app}")
+            stack_fd = os.open(stack_file(self.stacks, os.getpid()), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            faulthandler.enable(stack_fd)
+            try:
+                self.loader.imported(app, source)
+            except Exception:
+                ours.send(_failure())
+                os._exit(Exit.STOPPED)
+            faulthandler.disable()
+            os.close(stack_fd)
+            os.unlink(stack_file(self.stacks, os.getpid()))
+            ours.send(b"ok")
+            serve(ours, self.loader, self.config, Path(self.stacks), parent, self.title)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(Exit.CRASHED)
 
     def _spare(self, handed: tuple[int, int, int]) -> Exit:
         control, listener, slot = _opened(handed)
@@ -254,6 +339,11 @@ def _close_records() -> None:
             continue
         if target == "anon_inode:[pidfd]" or target.startswith(f"/memfd:{SLOT_FILE} "):
             os.close(int(name))
+
+
+def _failure() -> bytes:
+    """The answer that tells of the exception being handled, and its traceback."""
+    return b"error " + json.dumps({"error": repr(sys.exc_info()[1]), "traceback": traceback.format_exc()}).encode()
 
 
 def _reap(line: socket.socket) -> None:

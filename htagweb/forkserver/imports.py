@@ -1,0 +1,129 @@
+"""The first import of an app named by a string ("module:Class"), in a next zygote.
+
+The import runs in a zygote of its own (:meth:`.zygote.Zygote.next`), so that an
+import that takes long, or never ends, holds back no other app: the fork-server
+answers its visitors "still loading" meanwhile (their front asks again for a
+while), and goes on serving everyone else. One import runs at a time: a next
+zygote carries every app of the one it was forked from. An import that takes
+longer than ``timeout_interaction`` is aborted (SIGABRT: its Python stack, where it
+hung, is logged); a failed import is told as it is for :data:`RETRY_AFTER`
+seconds, then tried again at the next visit.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..ends import describe
+from . import messages
+from .children import stack_path
+from .messages import Source
+from .zygote import Zygote
+
+logger = logging.getLogger("htagweb")
+
+#: seconds a failed import is told as it is before the next visit tries it again
+RETRY_AFTER = 5.0
+
+
+@dataclass
+class Failure:
+    traceback: str
+    at: float
+
+
+class Imports:
+    def __init__(self, config: Config, stacks: Path, selector: selectors.BaseSelector) -> None:
+        self.config = config
+        self.stacks = stacks
+        self.selector = selector
+        #: the zygote importing an app, until it says it did
+        self.next: Zygote | None = None
+        self.started = 0.0
+        self.aborted = False
+        self.failures: dict[str, Failure] = {}
+
+    def refusal(self, app: str, source: Source | None, fork_next: Callable[[str, Source | None], Zygote]) -> dict[str, Any]:
+        """The answer to a visitor of ``app``, not imported yet; its import starts unless one runs."""
+        now = time.monotonic()
+        failure = self.failures.get(app)
+        if failure is not None and now - failure.at < RETRY_AFTER:
+            return messages.error(500, f"The application {app} could not be loaded.", traceback=failure.traceback)
+        if self.next is None:
+            self.failures.pop(app, None)
+            self.next = fork_next(app, source)
+            self.started, self.aborted = now, False
+            self.selector.register(self.next.line, selectors.EVENT_READ, lambda mask: None)  # its word wakes the loop
+            logger.info("importing %s in a new zygote (pid %d)", app, self.next.pid)
+        return messages.error(503, f"The application {app} is still loading: try again in a moment.", loading=True)
+
+    def done(self) -> Zygote | None:
+        """The next zygote, once it imported its app and serves (its line stays registered);
+        None until then, or if the import failed (logged, told to the app's visitors)."""
+        ready = self.next
+        if ready is None:
+            return None
+        ready.exits()  # none: it has no children yet; its word on the import is read on the way
+        if ready.importing is not None:
+            self._abort_if_late(ready)
+            return None
+        self.next = None
+        if ready.imported is None:
+            logger.info("imported %s: its zygote (pid %d) forks from now on", ready.app, ready.pid)
+            return ready
+        logger.error("cannot load htag app %s: %s", ready.app, ready.imported["error"])
+        self._failed(ready, ready.imported["traceback"])
+        return None
+
+    def ended(self, pid: int, status: int) -> bool:
+        """Whether ``pid`` was the next zygote, ended before it said its import was over."""
+        gone = self.next
+        if gone is None or pid != gone.pid:
+            return False
+        self.next = None
+        path = stack_path(self.stacks, pid)
+        stack = path.read_text(errors="replace") if path.exists() else ""
+        path.unlink(missing_ok=True)
+        if self.aborted:
+            limit = self.config.timeout_interaction
+            logger.warning(
+                "cannot load htag app %s: its import has taken over %gs; its Python stack when it was stopped:\n%s", gone.app, limit, stack
+            )
+            self._failed(gone, f"Its import took longer than {limit:g} s.\n{stack}")
+        else:
+            logger.error("cannot load htag app %s: its zygote ended while importing it (%s)", gone.app, describe(status))
+            self._failed(gone, f"Its import ended the process ({describe(status)}).\n{stack}")
+        return True
+
+    def timeout(self) -> float:
+        """Seconds until the import under way must be over (1 while it is aborted; inf: none)."""
+        limit = self.config.timeout_interaction
+        if self.next is None or not limit:
+            return float("inf")
+        return 1.0 if self.aborted else max(0.0, self.started + limit - time.monotonic())
+
+    def stop(self) -> None:
+        if self.next is not None:
+            self.selector.unregister(self.next.line)
+            self.next.stop()
+            self.next = None
+
+    def _abort_if_late(self, importing: Zygote) -> None:
+        limit = self.config.timeout_interaction
+        if limit and not self.aborted and time.monotonic() - self.started > limit:
+            self.aborted = True
+            importing.signal(signal.SIGABRT)  # faulthandler writes its stack, then it dies: see ended()
+
+    def _failed(self, gone: Zygote, traceback: str) -> None:
+        assert gone.app is not None
+        self.failures[gone.app] = Failure(traceback, time.monotonic())
+        self.selector.unregister(gone.line)
+        gone.close()
