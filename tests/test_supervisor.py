@@ -307,3 +307,21 @@ def test_a_killed_zygote_takes_the_zygote_of_an_imported_app_with_it(server):
 
     run(scenario())
     srv.wait_log(r"ERROR.*fork-server: an older zygote ended \(signal 9\): its processes end with it, and the zygotes forked from it")
+
+
+def test_a_server_stops_while_an_app_is_still_importing(server):
+    """The import that never ends is no reason to stay: the server's stop ends its zygote too
+    (the fixture's stop fails on any process or socket left)."""
+    files = {"stuck.py": "import time\nwhile True:\n    time.sleep(0.1)\n"}
+    srv = server(server_source("WebServerWS", spare_processes=1, timeout_interaction=0) + 'app.add_app("/stuck", "stuck:App")\n', files=files)
+
+    async def scenario():
+        async with User(srv.url) as visitor:
+            answer = await visitor.page("/stuck")
+            assert answer.status_code == 503 and "still loading" in answer.text
+
+    run(scenario())
+    importing = [p for p in psutil.process_iter(["cmdline"]) if "importing stuck:App" in " ".join(p.info["cmdline"] or [])]
+    assert len(importing) == 1
+    srv.stop()
+    assert not importing[0].is_running()
