@@ -8,7 +8,8 @@ of the fork-server, of its sleeping and rehearsed spares, and of user processes 
 how they came: 20 users one after the other (page, WebSocket's initial payload,
 gone), 30 users at once clicking 5 times each, 8 users 0.3 s apart (they get
 rehearsed spares); then the USS of the median one-after-the-other user by mapping
-(``[anon]`` holds pymalloc's arenas). bench/RESULTS.md, "USS per idle user", says what
+(``[anon]`` holds pymalloc's arenas), and as root, its pages by what they are next
+to its zygote's (unchanged copies, changed copies, fresh pages). bench/RESULTS.md, "USS per idle user", says what
 the numbers are made of. ``--merge-memory``: the same with ``merge_memory=True`` and
 Linux's KSM on (root; bench/ksm.py), each kind measured once ksmd has gone over it.
 """
@@ -19,10 +20,13 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import os
 import re
 import sys
 import time
 from pathlib import Path
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ksm import ksm_running, ksmd_cpu_seconds, settle  # noqa: E402
@@ -32,6 +36,9 @@ from servers import Server, report  # noqa: E402
 from htagweb import manage  # noqa: E402
 
 MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+#: in a /proc/PID/pagemap entry: the page is in memory; its frame number
+PRESENT, FRAME = 1 << 63, (1 << 55) - 1
 
 
 def uss_by_mapping(pid: int) -> dict[str, int]:
@@ -45,6 +52,38 @@ def uss_by_mapping(pid: int) -> dict[str, int]:
                 name = Path(mapping.group(1)).name if "/" in mapping.group(1) else mapping.group(1) or "[anon]"
             elif line.startswith(("Private_Clean:", "Private_Dirty:")):
                 found[name] += int(line.split()[1]) * 1024
+    return found
+
+
+def private_pages(pid: int, parent: int) -> collections.Counter[str]:
+    """The pages ``pid`` holds alone, by what they are next to its parent's (the zygote it was
+    forked from): "unchanged" (a copy whose bytes are the parent's again: written, then set
+    back, as a reference count taken and dropped), "changed" (a copy), "fresh" (no page of
+    the parent there). Needs root (/proc/kpagecount, the pages' frame numbers)."""
+    found: collections.Counter[str] = collections.Counter()
+    with open(f"/proc/{pid}/pagemap", "rb") as ours, open(f"/proc/{parent}/pagemap", "rb") as theirs, open(
+        "/proc/kpagecount", "rb"
+    ) as counts, open(f"/proc/{pid}/mem", "rb") as our_mem, open(f"/proc/{parent}/mem", "rb") as their_mem:
+        for line in open(f"/proc/{pid}/maps"):
+            start, end = (int(bound, 16) for bound in line.split()[0].split("-"))
+            if "w" not in line.split()[1]:
+                continue
+            for address in range(start, end, PAGE):
+                ours.seek(address // PAGE * 8)
+                entry = int.from_bytes(ours.read(8), "little")
+                frame = entry & FRAME
+                if not entry & PRESENT or not frame:
+                    continue
+                counts.seek(frame * 8)
+                if int.from_bytes(counts.read(8), "little") != 1:  # shared
+                    continue
+                theirs.seek(address // PAGE * 8)
+                if not int.from_bytes(theirs.read(8), "little") & PRESENT:
+                    found["fresh"] += 1
+                    continue
+                our_mem.seek(address)
+                their_mem.seek(address)
+                found["unchanged" if our_mem.read(PAGE) == their_mem.read(PAGE) else "changed"] += 1
     return found
 
 
@@ -113,6 +152,9 @@ def main() -> None:
         for name, size in sorted(uss_by_mapping(typical).items(), key=lambda item: -item[1]):
             if size >= 16384:
                 results[f"  its {name} (MB)"] = size / 1e6
+        if os.geteuid() == 0:
+            for kind, pages in sorted(private_pages(typical, psutil.Process(typical).ppid()).items()):
+                results[f"  its pages {kind}, next to its zygote's (MB)"] = pages * PAGE / 1e6
     report(results, args.json)
 
 
