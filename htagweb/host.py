@@ -31,7 +31,7 @@ from starlette.websockets import WebSocket
 from . import logs
 from .config import Config
 from .ordering import ORDER_HEADER, PageOrder
-from .pages import error_page, htag_error
+from .pages import error_page, htag_error, script
 from .sessions import Session
 from .slot import Watchdog
 
@@ -39,37 +39,8 @@ logger = logging.getLogger("htagweb")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
 CLIENT_SCRIPT = f"<script>{CLIENT_JS}</script>"
-# htag's error overlay shows messages in a <pre> that does not wrap: a sentence longer
-# than the dialog is cut off at its edge (ours, like "took longer than ... Reload the page")
-WRAPPED_OVERLAY = (
-    '<script>(function(){var s=document.createElement("style");'
-    's.textContent="pre{white-space:pre-wrap;overflow-wrap:anywhere}";_error_overlay.shadowRoot.appendChild(s)})()</script>'
-)
-# htag's client rebuilds the whole <body> from the state a WebSocket or SSE stream sends
-# first, right after the page is shown: the same content, but new nodes. A click whose
-# button went down on the old button and comes up on the new one is no click (the browser
-# fires none), text typed meanwhile is gone, and focus is lost. Where the body's content
-# is the same as the one on screen, the nodes on screen stay: only the body's attributes
-# are set, as htag sets them; any other update goes through htag as before. (The body on
-# screen ends with the blank text that followed ``</body>`` in the page: not content.)
-KEEP_LIVE_BODY = (
-    "<script>(function(){var apply=handle_payload;"
-    "function nodes(body){var a=Array.prototype.filter.call(body.childNodes,function(n){return n!==_error_overlay});"
-    "while(a.length&&a[a.length-1].nodeType===3&&!a[a.length-1].data.trim())a.pop();return a}"
-    "function same(body,fresh){var a=nodes(body),b=nodes(fresh);"
-    "if(a.length!==b.length)return false;for(var i=0;i<a.length;i++)if(!a[i].isEqualNode(b[i]))return false;return true}"
-    "handle_payload=function(data,source){if(data&&data.action==='update'&&data.updates){var kept=null;"
-    "for(var id in data.updates){var el=document.getElementById(id)||document.querySelector('[data-htag-id=\"'+id+'\"]');"
-    "if(!el||el.tagName!=='BODY')continue;"
-    "var fresh=new DOMParser().parseFromString(data.updates[id],'text/html').body;if(!same(el,fresh))continue;"
-    "var names=new Set();for(var i=0;i<fresh.attributes.length;i++){el.setAttribute(fresh.attributes[i].name,fresh.attributes[i].value);"
-    "names.add(fresh.attributes[i].name)}"
-    "for(var j=el.attributes.length-1;j>=0;j--)if(!names.has(el.attributes[j].name))el.removeAttribute(el.attributes[j].name);"
-    "kept=kept||Object.assign({},data.updates);delete kept[id]}"
-    "if(kept)data=Object.assign({},data,{updates:kept})}"
-    "return apply(data,source)}})()</script>"
-)
-CLIENT = CLIENT_SCRIPT + WRAPPED_OVERLAY + KEEP_LIVE_BODY
+#: htag's client, with what we add to it (htagweb/js/: each file says why)
+CLIENT = CLIENT_SCRIPT + "".join(f"<script>{script(name)}</script>" for name in ("wrapped_overlay.js", "keep_live_body.js"))
 # htag's client in pure-HTTP mode from the start: it starts no WebSocket (HTAG_EXT_INIT) and
 # posts every event for an answer in the response (htag's own cookie switch instead mocks
 # WebSocket and EventSource, which fail in turn, with errors in the console, at every load)

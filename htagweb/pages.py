@@ -61,8 +61,9 @@ def htag_error(message: str) -> str:
     return json.dumps({"action": "error", "traceback": message, "callback_id": None, "result": None})
 
 
-def parano_script() -> str:
-    return files("htagweb").joinpath("js/parano.js").read_text()
+def script(name: str) -> str:
+    """A script of ours, from htagweb/js/ (package data)."""
+    return files("htagweb").joinpath("js", name).read_text()
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def bootstrap_html(identity_spki: bytes, server: str = "", kiosk: bool = False) 
 </head><body><p id="htagweb-parano-status">Connecting securely…</p>
 <noscript>This application needs JavaScript: every exchange is encrypted in the page.</noscript>
 <script>window.HTAGWEB_PARANO = {json.dumps(config)};</script>
-<script>{parano_script()}</script>
+<script>{script("parano.js")}</script>
 </body></html>"""
 
 

@@ -313,7 +313,8 @@ def test_a_server_stops_while_an_app_is_still_importing(server):
     """The import that never ends is no reason to stay: the server's stop ends its zygote too
     (the fixture's stop fails on any process or socket left)."""
     files = {"stuck.py": "import time\nwhile True:\n    time.sleep(0.1)\n"}
-    srv = server(server_source("WebServerWS", spare_processes=1, timeout_interaction=0) + 'app.add_app("/stuck", "stuck:App")\n', files=files)
+    source = server_source("WebServerWS", spare_processes=1, timeout_interaction=0) + 'app.add_app("/stuck", "stuck:App")\n'
+    srv = server(source, files=files)
 
     async def scenario():
         async with User(srv.url) as visitor:
