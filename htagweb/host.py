@@ -31,7 +31,7 @@ from starlette.websockets import WebSocket
 from . import logs
 from .config import Config
 from .ordering import ORDER_HEADER, PageOrder
-from .pages import error_page, htag_error, script
+from .pages import compact, error_page, htag_error, script
 from .sessions import Session
 from .slot import Watchdog
 
@@ -40,7 +40,7 @@ logger = logging.getLogger("htagweb")
 SSE_HEADERS = {"Cache-Control": "no-cache", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
 CLIENT_SCRIPT = f"<script>{CLIENT_JS}</script>"
 #: htag's client, with what we add to it (htagweb/js/: each file says why)
-CLIENT = CLIENT_SCRIPT + "".join(f"<script>{script(name)}</script>" for name in ("wrapped_overlay.js", "keep_live_body.js"))
+CLIENT = CLIENT_SCRIPT + "".join(f"<script>{compact(script(name))}</script>" for name in ("wrapped_overlay.js", "keep_live_body.js"))
 # htag's client in pure-HTTP mode from the start: it starts no WebSocket (HTAG_EXT_INIT) and
 # posts every event for an answer in the response (htag's own cookie switch instead mocks
 # WebSocket and EventSource, which fail in turn, with errors in the console, at every load)

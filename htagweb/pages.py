@@ -66,6 +66,13 @@ def script(name: str) -> str:
     return files("htagweb").joinpath("js", name).read_text()
 
 
+def compact(source: str) -> str:
+    """``source`` without its whole-line comments and indentation: the reasons stay in the
+    file, not in every page (for our small scripts, with no multi-line strings)."""
+    lines = (line.strip() for line in source.splitlines())
+    return "\n".join(line for line in lines if line and not line.startswith("//"))
+
+
 @dataclass(frozen=True)
 class FallbackBundle:
     """The noble crypto bundle (built by setup.py) that pages without WebCrypto load."""

@@ -33,6 +33,7 @@ from htagweb.forkserver.loader import AppLoader
 from htagweb.forkserver.pressure import WINDOW, CpuPressure
 from htagweb.forkserver.spares import Spares
 from htagweb.forkserver.zygote import SPARE, Zygote, serve
+from htagweb.pages import compact
 from htagweb.runtime import Runtime
 from htagweb.sessions import Session
 from htagweb.slot import EXITING, REHEARSING, RUNNING, Watchdog, new_slot, read_slot, shared_slot
@@ -454,3 +455,8 @@ def test_a_process_is_joined_through_a_pidfd_above_1024(tmp_path):
         sleeper.kill()
         sleeper.wait()
         resource.setrlimit(resource.RLIMIT_NOFILE, limit)
+
+
+def test_compact_drops_comment_lines_and_indentation_only():
+    source = "// why\n(function () {\n  var a = 'x // not a comment';\n\n    // more\n  return a;\n})();\n"
+    assert compact(source) == "(function () {\nvar a = 'x // not a comment';\nreturn a;\n})();"
