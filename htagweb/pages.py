@@ -63,7 +63,7 @@ def htag_error(message: str) -> str:
 
 def script(name: str) -> str:
     """A script of ours, from htagweb/js/ (package data)."""
-    return files("htagweb").joinpath("js", name).read_text()
+    return files("htagweb").joinpath(f"js/{name}").read_text()
 
 
 def compact(source: str) -> str:

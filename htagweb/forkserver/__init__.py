@@ -16,9 +16,11 @@ One module per job:
 - :mod:`.children`: the processes as objects (``is_alive``, ``terminate``,
   ``abort``, ``kill``, ``join``) and how every child is forked;
 - :mod:`.zygote`: the process that forks them, and the line to it;
+- :mod:`.zygotes`: the current zygote and the older ones, started again when one dies;
+- :mod:`.imports`: an app named by a string, imported in a next zygote;
 - :mod:`.spares`: the pool of spare user processes;
 - :mod:`.watchdogs`: hung handlers, memory and open-files limits;
-- :mod:`.loader`: what a user process runs (imported in the zygote), and when a development app is stale;
+- :mod:`.loader`: what a user process runs (imported before the zygote, or in a next one), and when a development app is stale;
 - :mod:`.daemon`: starting it, detached, from a worker.
 """
 

@@ -20,10 +20,9 @@ import selectors
 import signal
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any
 
 from setproctitle import setproctitle
 
@@ -36,27 +35,23 @@ from ..metrics import BY_END, COUNTERS, FRONT_COUNTERS, KILLS
 from ..rehearsal import warm_up
 from ..runtime import Runtime
 from ..slot import EXITING, read_slot
-from . import messages, zygote
+from . import messages
 from .children import (
     PR_SET_CHILD_SUBREAPER,
     UserChild,
-    ended_children,
     fork_listening,
     listen,
     prctl,
-    readable,
     resident_memory,
     stack_path,
 )
-from .imports import Imports
 from .loader import AppLoader
 from .spares import Spares
 from .watchdogs import Watchdogs
-from .zygote import Zygote, ZygoteGone, user_request
+from .zygote import user_request
+from .zygotes import Zygotes
 
 logger = logging.getLogger("htagweb")
-
-T = TypeVar("T")
 
 #: a worker's unread replies past which its requests are not read either
 MAX_OUTBOX = 4 * 2**20
@@ -106,19 +101,20 @@ class ForkServer:
         self.runtime = runtime
         self.config = config
         self.loader = AppLoader(apps, runtime)
-        #: the zygote that forks the children, started once this process is warm (and again if it dies)
-        self.zygote: Zygote | None = None
-        #: the zygotes that forked before it (an import made a next one): their children live on
-        self.older_zygotes: list[Zygote] = []
-        #: the apps imported in the zygote: what its spares can serve
-        self.apps: set[str] = set()
-        #: ends the zygote told of, not taken yet when it died
-        self.pending_ends: list[tuple[int, int]] = []
         #: the limit of open files this process was started with, and its processes keep
         self.open_files_limit = resource.getrlimit(resource.RLIMIT_NOFILE)
         self.selector = selectors.DefaultSelector()
-        #: the first import of each app named by a string, in a next zygote
-        self.imports = Imports(config, runtime.users_dir, self.selector)
+        #: what forks the children, started once this process is warm (and again if it dies)
+        self.zygotes = Zygotes(
+            runtime,
+            config,
+            self.loader,
+            self.selector,
+            self.open_files_limit,
+            inherited=self._inherited,
+            stopping=lambda: self.stop_requested,
+            on_current_gone=lambda: self.spares.stop(),
+        )
         self.users: dict[int, UserChild] = {}
         self.by_key: dict[str, UserChild] = {}
         self.deaths: dict[str, End] = {}
@@ -138,7 +134,7 @@ class ForkServer:
         self.predecessors: list[Path] = []
         #: what /_htagweb/metrics reports, for the whole server (fronts add theirs with the "count" request)
         self.counters = dict.fromkeys(COUNTERS, 0)
-        self.spares = Spares(runtime, config, self.selector, self._fork)
+        self.spares = Spares(runtime, config, self.selector, self.zygotes.fork)
         self.watchdogs = Watchdogs(config)
         self.new_process_limit = NewProcessLimit(config.new_processes_per_minute)
         self.status_waits: list[StatusWait] = []
@@ -183,7 +179,7 @@ class ForkServer:
         warm_up(self.config)
         gc.collect()
         gc.freeze()  # what is here now is shared copy-on-write by the zygote, then by every user process
-        self._start_zygote()
+        self.zygotes.start()
         os.write(ready_fd, b"1")
         os.close(ready_fd)
         logger.info("fork-server %d serving %s (code generation %s)", os.getpid(), self.runtime.path, self.runtime.generation)
@@ -191,11 +187,12 @@ class ForkServer:
             for key, mask in self.selector.select(self._timeout()):
                 key.data(mask)
             self._reap()
-            self._take_import()
+            if (imported := self.zygotes.take_import()) is not None:
+                self.spares.drop_without(imported)
             self._answer_status_waits()
             self.spares.expire_settling()
             if self._spares_wanted():
-                self.spares.fork(self.apps)
+                self.spares.fork(self.zygotes.apps)
             if self._keeps_spares:
                 self.spares.rehearse()
             self.watchdogs.check(self.users.values())
@@ -223,14 +220,14 @@ class ForkServer:
         return not self.stop_requested and not self.retired
 
     def _spares_wanted(self) -> bool:
-        return self._keeps_spares and self.spares.wanted(self.apps, len(self.users))
+        return self._keeps_spares and self.spares.wanted(self.zygotes.apps, len(self.users))
 
     def _timeout(self) -> float:
         if self._spares_wanted():
             return 0
         waits = [wait.deadline - time.monotonic() for wait in self.status_waits]
-        spares = self.spares.next_check(self.apps, len(self.users)) if self._keeps_spares else 1.0
-        return max(0.0, min(self.watchdogs.next_check(), spares, self.imports.timeout(), *waits))
+        spares = self.spares.next_check(self.zygotes.apps, len(self.users)) if self._keeps_spares else 1.0
+        return max(0.0, min(self.watchdogs.next_check(), spares, self.zygotes.imports.timeout(), *waits))
 
     def _woken(self, mask: int) -> None:
         try:
@@ -297,9 +294,7 @@ class ForkServer:
                 child.kill()
                 child.join(5.0)
         self._await_ends(children, EXITS_WAIT)
-        self.imports.stop()
-        for forking in self._zygotes():
-            forking.stop()
+        self.zygotes.stop()
         self.runtime.forkserver_socket.unlink(missing_ok=True)
         for path in self.predecessors:  # the server stops: the older generations' users end too
             _ask(path, messages.Stop())
@@ -527,8 +522,8 @@ class ForkServer:
                 return {"ok": True, "pid": child.pid, "spawned": False}
             logger.info("user process reloaded: %s (its source changed)", child)
             child.stop(End.RELOADED)
-        if not self.loader.per_process(source) and app not in self.apps:  # "still loading": the front asks again
-            return self.imports.refusal(app, source, lambda app, source: self._with_zygote(lambda zygote: zygote.next(app, source)))
+        if not self.loader.per_process(source) and app not in self.zygotes.apps:  # "still loading": the front asks again
+            return self.zygotes.refusal(app, source)
         refusal = self._admit(request.client, label)
         if refusal is not None:
             return refusal
@@ -539,7 +534,7 @@ class ForkServer:
         else:
             path.unlink(missing_ok=True)  # a previous process' socket, being replaced
             asked = user_request(f"htagweb user {app} {label}", key, app, label, source)
-            pid, pidfd, slot, control = fork_listening(self._fork, asked, path)
+            pid, pidfd, slot, control = fork_listening(self.zygotes.fork, asked, path)
             self.spares.arriving(control)
         child = UserChild(pid, slot, self.runtime.users_dir, pidfd=pidfd, key=key, app=app, label=label, socket=path)
         self.by_key[key] = child
@@ -603,84 +598,9 @@ class ForkServer:
             moved += 1
         return {"ok": True, "moved": moved}
 
-    def _fork(self, request: bytes, fds: list[int]) -> tuple[int, int]:
-        """A child forked by the zygote: (pid, pidfd)."""
-        return self._with_zygote(lambda zygote: zygote.fork(request, fds))
-
-    def _with_zygote(self, ask: Callable[[Zygote], T]) -> T:
-        """``ask`` the zygote; one that died is replaced (its apps imported again as asked) and asked again."""
-        for attempt in range(2):
-            if self.zygote is None:
-                self._start_zygote()
-            assert self.zygote is not None
-            try:
-                return ask(self.zygote)
-            except ZygoteGone as exc:
-                if attempt:
-                    raise
-                self._zygote_gone(self.zygote, str(exc))
-        raise AssertionError("unreachable")
-
-    def _take_import(self) -> None:
-        """A next zygote that imported its app forks from now on; the one before keeps its children."""
-        ready = self.imports.done()
-        if ready is None:
-            return
-        assert ready.app is not None
-        if self.zygote is not None:
-            self.older_zygotes.append(self.zygote)
-        self.zygote = ready
-        self.apps.add(ready.app)
-        self.spares.drop_without(ready.app)
-
-    def _zygotes(self) -> list[Zygote]:
-        """Every zygote with children of its own: the current one last."""
-        return [*self.older_zygotes, *([self.zygote] if self.zygote is not None else [])]
-
-    def _start_zygote(self) -> None:
-        """Fork the zygote: a copy of this process as it is now, warm, that will only fork."""
-        parent, title = os.getpid(), f"htagweb zygote {self.runtime.path}"
-
-        def serve(line: socket.socket) -> NoReturn:
-            resource.setrlimit(resource.RLIMIT_NOFILE, self.open_files_limit)
-            zygote.serve(line, self.loader, self.config, self.runtime.users_dir, parent, title)
-
-        self.zygote = Zygote.start(serve, self._inherited())
-        self.apps = set(self.loader.classes)  # those named by a string are imported in a next zygote, as asked
-        self.selector.register(self.zygote.line, selectors.EVENT_READ, lambda mask: None)  # a child's end wakes the loop
-
-    def _zygote_gone(self, gone: Zygote, why: str, reaped: bool = False) -> None:
-        """A zygote died: its children end with it (their death signal), the zygotes forked
-        from it too, and are reaped here, as they are now this process' own
-        (``PR_SET_CHILD_SUBREAPER``). The current one's spares go with it, and a new one
-        starts at once, ready for the next user."""
-        level = logging.INFO if self.stop_requested else logging.ERROR  # at a stop, systemd signals every process
-        if gone is self.zygote:
-            logger.log(level, "fork-server: its zygote ended (%s): its processes end with it, a new one is started", why)
-        else:
-            logger.log(level, "fork-server: an older zygote ended (%s): its processes end with it, and the zygotes forked from it", why)
-        self.selector.unregister(gone.line)
-        self.pending_ends += gone.exits()
-        if reaped:
-            gone.close()
-        else:
-            gone.stop()
-        if gone is not self.zygote:
-            self.older_zygotes.remove(gone)
-            return
-        self.zygote = None
-        self.spares.stop()
-        if not self.stop_requested:
-            try:
-                self._start_zygote()
-            except OSError:  # no process to be had now: the next fork asks again
-                logger.exception("fork-server: a new zygote could not be started")
-
     def _inherited(self) -> list[int]:
-        """What the zygote closes at once: the fork-server's descriptors are not its to keep."""
-        zygotes = [*self._zygotes(), *([self.imports.next] if self.imports.next is not None else [])]
+        """What a zygote closes at once: the fork-server's descriptors are not its to keep."""
         fds = [self.selector.fileno(), self.wakeup_r, self.wakeup_w, *(sock.fileno() for sock in self.lines)]
-        fds += [other.line.fileno() for other in zygotes]
         if self.listener is not None:
             fds.append(self.listener.fileno())
         return fds + self.spares.inherited()
@@ -691,22 +611,15 @@ class ForkServer:
         while True:
             self._reap()
             left = deadline - time.monotonic()
-            zygotes = self._zygotes()
-            if not zygotes or left <= 0 or all(child.status is not None for child in children):
+            if not self.zygotes.all() or left <= 0 or all(child.status is not None for child in children):
                 return
-            readable([forking.line.fileno() for forking in zygotes], left)
+            self.zygotes.wait(left)
 
     def _reap(self) -> None:
-        """Take the ends of children: the zygote's, told by it, and this process' own (the zygote,
-        and a dead zygote's children)."""
-        ended = self.pending_ends + [end for forking in self._zygotes() for end in forking.exits()] + ended_children()
-        self.pending_ends = []
-        for pid, status in ended:
-            gone = next((forking for forking in self._zygotes() if forking.pid == pid), None)
-            if gone is not None:
-                self._zygote_gone(gone, describe(status), reaped=True)
-                continue
-            if self.imports.ended(pid, status) or self.spares.reaped(pid, status, self.stop_requested):
+        """Take the ends of children: those the zygotes tell of, and this process' own (a dead
+        zygote's children)."""
+        for pid, status in self.zygotes.ends():
+            if self.spares.reaped(pid, status, self.stop_requested):
                 continue
             child = self.users.pop(pid, None)
             if child is not None:
@@ -714,8 +627,6 @@ class ForkServer:
                 self._ended(child)
             else:  # a spare dropped earlier, a next zygote whose import failed
                 stack_path(self.runtime.users_dir, pid).unlink(missing_ok=True)
-        if self.pending_ends:  # told by a zygote that died meanwhile
-            self._reap()
 
     def _ended(self, child: UserChild) -> None:
         assert child.status is not None

@@ -192,13 +192,12 @@ class Zygote:
         """End it (its children are expected gone: any left get SIGTERM from their death signal)."""
         self.line.close()
         self.signal(signal.SIGTERM)
-        if self.pidfd >= 0:  # not this process' child: its parent zygote reaps it
+        if self.pidfd >= 0:  # forked by a zygote: reaped here only once that one is gone (subreaper)
             readable(self.pidfd, STOP_WAIT)
-        else:
-            try:
-                os.waitpid(self.pid, 0)
-            except ChildProcessError:
-                pass
+        try:
+            os.waitpid(self.pid, 0 if self.pidfd < 0 else os.WNOHANG)
+        except ChildProcessError:
+            pass
         self.close()
 
     def close(self) -> None:
