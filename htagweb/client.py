@@ -34,8 +34,9 @@ Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 ENSURE_TRIES = 3
 #: seconds a page waits for its app's first import before it is told to come back (503)
 LOADING_WAIT = 5.0
-#: seconds between two asks while the app is being imported
-LOADING_POLL = 0.05
+#: seconds between two asks while the app is being imported: the first, then doubled up to the last
+#: (a crowd waiting for a slow import does not flood the fork-server)
+LOADING_POLLS = (0.02, 0.25)
 
 
 class SpawnRefused(Exception):
@@ -108,12 +109,13 @@ class ForkServerClient:
         if not recheck and (connection := await self.open(key)) is not None:
             return connection, False
         loop = asyncio.get_running_loop()
-        loading_until = loop.time() + LOADING_WAIT
+        loading_until, pause = loop.time() + LOADING_WAIT, LOADING_POLLS[0]
         tries = 0
         while tries < ENSURE_TRIES:
             reply = await self.request(messages.Ensure(key, app, label, source, client))
             if reply.get("loading") and loop.time() < loading_until:  # its first import, in a zygote of its own
-                await asyncio.sleep(LOADING_POLL)
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, LOADING_POLLS[1])
                 continue
             tries += 1
             if not reply.get("ok"):

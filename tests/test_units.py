@@ -460,3 +460,43 @@ def test_a_process_is_joined_through_a_pidfd_above_1024(tmp_path):
 def test_compact_drops_comment_lines_and_indentation_only():
     source = "// why\n(function () {\n  var a = 'x // not a comment';\n\n    // more\n  return a;\n})();\n"
     assert compact(source) == "(function () {\nvar a = 'x // not a comment';\nreturn a;\n})();"
+
+
+def test_a_page_waits_for_its_apps_first_import_asking_less_and_less_often(tmp_path, monkeypatch):
+    runtime = Runtime(tmp_path / "rt")
+    runtime.users_dir.mkdir(parents=True, exist_ok=True)
+    client = ForkServerClient(runtime, Config(), {})
+    key = runtime.process_key("s" * 32, "app")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(runtime.user_socket_path(key)))
+    listener.listen()
+    loading = messages.error(503, "The application app is still loading: try again in a moment.", loading=True)
+    pauses: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        await real_sleep(0)
+
+    async def ensure(imported_at: int) -> bool:
+        asked = 0
+
+        async def request(message: object) -> dict:
+            nonlocal asked
+            asked += 1
+            return {"ok": True, "spawned": True} if asked == imported_at else loading
+
+        client.request = request  # type: ignore[method-assign]
+        connection, spawned = await client.connect(key, "app", "label", recheck=True)
+        connection.close()
+        return spawned
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    assert asyncio.run(ensure(imported_at=7))
+    assert pauses == [0.02, 0.04, 0.08, 0.16, 0.25, 0.25]
+    monkeypatch.setattr(asyncio, "sleep", real_sleep)
+    monkeypatch.setattr("htagweb.client.LOADING_WAIT", 0.1)
+    with pytest.raises(SpawnRefused) as refused:
+        asyncio.run(ensure(imported_at=0))  # never
+    assert refused.value.status == 503 and "still loading" in str(refused.value)
+    listener.close()
