@@ -326,3 +326,23 @@ def test_a_server_stops_while_an_app_is_still_importing(server):
     assert len(importing) == 1
     srv.stop()
     assert not importing[0].is_running()
+
+
+def test_an_import_cut_short_by_its_zygotes_death_is_tried_again(server):
+    """The zygote that forked an import's zygote is killed: that import ends with it, through
+    no fault of the app; the next visit imports it again (no 500)."""
+    files = {"stuck.py": "import time\nwhile True:\n    time.sleep(0.1)\n"}
+    source = server_source("WebServerWS", spare_processes=1, timeout_interaction=0) + 'app.add_app("/stuck", "stuck:App")\n'
+    srv = server(source, files=files)
+
+    async def scenario():
+        async with User(srv.url) as visitor:
+            assert (await visitor.page("/stuck")).status_code == 503
+            [first] = forkserver_of(srv).children()
+            first.kill()
+            await asyncio.to_thread(srv.wait_log, r"the import of stuck:App was cut short \(its zygote ended\)")
+            again = await visitor.page("/stuck")
+            assert again.status_code == 503 and "still loading" in again.text
+            assert len(re.findall(r"importing stuck:App in a new zygote", srv.log)) == 2
+
+    run(scenario())

@@ -13,6 +13,7 @@ seconds, then tried again at the next visit.
 from __future__ import annotations
 
 import logging
+import os
 import selectors
 import signal
 import time
@@ -92,6 +93,12 @@ class Imports:
         path = stack_path(self.stacks, pid)
         stack = path.read_text(errors="replace") if path.exists() else ""
         path.unlink(missing_ok=True)
+        if not self.aborted and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM:
+            # the zygote it was forked from died (its death signal), or a stop: no fault of the app
+            logger.info("the import of %s was cut short (its zygote ended): the next visit tries again", gone.app)
+            self.selector.unregister(gone.line)
+            gone.close()
+            return True
         if self.aborted:
             limit = self.config.timeout_interaction
             logger.warning(
