@@ -3,15 +3,17 @@
 A forked process shares its parent's memory until one of them writes to a page.
 The fork-server's loop writes to some 350 pages while it handles an arrival, and
 each time, the process forked just before keeps the old copy of those it had not
-written itself: 0.3 to 0.45 MB of a user process' 5 MB (bench/RESULTS.md, "The zygote"). The zygote is forked from
-the fork-server once it is warm and does nothing but fork when asked, so that
-its children go on sharing the pages it does not write to.
+written itself: 0.3 to 0.45 MB of a user process' 5 MB (bench/RESULTS.md, "The
+zygote"). The zygote is forked from the fork-server once it is warm and does
+nothing but fork when asked, so that its children go on sharing the pages it does
+not write to.
 
 The apps given as classes are imported before it is forked (their code ran in the
-server already); the others in a next zygote (below). The children are the zygote's own: it reaps them and tells the
-fork-server how each ended (its ``waitpid`` status), with a pidfd of each through
-which the fork-server signals it (never a pid that may be someone else's by now).
-It dies with the fork-server (``PR_SET_PDEATHSIG``), and its children with it.
+server already); the others in a next zygote (below). The children are the
+zygote's own: it reaps them and tells the fork-server how each ended (its
+``waitpid`` status), with a pidfd of each through which the fork-server signals it
+(never a pid that may be someone else's by now). It dies with the fork-server
+(``PR_SET_PDEATHSIG``), and its children with it.
 
 An app named by a string ("module:Class") is imported at its first visit, and its
 import may take long or never end (a database out of reach at import time, a bug).
