@@ -346,3 +346,20 @@ def test_an_import_cut_short_by_its_zygotes_death_is_tried_again(server):
             assert len(re.findall(r"importing stuck:App in a new zygote", srv.log)) == 2
 
     run(scenario())
+
+
+def test_an_app_whose_import_ends_the_process_is_told_as_such(server):
+    """An import that ends its process (``os._exit``, a crash in a C extension) is a fault of the
+    app: its visitors get a 500, the log says how it ended, the other apps are served."""
+    files = {"quits.py": "import os\nos._exit(3)\n"}
+    source = server_source("WebServerWS", spare_processes=1) + 'app.add_app("/quits", "quits:App")\n'
+    srv = server(source, files=files)
+
+    async def scenario():
+        async with User(srv.url) as visitor:
+            answer = await visitor.page("/quits")
+            assert answer.status_code == 500 and "could not be loaded" in answer.text
+            assert count((await visitor.page()).text) == 0
+
+    run(scenario())
+    srv.wait_log(r"ERROR.*cannot load htag app quits:App: its zygote ended while importing it \(exit code 3\)")
