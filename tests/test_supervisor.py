@@ -363,3 +363,26 @@ def test_an_app_whose_import_ends_the_process_is_told_as_such(server):
 
     run(scenario())
     srv.wait_log(r"ERROR.*cannot load htag app quits:App: its zygote ended while importing it \(exit code 3\)")
+
+
+def test_a_signal_during_an_import_writes_into_none_of_its_files(server):
+    """The zygote wakes on SIGCHLD through a pipe; a next zygote closes that pipe before the
+    import. An import that opens files and runs a subprocess (SIGCHLD) must find in them
+    only what it wrote: a signal's byte in a file the import opened is data corrupted."""
+    module = (
+        "import os, subprocess\n"
+        "files = [open(os.path.join(os.path.dirname(__file__), f'out{i}.bin'), 'wb') for i in range(4)]\n"
+        "subprocess.run(['true'], check=True)\n"
+        "for f in files:\n"
+        "    f.write(b'mine')\n"
+        "    f.close()\n"
+        "from htag import Tag\n\n\nclass App(Tag.App):\n    def init(self):\n        Tag.p('imported')\n"
+    )
+    srv = server(server_source("WebServerWS", spare_processes=1) + 'app.add_app("/opens", "opens:App")\n', files={"opens.py": module})
+
+    async def scenario():
+        async with User(srv.url) as visitor:
+            assert "imported" in (await visitor.page("/opens")).text
+
+    run(scenario())
+    assert [(srv.workdir / f"out{i}.bin").read_bytes() for i in range(4)] == [b"mine"] * 4

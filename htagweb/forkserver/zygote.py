@@ -293,6 +293,7 @@ class Children:
             ours.close()
             return pid, theirs.detach()
         try:
+            signal.set_wakeup_fd(-1)  # its descriptor is closed next: a signal must not write to a file opened since
             theirs.close()
             for fd in self.own:
                 os.close(fd)
