@@ -114,6 +114,7 @@ class Zygote:
         pid = os.fork()
         if pid == 0:
             try:
+                signal.set_wakeup_fd(-1)  # the fork-server's, closed next (see _next_zygote)
                 ours.close()
                 for fd in inherited:
                     os.close(fd)
