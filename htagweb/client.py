@@ -36,7 +36,7 @@ ENSURE_TRIES = 3
 LOADING_WAIT = 5.0
 #: seconds between two asks while the app is being imported: the first, then doubled up to the last
 #: (a crowd waiting for a slow import does not flood the fork-server)
-LOADING_POLLS = (0.02, 0.25)
+LOADING_POLLS = (0.005, 0.25)
 
 
 class SpawnRefused(Exception):

@@ -246,7 +246,7 @@ def _send_quietly(line: socket.socket, data: bytes) -> None:
 
 
 def test_an_app_whose_import_hangs_holds_back_no_other_user(server):
-    """A "module:Class" app is imported at its first visit. An import that never ends (a
+    """A "module:Class" app is imported once the server is up. An import that never ends (a
     database out of reach at import time, a bug) must not stop the fork-server: the other
     apps' new users are served, users already in click on, the app's visitors are told it
     is loading, and once ``timeout_interaction`` is over the log says where it hung."""

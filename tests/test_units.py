@@ -492,8 +492,8 @@ def test_a_page_waits_for_its_apps_first_import_asking_less_and_less_often(tmp_p
         return spawned
 
     monkeypatch.setattr(asyncio, "sleep", sleep)
-    assert asyncio.run(ensure(imported_at=7))
-    assert pauses == [0.02, 0.04, 0.08, 0.16, 0.25, 0.25]
+    assert asyncio.run(ensure(imported_at=9))
+    assert pauses == [0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.25, 0.25]
     monkeypatch.setattr(asyncio, "sleep", real_sleep)
     monkeypatch.setattr("htagweb.client.LOADING_WAIT", 0.1)
     with pytest.raises(SpawnRefused) as refused:

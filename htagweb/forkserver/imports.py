@@ -1,13 +1,15 @@
-"""The first import of an app named by a string ("module:Class"), in a next zygote.
+"""The import of an app named by a string ("module:Class"), in a next zygote.
 
-The import runs in a zygote of its own (:meth:`.zygote.Zygote.next`), so that an
-import that takes long, or never ends, holds back no other app: the fork-server
-answers its visitors "still loading" meanwhile (their front asks again for a
-while), and goes on serving everyone else. One import runs at a time: a next
-zygote carries every app of the one it was forked from. An import that takes
-longer than ``timeout_interaction`` is aborted (SIGABRT: its Python stack, where it
-hung, is logged); a failed import is told as it is for :data:`RETRY_AFTER`
-seconds, then tried again at the next visit.
+The apps a server names by strings are imported once its fork-server is up, one
+after the other, and a development folder's index at its first visit. Each import
+runs in a zygote of its own (:meth:`.zygote.Zygote.next`), so that an import that
+takes long, or never ends, holds back no other app: the fork-server answers its
+visitors "still loading" meanwhile (their front asks again for a while), and goes
+on serving everyone else. One import runs at a time: a next zygote carries every
+app of the one it was forked from. An import that takes longer than
+``timeout_interaction`` is aborted (SIGABRT: its Python stack, where it hung, is
+logged); a failed import is told as it is for :data:`RETRY_AFTER` seconds, then
+tried again at the next visit.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ logger = logging.getLogger("htagweb")
 
 #: seconds a failed import is told as it is before the next visit tries it again
 RETRY_AFTER = 5.0
+#: seconds an import may hold back the pool of spares (each import replaces them: see Spares.drop_without)
+SPARES_HELD = 1.0
 
 
 @dataclass
@@ -50,21 +54,36 @@ class Imports:
         self.next: Zygote | None = None
         self.started = 0.0
         self.aborted = False
+        #: the apps to import next, in order
+        self.queue: dict[str, Source | None] = {}
         self.failures: dict[str, Failure] = {}
 
     def refusal(self, app: str, source: Source | None, fork_next: Callable[[str, Source | None], Zygote]) -> dict[str, Any]:
-        """The answer to a visitor of ``app``, not imported yet; its import starts unless one runs."""
-        now = time.monotonic()
+        """The answer to a visitor of ``app``, not imported yet; its import is started or queued."""
         failure = self.failures.get(app)
-        if failure is not None and now - failure.at < RETRY_AFTER:
+        if failure is not None and time.monotonic() - failure.at < RETRY_AFTER:
             return messages.error(500, f"The application {app} could not be loaded.", traceback=failure.traceback)
-        if self.next is None:
-            self.failures.pop(app, None)
-            self.next = fork_next(app, source)
-            self.started, self.aborted = now, False
-            self.selector.register(self.next.line, selectors.EVENT_READ, lambda mask: None)  # its word wakes the loop
-            logger.info("importing %s in a new zygote (pid %d)", app, self.next.pid)
+        if self.next is None or self.next.app != app:
+            self.queue.setdefault(app, source)
+            self.start_next(fork_next)
         return messages.error(503, f"The application {app} is still loading: try again in a moment.", loading=True)
+
+    def start_next(self, fork_next: Callable[[str, Source | None], Zygote]) -> None:
+        """The next import of the queue starts, unless one runs."""
+        if self.next is not None or not self.queue:
+            return
+        app = next(iter(self.queue))
+        source = self.queue.pop(app)
+        self.failures.pop(app, None)
+        self.next = fork_next(app, source)
+        self.started, self.aborted = time.monotonic(), False
+        self.selector.register(self.next.line, selectors.EVENT_READ, lambda mask: None)  # its word wakes the loop
+        logger.info("importing %s in a new zygote (pid %d)", app, self.next.pid)
+
+    def holds_spares(self) -> bool:
+        """Whether the pool of spares waits: an import that began less than :data:`SPARES_HELD`
+        seconds ago, or one queued, would replace the spares forked now."""
+        return bool(self.queue) or (self.next is not None and time.monotonic() - self.started < SPARES_HELD)
 
     def done(self) -> Zygote | None:
         """The next zygote, once it imported its app and serves (its line stays registered);
@@ -111,11 +130,15 @@ class Imports:
         return True
 
     def timeout(self) -> float:
-        """Seconds until the import under way must be over (1 while it is aborted; inf: none)."""
-        limit = self.config.timeout_interaction
-        if self.next is None or not limit:
+        """Seconds until the import under way stops holding the spares back, or must be over
+        (1 while it is aborted); inf: none."""
+        if self.next is None:
             return float("inf")
-        return 1.0 if self.aborted else max(0.0, self.started + limit - time.monotonic())
+        now, limit = time.monotonic(), self.config.timeout_interaction
+        waits = [self.started + SPARES_HELD - now] if now < self.started + SPARES_HELD else []
+        if limit:
+            waits.append(1.0 if self.aborted else self.started + limit - now)
+        return max(0.0, min(waits, default=float("inf")))
 
     def stop(self) -> None:
         if self.next is not None:

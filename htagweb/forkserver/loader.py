@@ -55,12 +55,16 @@ class AppLoader:
 
     def import_given(self) -> None:
         """Import now the apps given as classes or modules (their code ran already): the zygote
-        starts with them. An app named by a string is imported at its first visit, in a next
-        zygote (see :mod:`.imports`), as is one that fails here (it says why then)."""
+        starts with them. An app named by a string is imported in a next zygote (see
+        :mod:`.imports`); one that fails here is tried there at its first visit (it says why then)."""
         for name, spec in self.apps.items():
             if spec.target is not None:
                 with contextlib.suppress(Exception):
                     self.imported(name, None)
+
+    def named(self) -> list[str]:
+        """The apps named by strings: imported in next zygotes (see :mod:`.imports`)."""
+        return [name for name, spec in self.apps.items() if spec.target is None]
 
     def imported(self, app: str, source: Source | None) -> type:
         """The class of ``app``, imported here once (raises if it cannot be)."""

@@ -220,7 +220,7 @@ class ForkServer:
         return not self.stop_requested and not self.retired
 
     def _spares_wanted(self) -> bool:
-        return self._keeps_spares and self.spares.wanted(self.zygotes.apps, len(self.users))
+        return self._keeps_spares and not self.zygotes.imports.holds_spares() and self.spares.wanted(self.zygotes.apps, len(self.users))
 
     def _timeout(self) -> float:
         if self._spares_wanted():

@@ -15,8 +15,8 @@ zygote's own: it reaps them and tells the fork-server how each ended (its
 (never a pid that may be someone else's by now). It dies with the fork-server
 (``PR_SET_PDEATHSIG``), and its children with it.
 
-An app named by a string ("module:Class") is imported at its first visit, and its
-import may take long or never end (a database out of reach at import time, a bug).
+An app named by a string ("module:Class") is imported once the fork-server is up, and
+its import may take long or never end (a database out of reach at import time, a bug).
 The zygote does not import it: it forks the *next zygote*, which imports the app,
 says so on a line of its own, and then serves as zygote in turn, with every app of
 its parent and this one. Meanwhile the zygote goes on forking for the other apps;

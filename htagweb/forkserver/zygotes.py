@@ -5,7 +5,7 @@ An app named by a string is imported in a next zygote (:mod:`.imports`), forked 
 current one: once its import is over it becomes the current one. A zygote that dies takes
 its children with it, and the zygotes forked from it; the fork-server, their subreaper,
 reaps them all. When the current one dies, a new one is forked from the fork-server at once,
-with the apps given as classes (those named by a string are imported again, as asked).
+with the apps given as classes; those named by strings are imported again.
 """
 
 from __future__ import annotations
@@ -75,8 +75,11 @@ class Zygotes:
         next_one = [self.imports.next] if self.imports.next is not None else []
         closed = self.inherited() + [other.line.fileno() for other in [*self.all(), *next_one]]
         self.current = Zygote.start(serve, closed)
-        self.apps = set(self.loader.classes)  # those named by a string are imported in a next zygote, as asked
+        self.apps = set(self.loader.classes)
         self.selector.register(self.current.line, selectors.EVENT_READ, lambda mask: None)  # a child's end wakes the loop
+        for app in self.loader.named():  # imported in next zygotes, one after the other
+            self.imports.queue.setdefault(app, None)
+        self.imports.start_next(self._next)
 
     def fork(self, request: bytes, fds: list[int]) -> tuple[int, int]:
         """A child forked by the current zygote: (pid, pidfd)."""
@@ -87,16 +90,18 @@ class Zygotes:
         return self.imports.refusal(app, source, self._next)
 
     def take_import(self) -> str | None:
-        """The app a next zygote imported, if one did: that zygote forks from now on."""
+        """The app a next zygote imported, if one did: that zygote forks from now on. The next
+        import of the queue starts."""
         ready = self.imports.done()
-        if ready is None:
-            return None
-        assert ready.app is not None
-        if self.current is not None:
-            self.older.append(self.current)
-        self.current = ready
-        self.apps.add(ready.app)
-        return ready.app
+        if ready is not None:
+            assert ready.app is not None
+            if self.current is not None:
+                self.older.append(self.current)
+            self.current = ready
+            self.apps.add(ready.app)
+        if not self.stopping():
+            self.imports.start_next(self._next)
+        return ready.app if ready is not None else None
 
     def ends(self) -> list[tuple[int, int]]:
         """The children that ended, (pid, waitpid status): those the zygotes told of, and the
