@@ -28,7 +28,8 @@ from htagweb.config import Config
 from htagweb.ends import End, Exit, from_status
 from htagweb.folder import resolve
 from htagweb.forkserver import messages
-from htagweb.forkserver.children import Child, SpareChild, listen, open_files, resident_memory
+from htagweb.forkserver.children import Child, SpareChild, listen, open_files, resident_memory, stack_path
+from htagweb.forkserver.imports import RETRY_AFTER, Imports
 from htagweb.forkserver.loader import AppLoader
 from htagweb.forkserver.pressure import WINDOW, CpuPressure
 from htagweb.forkserver.spares import Spares
@@ -500,3 +501,53 @@ def test_a_page_waits_for_its_apps_first_import_asking_less_and_less_often(tmp_p
         asyncio.run(ensure(imported_at=0))  # never
     assert refused.value.status == 503 and "still loading" in str(refused.value)
     listener.close()
+
+
+class FakeNextZygote:
+    """What Imports sees of a next zygote: its word on the import is set by the test."""
+
+    def __init__(self, app: str, pid: int) -> None:
+        self.app, self.pid, self.importing, self.imported = app, pid, app, None
+        self.line, self._other = socket.socketpair()
+        self.signals: list[int] = []
+
+    def exits(self) -> list[tuple[int, int]]:
+        return []
+
+    def signal(self, signum: int) -> None:
+        self.signals.append(signum)
+
+    def close(self) -> None:
+        self.line.close()
+        self._other.close()
+
+
+def test_imports_run_one_at_a_time_in_order_tell_failures_and_abort_the_late(tmp_path):
+    imports = Imports(Config(timeout_interaction=10), tmp_path, selectors.DefaultSelector())
+    forked: list[FakeNextZygote] = []
+
+    def fork_next(app: str, source: object) -> FakeNextZygote:
+        forked.append(FakeNextZygote(app, 1000 + len(forked)))
+        return forked[-1]
+
+    assert imports.refusal("a", None, fork_next)["loading"] and imports.refusal("b", None, fork_next)["loading"]
+    assert [z.app for z in forked] == ["a"] and imports.holds_spares()  # b waits its turn
+    forked[0].importing = None  # "ok"
+    assert imports.done() is forked[0]
+    imports.start_next(fork_next)
+    assert [z.app for z in forked] == ["a", "b"]
+    forked[1].importing, forked[1].imported = None, {"error": "ImportError()", "traceback": "Traceback: b"}
+    assert imports.done() is None
+    refused = imports.refusal("b", None, fork_next)
+    assert refused["status"] == 500 and refused["traceback"] == "Traceback: b" and len(forked) == 2
+    imports.failures["b"].at -= RETRY_AFTER  # a while later: tried again
+    assert imports.refusal("b", None, fork_next)["loading"] and len(forked) == 3
+    imports.started -= 11  # past timeout_interaction: aborted, its stack read once it ended
+    assert imports.done() is None and forked[2].signals == [signal.SIGABRT] and imports.timeout() == 1.0
+    stack_path(tmp_path, forked[2].pid).write_text('File "b.py", line 3 in connect')
+    assert imports.ended(forked[2].pid, signal.SIGABRT)
+    assert "took longer than 10 s" in imports.failures["b"].traceback and 'b.py", line 3' in imports.failures["b"].traceback
+    imports.failures.clear()
+    imports.refusal("c", None, fork_next)
+    assert imports.ended(forked[3].pid, signal.SIGTERM) and "c" not in imports.failures  # cut short: no fault of c
+    assert imports.next is None and not imports.holds_spares() and imports.timeout() == float("inf")
