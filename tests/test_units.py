@@ -33,7 +33,7 @@ from htagweb.forkserver.imports import RETRY_AFTER, Imports
 from htagweb.forkserver.loader import AppLoader
 from htagweb.forkserver.pressure import WINDOW, CpuPressure
 from htagweb.forkserver.spares import Spares
-from htagweb.forkserver.zygote import SPARE, Zygote, serve
+from htagweb.forkserver.zygote import SPARE, ForkRefused, Zygote, serve
 from htagweb.pages import compact
 from htagweb.runtime import Runtime
 from htagweb.sessions import Session
@@ -551,3 +551,9 @@ def test_imports_run_one_at_a_time_in_order_tell_failures_and_abort_the_late(tmp
     imports.refusal("c", None, fork_next)
     assert imports.ended(forked[3].pid, signal.SIGTERM) and "c" not in imports.failures  # cut short: no fault of c
     assert imports.next is None and not imports.holds_spares() and imports.timeout() == float("inf")
+
+    def refused(app: str, source: object) -> FakeNextZygote:
+        raise ForkRefused("too many open files")
+
+    imports.refusal("d", None, refused)  # no process to be had: told at the next ask, not raised
+    assert imports.next is None and "could not start" in imports.refusal("d", None, fork_next)["traceback"]

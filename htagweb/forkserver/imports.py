@@ -29,7 +29,7 @@ from ..ends import describe
 from . import messages
 from .children import stack_path
 from .messages import Source
-from .zygote import Zygote
+from .zygote import ForkRefused, Zygote, ZygoteGone
 
 logger = logging.getLogger("htagweb")
 
@@ -75,7 +75,12 @@ class Imports:
         app = next(iter(self.queue))
         source = self.queue.pop(app)
         self.failures.pop(app, None)
-        self.next = fork_next(app, source)
+        try:
+            self.next = fork_next(app, source)
+        except (ForkRefused, ZygoteGone, OSError) as exc:  # no process to be had now: told, tried again later
+            logger.error("cannot start the import of %s: %s", app, exc)
+            self.failures[app] = Failure(f"Its import could not start: {exc}", time.monotonic())
+            return
         self.started, self.aborted = time.monotonic(), False
         self.selector.register(self.next.line, selectors.EVENT_READ, lambda mask: None)  # its word wakes the loop
         logger.info("importing %s in a new zygote (pid %d)", app, self.next.pid)
