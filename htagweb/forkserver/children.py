@@ -98,18 +98,9 @@ class Child:
             os.close(self.pidfd)
             self.pidfd = -1
 
-    @property
-    def stack_path(self) -> Path:
-        return stack_path(self.stacks, self.pid)
-
     def take_stack(self) -> str:
         """What faulthandler wrote (a hung process aborted, a fatal signal); the file is removed."""
-        try:
-            text = self.stack_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-        self.stack_path.unlink(missing_ok=True)
-        return text.strip()
+        return take_stack(self.stacks, self.pid)
 
 
 @dataclass(eq=False)
@@ -199,6 +190,17 @@ def stack_path(stacks: Path, pid: int) -> Path:
     return Path(stack_file(str(stacks), pid))
 
 
+def take_stack(stacks: Path, pid: int) -> str:
+    """What faulthandler wrote for ``pid`` (a hung process aborted, a fatal signal); the file is removed."""
+    path = stack_path(stacks, pid)
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+    path.unlink(missing_ok=True)
+    return text.strip()
+
+
 def fork(title: str, limits: Limits, stacks: str, inherited: list[int], body: Callable[..., Exit], args: tuple[Any, ...]) -> int:
     """Fork a child that runs ``body(*args)`` and exits with the code it returns
     (CRASHED if it raises). ``inherited``: the zygote's own descriptors, closed in
@@ -214,21 +216,30 @@ def fork(title: str, limits: Limits, stacks: str, inherited: list[int], body: Ca
         return pid
     code = Exit.CRASHED
     try:
-        signal.set_wakeup_fd(-1)
-        for sig in RESET_SIGNALS:
-            _signal.signal(sig, SIG_DFL)
-        for fd in inherited:
-            os.close(fd)
-        die_with(parent)
-        setproctitle(title)
+        become(parent, title, inherited, stacks)  # its stack file written to until the end
         _limit_resources(limits)
-        stack_fd = os.open(stack_file(stacks, os.getpid()), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        faulthandler.enable(stack_fd)  # writes to it until the end
         code = body(*args)
     except BaseException:
         traceback.print_exc()
     finally:
         os._exit(code)
+
+
+def become(parent: int, title: str, inherited: list[int], stacks: str) -> int:
+    """What a process forked by a zygote does first, whatever it is: the signal handlers and
+    descriptors of its parent let go (its wake-up pipe first: a signal must not write to a
+    file opened since), death with it, its title, and the stack file faulthandler writes to
+    on SIGABRT or a fatal signal (its descriptor is returned)."""
+    signal.set_wakeup_fd(-1)
+    for sig in RESET_SIGNALS:
+        _signal.signal(sig, SIG_DFL)
+    for fd in inherited:
+        os.close(fd)
+    die_with(parent)
+    setproctitle(title)
+    stack_fd = os.open(stack_file(stacks, os.getpid()), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    faulthandler.enable(stack_fd)
+    return stack_fd
 
 
 def die_with(parent: int) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 from ..config import Config
 from ..ends import describe
 from . import messages
-from .children import stack_path
+from .children import take_stack
 from .messages import Source
 from .zygote import ForkRefused, Zygote, ZygoteGone
 
@@ -114,14 +114,11 @@ class Imports:
         if gone is None or pid != gone.pid:
             return False
         self.next = None
-        path = stack_path(self.stacks, pid)
-        stack = path.read_text(errors="replace") if path.exists() else ""
-        path.unlink(missing_ok=True)
+        stack = take_stack(self.stacks, pid)
         if not self.aborted and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM:
             # the zygote it was forked from died (its death signal), or a stop: no fault of the app
             logger.info("the import of %s was cut short (its zygote ended): the next visit tries again", gone.app)
-            self.selector.unregister(gone.line)
-            gone.close()
+            self._let_go(gone)
             return True
         if self.aborted:
             limit = self.config.timeout_interaction
@@ -160,5 +157,8 @@ class Imports:
     def _failed(self, gone: Zygote, traceback: str) -> None:
         assert gone.app is not None
         self.failures[gone.app] = Failure(traceback, time.monotonic())
+        self._let_go(gone)
+
+    def _let_go(self, gone: Zygote) -> None:
         self.selector.unregister(gone.line)
         gone.close()

@@ -55,7 +55,7 @@ from ..ends import Exit
 from ..process import run as run_user_process
 from ..slot import SLOT_FILE, open_slot
 from ..spare import run_spare
-from .children import die_with, ended_children, fork, limits, readable, stack_file
+from .children import become, die_with, ended_children, fork, limits, readable, stack_file
 from .loader import AppLoader
 from .messages import Source
 
@@ -294,14 +294,8 @@ class Children:
             ours.close()
             return pid, theirs.detach()
         try:
-            signal.set_wakeup_fd(-1)  # its descriptor is closed next: a signal must not write to a file opened since
             theirs.close()
-            for fd in self.own:
-                os.close(fd)
-            die_with(parent)
-            setproctitle(f"{self.title} importing {app}")
-            stack_fd = os.open(stack_file(self.stacks, os.getpid()), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            faulthandler.enable(stack_fd)
+            stack_fd = become(parent, f"{self.title} importing {app}", self.own, self.stacks)
             try:
                 self.loader.imported(app, source)
             except Exception:
