@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import os
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 from . import bridge, forkserver
@@ -130,19 +131,7 @@ class ForkServerClient:
         worker's fork-server may belong to an older code generation's (after a reload): asked too."""
         reply = await self.request(messages.Status(key))
         if reply.get("reason") == "lost":
-            for path in self.runtime.forkserver_sockets():
-                if path == self.runtime.forkserver_socket:
-                    continue
-                try:
-                    reader, writer = await asyncio.open_unix_connection(str(path))
-                except OSError:
-                    continue
-                try:
-                    other = await self._ask((reader, writer), messages.Status(key))
-                except (OSError, ValueError):
-                    continue
-                finally:
-                    writer.close()
+            async for other in self._ask_older(messages.Status(key)):
                 if other.get("reason") != "lost":
                     return other
         return reply
@@ -151,19 +140,26 @@ class ForkServerClient:
         """A session id changed: its user processes answer to the new one only, those of older
         code generations' fork-servers too (a user in before a reload keeps its process)."""
         await self.request(messages.Rotate(old, new))
+        async for _ in self._ask_older(messages.Rotate(old, new)):
+            pass
+
+    async def _ask_older(self, request: messages.Request) -> AsyncIterator[dict[str, Any]]:
+        """The replies of the older code generations' fork-servers to ``request``, one at a time
+        (one killed, its socket left behind, or one that breaks off, is skipped)."""
         for path in self.runtime.forkserver_sockets():
             if path == self.runtime.forkserver_socket:
                 continue
             try:
                 reader, writer = await asyncio.open_unix_connection(str(path))
-            except OSError:  # a fork-server killed, its socket left behind: no process of it to move
+            except OSError:
                 continue
             try:
-                await self._ask((reader, writer), messages.Rotate(old, new))
-            except (OSError, ConnectionError):
-                pass
+                reply = await self._ask((reader, writer), request)
+            except (OSError, ValueError):
+                continue
             finally:
                 writer.close()
+            yield reply
 
     async def count(self, counter: str) -> None:
         """Add one to a server-wide counter of /_htagweb/metrics (on error paths only)."""
