@@ -8,8 +8,9 @@ publishes in its slot (:mod:`htagweb.slot`) when an interaction is running
 exits with a code that says why (:class:`htagweb.ends.Exit`).
 
 SIGTERM also comes when its zygote dies (``PR_SET_PDEATHSIG``), which dies with
-the fork-server: then no one is left to kill it if on_destroy or a handler hangs, so a SIGTERM arms an alarm
-that ends the process ``shutdown_grace`` seconds later whatever it is doing.
+the fork-server: then no one is left to kill it if on_destroy or a handler hangs,
+so a SIGTERM arms an alarm that ends the process ``shutdown_grace`` seconds later
+whatever it is doing.
 """
 
 from __future__ import annotations
