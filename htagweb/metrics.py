@@ -19,6 +19,7 @@ COUNTERS = {
     "parano_rejections": "Parano messages refused (tampered, replayed, malformed, expired ticket...).",
     "evictions": "Idle or provisional user processes ended to make room for a new user at max_processes.",
     "address_refusals": "New user processes refused over new_processes_per_minute from one address.",
+    "fork_failures": "New user processes that could not be had (a fork refused, a zygote stuck): their users were asked to try again.",
 }
 
 #: counted by the fronts through the fork-server's ``count`` request

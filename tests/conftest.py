@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 from serverprocess import ROOT, ServerProcess
 
 __all__ = ["ROOT", "ServerProcess"]
+
 
 @pytest.fixture
 def server(tmp_path: Path):
@@ -62,3 +65,47 @@ def redis_url():
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def pids_limit():
+    """``pids_limit(pid, most)``: ``pid`` moved to a cgroup of its own where at most ``most``
+    tasks may live (a container's or a systemd unit's ``TasksMax=``): a fork beyond them fails
+    with EAGAIN. Ask for it before ``server`` so that the server stops before the cgroup goes."""
+    root = _pids_root()
+    if root is None or not os.access(root, os.W_OK):
+        pytest.skip("no writable cgroup pids controller on this machine (tests run as root in CI)")
+    if root.name != "pids" and "pids" not in (root / "cgroup.subtree_control").read_text().split():
+        (root / "cgroup.subtree_control").write_text("+pids")  # cgroup v2: groups below the root get it
+    group = root / f"htagweb-test-{uuid.uuid4().hex[:8]}"
+    group.mkdir()
+
+    def limit(pid: int, most: int | str) -> None:
+        (group / "pids.max").write_text(str(most))
+        if str(pid) not in (group / "cgroup.procs").read_text().split():
+            (group / "cgroup.procs").write_text(str(pid))
+
+    try:
+        yield limit
+    finally:
+        (group / "pids.max").write_text("max")
+        deadline = time.monotonic() + 20
+        while (group / "cgroup.procs").read_text().split() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for left in (group / "cgroup.procs").read_text().split():  # the server's stop already failed the test
+            try:
+                (root / "cgroup.procs").write_text(left)
+            except OSError:
+                pass
+        group.rmdir()
+
+
+def _pids_root() -> Path | None:
+    """Where the kernel's pids controller is: its own hierarchy (cgroup v1) or the unified one (v2)."""
+    if Path("/sys/fs/cgroup/pids/cgroup.procs").exists():
+        return Path("/sys/fs/cgroup/pids")
+    unified = Path("/sys/fs/cgroup")
+    try:
+        return unified if "pids" in (unified / "cgroup.controllers").read_text().split() else None
+    except OSError:
+        return None

@@ -15,6 +15,8 @@ import time
 import psutil
 from helpers import User, click, count, forked_by, pid, server_source, title
 
+from htagweb import manage
+
 
 def run(coro):
     return asyncio.run(coro)
@@ -143,6 +145,110 @@ def test_a_killed_zygote_takes_its_processes_with_it_and_is_replaced(server):
     srv.wait_log(r"ERROR.*fork-server: its zygote ended \(signal 9\): its processes end with it, a new one is started")
     srv.wait_log(rf"INFO.*user process ended: pid {first}, session \S+, app srv:App \(lost\)")  # counted, its session told
     assert "Traceback" not in srv.log
+
+
+def test_a_zygote_that_stops_answering_holds_back_no_user(server):
+    """The zygote stopped (SIGSTOP, a debugger, a machine out of memory): the fork-server must
+    not wait for its answer for ever while every new user waits for it. Its processes live
+    on; a new zygote forks for the next users; the fork it was asked for, made once it goes
+    on, is ended; nothing is left."""
+    srv = server(server_source("WebServerWS", timeout_inactivity=0, spare_processes=1))
+
+    async def scenario():
+        async with User(srv.url) as before:
+            first = pid((await before.page()).text)
+            forkserver = forkserver_of(srv)
+            wait_for(lambda: len(forked_by(forkserver)) >= 2, "no spare was forked")
+            [zygote] = forkserver.children()
+            own = {p.pid for p in zygote.children()}
+            zygote.suspend()
+            try:
+                async with before.ws() as ws:
+                    await ws.recv()
+                    newcomers = []
+                    for _ in range(3):  # more than the pool of spares: a fork is asked for
+                        async with User(srv.url) as newcomer:
+                            page = await asyncio.wait_for(newcomer.page(), 60)  # the bound ends a stuck test
+                            assert count(page.text) == 0
+                            newcomers.append(pid(page.text))
+                    assert count((await click(ws, "inc"))["updates"]["count"]) == 1
+                    listed = {process.pid for process in await asyncio.to_thread(manage.users, srv.runtime_dir)}
+                    assert {first, *newcomers} <= listed
+                    [new_zygote] = [p for p in forkserver.children() if p.pid != zygote.pid]
+                    assert set(newcomers) - own <= {p.pid for p in new_zygote.children()}
+                    zygote.resume()
+                    await asyncio.to_thread(srv.wait_log, r"zygote \d+ went on: ended the process \d+ it forked too late")
+                    wait_for(lambda: {p.pid for p in zygote.children()} <= own, "the late fork lives on")
+                    assert first in {p.pid for p in zygote.children()}
+                    assert count((await click(ws, "inc"))["updates"]["count"]) == 2
+            finally:
+                zygote.resume()
+
+    run(scenario())
+    srv.wait_log(r"ERROR.*fork-server: its zygote is stuck \(no answer within \d+s\): it keeps its processes, a new one forks from now on")
+
+
+def test_a_server_that_may_fork_no_more_tells_new_users_and_recovers(pids_limit, server):
+    """The machine gives no more processes (a container's or a unit's limit of tasks: fork
+    fails with EAGAIN): new users are told to try again, users already in click on, the
+    fork-server stays; once processes can be had, new users are served again."""
+    srv = server(server_source("WebServerWS", timeout_inactivity=0, spare_processes=2, metrics=True))
+
+    async def scenario():
+        async with User(srv.url) as before:
+            assert count((await before.page()).text) == 0
+            forkserver = forkserver_of(srv)
+            wait_for(lambda: len(forked_by(forkserver)) >= 3, "no spares were forked")
+            [zygote] = forkserver.children()
+            pids_limit(zygote.pid, 1)  # the zygote alone: each fork it tries fails
+            async with before.ws() as ws:
+                await ws.recv()
+                answers = []
+                for _ in range(4):  # the two spares, then forks refused
+                    async with User(srv.url) as newcomer:
+                        answers.append(await newcomer.page())
+                assert [count(answer.text) for answer in answers[:2]] == [0, 0]
+                refused = answers[-1]
+                assert refused.status_code == 503 and "try again" in refused.text and refused.headers["Retry-After"]
+                refusal = r"WARNING.*fork-server: cannot fork a spare user process \(.*Resource temporarily unavailable"
+                await asyncio.to_thread(srv.wait_log, refusal)
+                assert count((await click(ws, "inc"))["updates"]["count"]) == 1
+                assert forkserver.is_running() and forkserver.status() != psutil.STATUS_ZOMBIE
+                assert "htagweb_fork_failures_total 2" in (await before.http.get("/_htagweb/metrics")).text
+                pids_limit(zygote.pid, "max")
+
+                async def served() -> bool:
+                    async with User(srv.url) as newcomer:
+                        answer = await newcomer.page()
+                        return answer.status_code == 200 and count(answer.text) == 0
+
+                for _ in range(100):
+                    if await served():
+                        break
+                    await asyncio.sleep(0.1)
+                else:
+                    raise AssertionError("no new user was served once processes could be had again")
+                assert count((await click(ws, "inc"))["updates"]["count"]) == 2
+
+    run(scenario())
+    assert len(re.findall(r"fork-server \d+ serving", srv.log)) == 1
+    assert "Traceback" not in srv.log
+
+
+def test_a_server_stops_while_its_zygote_is_stopped(server):
+    """A stopped zygote keeps a SIGTERM pending: the server's stop must not wait for it for
+    ever (the fixture's stop fails on any process or socket left)."""
+    srv = server(server_source("WebServerWS", spare_processes=1))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            assert count((await user.page()).text) == 0
+
+    run(scenario())
+    [zygote] = forkserver_of(srv).children()
+    zygote.suspend()
+    srv.stop()
+    assert not zygote.is_running()
 
 
 def test_a_crash_is_told_and_counted_as_a_crash_not_an_expiry(server):

@@ -28,12 +28,13 @@ from htagweb.config import Config
 from htagweb.ends import End, Exit, from_status
 from htagweb.folder import resolve
 from htagweb.forkserver import messages
+from htagweb.forkserver import zygote as zygote_module
 from htagweb.forkserver.children import Child, SpareChild, listen, open_files, resident_memory, stack_path
 from htagweb.forkserver.imports import RETRY_AFTER, Imports
 from htagweb.forkserver.loader import AppLoader
 from htagweb.forkserver.pressure import WINDOW, CpuPressure
 from htagweb.forkserver.spares import Spares
-from htagweb.forkserver.zygote import SPARE, ForkRefused, Zygote, serve
+from htagweb.forkserver.zygote import SPARE, ForkRefused, Zygote, ZygoteStuck, serve
 from htagweb.pages import compact
 from htagweb.runtime import Runtime
 from htagweb.sessions import Session
@@ -436,6 +437,39 @@ def test_the_zygote_forks_tells_each_end_and_imports_in_the_next_zygote(tmp_path
     assert not psutil.pid_exists(zygote.pid)
 
 
+def test_a_zygote_that_does_not_answer_is_given_up_and_its_late_fork_ended(tmp_path, monkeypatch):
+    """The fork-server waits ANSWER_WAIT for a zygote's answer, not for ever; once that zygote
+    goes on, the process it forks for the request given up is killed, and its end told."""
+    monkeypatch.setattr(zygote_module, "ANSWER_WAIT", 0.2)
+    runtime = Runtime(tmp_path / "rt")
+    parent = os.getpid()
+    zygote = Zygote.start(lambda line: serve(line, AppLoader({}, runtime), Config(), runtime.users_dir, parent, "htagweb zygote test"), [])
+    deadline = time.monotonic() + 20
+    try:
+        os.kill(zygote.pid, signal.SIGSTOP)
+        ours, theirs = socket.socketpair()
+        listener = listen(runtime.users_dir / "spare.sock")
+        slot, slot_fd = shared_slot()
+        with pytest.raises(ZygoteStuck):
+            zygote.fork(SPARE, [theirs.fileno(), listener.fileno(), slot_fd])
+        for handed in (theirs, listener, ours):
+            handed.close()
+        os.close(slot_fd)
+        assert zygote.owed == 1 and not psutil.Process(zygote.pid).children()
+        os.kill(zygote.pid, signal.SIGCONT)
+        ended: list[tuple[int, int]] = []
+        while not ended and time.monotonic() < deadline:
+            select.select([zygote.line], [], [], 1)
+            ended += zygote.exits()
+        [(late, status)] = ended
+        assert status == signal.SIGKILL and zygote.owed == 0 and not psutil.pid_exists(late)
+        slot.close()
+    finally:
+        os.kill(zygote.pid, signal.SIGCONT)
+        zygote.stop()
+    assert not psutil.pid_exists(zygote.pid)
+
+
 def test_a_process_is_joined_through_a_pidfd_above_1024(tmp_path):
     """A fork-server with a thousand users holds descriptors above select()'s 1024: its stop,
     which waits for its processes through their pidfds, failed there (ValueError) and left
@@ -557,3 +591,12 @@ def test_imports_run_one_at_a_time_in_order_tell_failures_and_abort_the_late(tmp
 
     imports.refusal("d", None, refused)  # no process to be had: told at the next ask, not raised
     assert imports.next is None and "could not start" in imports.refusal("d", None, fork_next)["traceback"]
+    imports.next, imports.failures = None, {}
+
+    def stuck(app: str, source: object) -> FakeNextZygote:
+        raise ZygoteStuck("no answer within 3s")
+
+    assert imports.refusal("e", None, stuck)["loading"]  # a new zygote was started: e waits for it, no failure
+    assert imports.next is None and "e" not in imports.failures and imports.timeout() == 0.0
+    imports.start_next(fork_next)
+    assert forked[-1].app == "e" and imports.next is forked[-1]

@@ -29,7 +29,7 @@ from ..ends import describe
 from . import messages
 from .children import take_stack
 from .messages import Source
-from .zygote import ForkRefused, Zygote, ZygoteGone
+from .zygote import ForkRefused, Zygote, ZygoteStuck
 
 logger = logging.getLogger("htagweb")
 
@@ -77,7 +77,10 @@ class Imports:
         self.failures.pop(app, None)
         try:
             self.next = fork_next(app, source)
-        except (ForkRefused, ZygoteGone, OSError) as exc:  # no process to be had now: told, tried again later
+        except ZygoteStuck:  # a new zygote was started: it is asked at the next turn
+            self.queue.setdefault(app, source)
+            return
+        except (ForkRefused, OSError) as exc:  # no process to be had now: told, tried again later
             logger.error("cannot start the import of %s: %s", app, exc)
             self.failures[app] = Failure(f"Its import could not start: {exc}", time.monotonic())
             return
@@ -133,9 +136,9 @@ class Imports:
 
     def timeout(self) -> float:
         """Seconds until the import under way stops holding the spares back, or must be over
-        (1 while it is aborted); inf: none."""
+        (1 while it is aborted); 0 if one waits to start; inf: none."""
         if self.next is None:
-            return float("inf")
+            return 0.0 if self.queue else float("inf")
         now, limit = time.monotonic(), self.config.timeout_interaction
         waits = [self.started + SPARES_HELD - now] if now < self.started + SPARES_HELD else []
         if limit:

@@ -14,6 +14,7 @@ import collections
 import gc
 import json
 import logging
+import mmap
 import os
 import resource
 import selectors
@@ -48,7 +49,7 @@ from .children import (
 from .loader import AppLoader
 from .spares import Spares
 from .watchdogs import Watchdogs
-from .zygote import user_request
+from .zygote import ForkRefused, ZygoteStuck, user_request
 from .zygotes import Zygotes
 
 logger = logging.getLogger("htagweb")
@@ -534,7 +535,12 @@ class ForkServer:
         else:
             path.unlink(missing_ok=True)  # a previous process' socket, being replaced
             asked = user_request(f"htagweb user {app} {label}", key, app, label, source)
-            pid, pidfd, slot, control = fork_listening(self.zygotes.fork, asked, path)
+            try:
+                pid, pidfd, slot, control = self._fork_user(asked, path)
+            except (ForkRefused, OSError) as exc:
+                self.counters["fork_failures"] += 1
+                logger.warning("fork-server: no process could be had for session %s, app %s: %s", label, app, exc)
+                return messages.error(503, "The server cannot start a session now: try again in a moment.")
             self.spares.arriving(control)
         child = UserChild(pid, slot, self.runtime.users_dir, pidfd=pidfd, key=key, app=app, label=label, socket=path)
         self.by_key[key] = child
@@ -543,6 +549,14 @@ class ForkServer:
         self.counters["spawns"] += 1
         self.after_reply.append(("user process spawned: %s", child))
         return {"ok": True, "pid": pid, "spawned": True}
+
+    def _fork_user(self, asked: bytes, path: Path) -> tuple[int, int, mmap.mmap, socket.socket]:
+        """A user's process, forked by the zygote; asked again, with new descriptors, of the
+        new zygote started when the current one is stuck."""
+        try:
+            return fork_listening(self.zygotes.fork, asked, path)
+        except ZygoteStuck:
+            return fork_listening(self.zygotes.fork, asked, path)
 
     def _admit(self, client: str, label: str) -> dict[str, Any] | None:
         """None if a new process may start now (room made if needed), else the refusal."""

@@ -30,12 +30,14 @@ from ..slot import REHEARSING, SETTLE_LIMIT, read_slot, reset_slot
 from ..spare import REHEARSE
 from .children import Fork, SpareChild, fork_listening
 from .pressure import WINDOW, CpuPressure
-from .zygote import SPARE
+from .zygote import SPARE, ForkRefused
 
 logger = logging.getLogger("htagweb")
 
 #: seconds after which a short pool gets a spare (or a spare is woken) even on a machine that is never calm
 REFILL_ANYWAY = 1.0
+#: seconds before a spare is forked again after a fork was refused (no more processes, no memory)
+RETRY_REFUSED = 1.0
 #: spares woken to rehearse a first page load (about 4.4 MB each, against 1.1 asleep)
 REHEARSED = 4
 
@@ -52,6 +54,8 @@ class Spares:
         self.pressure = CpuPressure()
         self.forked_at = 0.0
         self.woken_at = 0.0
+        #: when a spare's fork was last refused (0: the last one was not)
+        self.refused_at = 0.0
         #: the spares woken to rehearse (counted without looking at every spare at each turn of the loop)
         self.rehearsed: set[SpareChild] = set()
         #: the pool fell to its low-water mark and is being filled again
@@ -63,7 +67,7 @@ class Spares:
     def wanted(self, apps: Collection[str], users: int) -> bool:
         """Whether to fork one more spare now: the pool is short, no arrival is under
         way, and the CPUs are calm (or have not been for long)."""
-        return self.short(apps, users) and self._calm_since(self.forked_at)
+        return self.short(apps, users) and self._calm_since(self.forked_at) and time.monotonic() - self.refused_at >= RETRY_REFUSED
 
     def short(self, apps: Collection[str], users: int) -> bool:
         """Whether the pool lacks a spare that could be forked once the CPUs are calm: it fell
@@ -102,7 +106,16 @@ class Spares:
         """A spare of ``apps`` (the zygote's) listens already, under a name of its own:
         giving it to a user is a rename."""
         path = self.runtime.users_dir / f".spare-{os.urandom(8).hex()}.sock"
-        pid, pidfd, slot, ours = fork_listening(self._fork, SPARE, path)
+        try:
+            pid, pidfd, slot, ours = fork_listening(self._fork, SPARE, path)
+        except (ForkRefused, OSError) as exc:  # tried again later; users keep being served by a fork each
+            if not self.refused_at:
+                logger.warning("fork-server: cannot fork a spare user process (%s): tried again every %gs", exc, RETRY_REFUSED)
+            self.refused_at = time.monotonic()
+            return
+        if self.refused_at:
+            logger.info("fork-server: spare user processes can be forked again")
+            self.refused_at = 0.0
         self.forked_at = time.monotonic()
         spare = SpareChild(pid, slot, self.runtime.users_dir, pidfd=pidfd, control=ours, path=path, apps=frozenset(apps))
         self.spares.append(spare)

@@ -29,6 +29,12 @@ process' control line, listening socket and slot (answered ``pid N`` with its pi
 or ``error {json}``), and ``import {json}`` (answered ``pid N`` with the next
 zygote's pidfd and line, on which it says ``ok`` or ``error {json}`` once the import
 is over); a zygote says ``exit PID STATUS`` whenever a child of its ends.
+
+A zygote answers within a few milliseconds. One that does not answer within
+:data:`ANSWER_WAIT` (stopped by a signal or a debugger, starved on a machine out of
+memory) is given up: the fork-server keeps it, with its processes, and starts a new one
+for the next users. Should it go on, the fork it was asked for and makes then is
+ended at once: nobody waits for that process any more.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -69,14 +76,23 @@ HANDED = struct.Struct("3i")
 SPARE = b"spare"
 #: seconds a zygote that is not this process' child is waited for at its stop
 STOP_WAIT = 5.0
-
-
-class ZygoteGone(Exception):
-    """The zygote ended, or its line broke."""
+#: seconds the fork-server waits for a zygote's answer (a fork takes it 1 to 3 ms, some tens
+#: on a loaded machine) before it gives up on that zygote and starts another
+ANSWER_WAIT = 3.0
 
 
 class ForkRefused(Exception):
-    """The zygote could not fork (the app no longer imports, no memory, no more processes)."""
+    """No process could be had: the zygote could not fork (the app no longer imports, no
+    memory, no more processes), or no zygote answered."""
+
+
+class ZygoteGone(ForkRefused):
+    """The zygote ended, or its line broke."""
+
+
+class ZygoteStuck(ForkRefused):
+    """The zygote did not answer within :data:`ANSWER_WAIT`; the descriptors handed with the
+    request are its own now (it may still fork with them): a new request needs new ones."""
 
 
 def user_request(title: str, key: str, app: str, label: str, source: Source | None) -> bytes:
@@ -106,6 +122,8 @@ class Zygote:
         self.imported: dict[str, str] | None = None
         #: children that ended, read while waiting for an answer: (pid, waitpid status)
         self._exits: list[tuple[int, int]] = []
+        #: answers given up on (see :class:`ZygoteStuck`): those that still come are late
+        self.owed = 0
 
     @classmethod
     def start(cls, serve: Callable[[socket.socket], NoReturn], inherited: list[int]) -> Zygote:
@@ -150,11 +168,16 @@ class Zygote:
         return Zygote(int(rest), socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, fileno=handed[1]), handed[0], app)
 
     def _ask(self, request: bytes, fds: Sequence[int]) -> tuple[bytes, list[int]]:
-        """The answer to ``request``, and the descriptors it hands back. Blocking: the zygote
-        answers at once, and a fork it makes would take the fork-server as long itself."""
+        """The answer to ``request``, and the descriptors it hands back. Blocking, for
+        :data:`ANSWER_WAIT` at most: the zygote answers at once, and a fork it makes would
+        take the fork-server as long itself."""
+        deadline = time.monotonic() + ANSWER_WAIT
         try:
             socket.send_fds(self.line, [request], list(fds))
             while True:
+                if not readable(self.line.fileno(), max(0.0, deadline - time.monotonic())):
+                    self.owed += 1
+                    raise ZygoteStuck(f"no answer within {ANSWER_WAIT:g}s")
                 data, handed, _, _ = socket.recv_fds(self.line, PACKET, 2)
                 if not data:
                     raise ZygoteGone("its line closed")
@@ -166,21 +189,38 @@ class Zygote:
 
     def exits(self) -> list[tuple[int, int]]:
         """The children that ended since last asked: (pid, waitpid status). A next zygote's
-        word on its import is taken on the way (:attr:`importing`, :attr:`imported`)."""
+        word on its import is taken on the way (:attr:`importing`, :attr:`imported`), and
+        a late answer ended (:meth:`_late`)."""
         while True:
             try:
-                data = self.line.recv(PACKET, socket.MSG_DONTWAIT)
+                data, ancillary, _, _ = self.line.recvmsg(PACKET, socket.CMSG_SPACE(2 * 4), socket.MSG_DONTWAIT)
             except OSError:  # nothing more now (or the line broke: the zygote is reaped as a child)
                 break
             if not data:
                 break
             if data.startswith(b"exit "):
                 self._exits.append(_ended(data))
+            elif self.owed:
+                self._late(data, _descriptors(ancillary))
             else:  # the end of its import
                 self.importing = None
                 self.imported = None if data == b"ok" else json.loads(data.partition(b" ")[2])
         exits, self._exits = self._exits, []
         return exits
+
+    def _late(self, answer: bytes, handed: list[int]) -> None:
+        """An answer given up on: the process it forked (a spare, a user's, a next zygote) is
+        ended; its end comes as any other child's."""
+        self.owed -= 1
+        kind, _, rest = answer.partition(b" ")
+        if kind == b"pid" and handed:
+            try:
+                signal.pidfd_send_signal(handed[0], signal.SIGKILL)
+            except ProcessLookupError:  # it ended by itself (a spare whose line was closed)
+                pass
+            logger.info("fork-server: zygote %d went on: ended the process %s it forked too late", self.pid, int(rest))
+        for fd in handed:
+            os.close(fd)
 
     def signal(self, signum: int) -> None:
         try:
@@ -195,6 +235,7 @@ class Zygote:
         """End it (its children are expected gone: any left get SIGTERM from their death signal)."""
         self.line.close()
         self.signal(signal.SIGTERM)
+        self.signal(signal.SIGCONT)  # one stopped (see ZygoteStuck) would keep the SIGTERM pending
         if self.pidfd >= 0:  # forked by a zygote: reaped here only once that one is gone (subreaper)
             readable(self.pidfd, STOP_WAIT)
         try:
@@ -318,6 +359,16 @@ class Children:
     def _user(self, handed: tuple[int, int, int], load: Callable[[], type], app: str, label: str) -> Exit:
         control, listener, slot = _opened(handed)
         return run_user_process(listener, load, self.config, slot, label, app, control)
+
+
+def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The descriptors a message handed over (``socket.recv_fds`` would drop ``MSG_DONTWAIT``
+    before Python 3.12)."""
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS):
+            fds += struct.unpack(f"{len(data) // 4}i", data[: len(data) // 4 * 4])
+    return fds
 
 
 def _opened(handed: tuple[int, int, int]) -> tuple[socket.socket, socket.socket, mmap.mmap]:

@@ -5,7 +5,9 @@ An app named by a string is imported in a next zygote (:mod:`.imports`), forked 
 current one: once its import is over it becomes the current one. A zygote that dies takes
 its children with it, and the zygotes forked from it; the fork-server, their subreaper,
 reaps them all. When the current one dies, a new one is forked from the fork-server at once,
-with the apps given as classes; those named by strings are imported again.
+with the apps given as classes; those named by strings are imported again. So is one when
+the current one stops answering (:class:`.zygote.ZygoteStuck`): that one is kept with the
+older ones, and its processes with it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from .children import ended_children, readable
 from .imports import Imports
 from .loader import AppLoader
 from .messages import Source
-from .zygote import Zygote, ZygoteGone
+from .zygote import Zygote, ZygoteGone, ZygoteStuck
 
 logger = logging.getLogger("htagweb")
 
@@ -77,9 +79,8 @@ class Zygotes:
         self.current = Zygote.start(serve, closed)
         self.apps = set(self.loader.classes)
         self.selector.register(self.current.line, selectors.EVENT_READ, lambda mask: None)  # a child's end wakes the loop
-        for app in self.loader.named():  # imported in next zygotes, one after the other
+        for app in self.loader.named():  # imported in next zygotes, one after the other (see take_import)
             self.imports.queue.setdefault(app, None)
-        self.imports.start_next(self._next)
 
     def fork(self, request: bytes, fds: list[int]) -> tuple[int, int]:
         """A child forked by the current zygote: (pid, pidfd)."""
@@ -138,18 +139,29 @@ class Zygotes:
         return self._ask(lambda current: current.next(app, source))
 
     def _ask(self, ask: Callable[[Zygote], T]) -> T:
-        """``ask`` the current zygote; one that died is replaced and asked again."""
+        """``ask`` the current zygote; one that died is replaced and asked again; one that
+        does not answer is replaced, and the caller asks again (:class:`.zygote.ZygoteStuck`)."""
         for attempt in range(2):
             if self.current is None:
                 self.start()
             assert self.current is not None
             try:
                 return ask(self.current)
+            except ZygoteStuck as exc:
+                self._stuck(self.current, str(exc))
+                raise
             except ZygoteGone as exc:
                 if attempt:
                     raise
                 self._gone(self.current, str(exc))
         raise AssertionError("unreachable")
+
+    def _stuck(self, stuck: Zygote, why: str) -> None:
+        """The current zygote does not answer: a new one forks from now on. The stuck one is not
+        killed, which would end its processes: it is kept with the older ones, its spares too."""
+        logger.error("fork-server: its zygote is stuck (%s): it keeps its processes, a new one forks from now on", why)
+        self.older.append(stuck)
+        self._start_again()
 
     def _gone(self, gone: Zygote, why: str, reaped: bool = False) -> None:
         """A zygote died: its children end with it (their death signal), the zygotes forked
@@ -169,8 +181,12 @@ class Zygotes:
         if gone is not self.current:
             self.older.remove(gone)
             return
-        self.current = None
         self.on_current_gone()
+        self._start_again()
+
+    def _start_again(self) -> None:
+        """A new current zygote, at once: ready for the next user."""
+        self.current = None
         if not self.stopping():
             try:
                 self.start()
