@@ -10,7 +10,7 @@ own in-process WebApp (same app, same client, one run):
 - what the flood left: user processes (htagweb), growth of the server's memory.
 
 htagweb runs with its defaults (max_processes 500, new_processes_per_minute 60) and
-with max_processes=40, the issue's setting. htag's WebApp runs from bench/.venv-htag
+with max_processes=40, the issue's setting. htag's WebApp runs from bench/.venv-htag-3.X
 (see runtime_bench.py).
 """
 

@@ -95,6 +95,12 @@ def median_pid(pids: list[int]) -> int:
     return sorted(pids, key=uss)[len(pids) // 2]
 
 
+def has_event_loop(pid: int) -> bool:
+    """Whether the process has an event loop (its epoll descriptor): a spare that rehearsed."""
+    fds = Path(f"/proc/{pid}/fd")
+    return any(os.readlink(fds / fd) == "anon_inode:[eventpoll]" for fd in os.listdir(fds))
+
+
 def users(server: Server) -> set[int]:
     return {user.pid for user in manage.users(server.runtime_dir)}
 
@@ -118,7 +124,7 @@ def measure(server: Server, merging: bool) -> tuple[dict[str, float], int]:
     processes = {p.pid: " ".join(p.cmdline()) for p in server.processes()}
     forkserver = [pid for pid, title in processes.items() if title.startswith("htagweb fork-server")]
     spares = [pid for pid, title in processes.items() if title.startswith("htagweb spare")]
-    rehearsed = [pid for pid in spares if uss(pid) > 3_000_000]  # a sleeping one holds under 2 MB
+    rehearsed = [pid for pid in spares if has_event_loop(pid)]  # a sleeping one has none yet
     asleep = [pid for pid in spares if pid not in rehearsed]
     for kind, pids in (("fork-server", forkserver), ("spare rehearsed", rehearsed), ("spare asleep", asleep)):
         results[f"{kind} (MB)"] = uss(median_pid(pids)) / 1e6  # now: spares become users later

@@ -3,8 +3,8 @@
     python bench/runtime_bench.py [--quick] [--json FILE] [--no-pin] [--spare-processes N] [--merge-memory] [--workers N]
 
 htag 2.0.28's WebApp needs Starlette 0.52 (it calls the add_websocket_route that
-Starlette 1.x removed), so it runs from its own virtualenv, bench/.venv-htag,
-created here on first use. Both servers run under the same uvicorn
+Starlette 1.x removed), so it runs from its own virtualenv, bench/.venv-htag-3.X (the Python
+version this script runs on: both on the same interpreter), created here on first use. Both servers run under the same uvicorn
 (uvicorn[standard], default options, no access log).
 
 Measured with a protocol-level client (httpx + websockets):
@@ -45,7 +45,8 @@ from servers import Server, http_client, percentile, ws_connect  # noqa: E402
 from htagweb import manage  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-VENV = HERE / ".venv-htag"
+#: one per Python version: htag and htagweb are compared on the same interpreter
+VENV = HERE / f".venv-htag-{sys.version_info.major}.{sys.version_info.minor}"
 #: pause after each new user, so that what a server does in the background for it
 #: (htagweb forks and rehearses its next spare) is done before anything else is measured
 QUIET = 0.1

@@ -10,13 +10,13 @@ instead, afresh when its source or a module of the folder it imported changed (s
 from __future__ import annotations
 
 import contextlib
-import gc
 from collections.abc import Callable
 from pathlib import Path
 
 from .. import folder
 from ..appspec import AppSpec
 from ..devindex import index_app
+from ..immortal import share
 from ..runtime import Runtime
 from .messages import Source
 
@@ -73,5 +73,5 @@ class AppLoader:
                 self.classes[app] = index_app(Path(source["root"]), source["rel"])
             else:
                 self.classes[app] = self.apps.get(app, AppSpec(app, None)).load()
-            gc.freeze()  # shared copy-on-write from now on
+            share()  # shared copy-on-write from now on
         return self.classes[app]

@@ -31,6 +31,7 @@ from ..admission import Candidate, NewProcessLimit, make_room_from
 from ..appspec import AppSpec
 from ..config import Config
 from ..ends import End, describe, from_status
+from ..immortal import share
 from ..merging import why_unmerged
 from ..metrics import BY_END, COUNTERS, FRONT_COUNTERS, KILLS
 from ..rehearsal import warm_up
@@ -179,7 +180,7 @@ class ForkServer:
         self.loader.import_given()
         warm_up(self.config)
         gc.collect()
-        gc.freeze()  # what is here now is shared copy-on-write by the zygote, then by every user process
+        share()  # what is here now is shared copy-on-write by the zygote, then by every user process
         self.zygotes.start()
         os.write(ready_fd, b"1")
         os.close(ready_fd)
