@@ -39,7 +39,8 @@ from runtime_bench import HTAG_SOURCE, HTAGWEB_SOURCE, click, htag_python, visit
 from servers import Server  # noqa: E402
 
 from htagweb import rehearsal  # noqa: E402
-from htagweb.config import Config  # noqa: E402
+from htagweb.config import Config
+from htagweb.immortal import share  # noqa: E402
 from htagweb.process import UserProcess, new_loop  # noqa: E402
 from htagweb.slot import Watchdog, new_slot  # noqa: E402
 
@@ -113,7 +114,7 @@ def floor(users: int) -> dict[str, float]:
     config = Config()
     rehearsal.warm_up(config)
     gc.collect()
-    gc.freeze()
+    share()  # as the fork-server does: frozen, and immortal where supported
     slot = new_slot()
     start = time.process_time()
     for _ in range(users):
