@@ -235,6 +235,40 @@ def test_a_server_that_may_fork_no_more_tells_new_users_and_recovers(pids_limit,
     assert "Traceback" not in srv.log
 
 
+def test_a_fork_server_out_of_descriptors_keeps_a_connection_waiting_and_stays(server):
+    """A fork-server with no descriptor left (max_processes above its limit of open files,
+    warned at start) cannot accept a new connection: a worker restarted by its master, or
+    ``htagweb ps``. It must not die of it (``accept`` fails with EMFILE), which ended every
+    user's process: the connection waits, users already in click on, and it is served once a
+    descriptor is free."""
+    srv = server(server_source("WebServerWS", timeout_inactivity=0, spare_processes=1))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            assert count((await user.page()).text) == 0
+            session = user.http.cookies["htagweb_session"][:8]
+            forkserver = forkserver_of(srv)
+            limit = forkserver.rlimit(psutil.RLIMIT_NOFILE)
+            in_use = {int(fd) for fd in os.listdir(f"/proc/{forkserver.pid}/fd")}
+            forkserver.rlimit(psutil.RLIMIT_NOFILE, (min(set(range(len(in_use) + 1)) - in_use), limit[1]))  # none free
+            try:
+                listing = asyncio.create_task(asyncio.to_thread(manage.users, srv.runtime_dir))
+                await asyncio.to_thread(srv.wait_log, r"WARNING.*fork-server: cannot accept a connection \(.*Too many open files")
+                async with user.ws() as ws:
+                    await ws.recv()
+                    assert count((await click(ws, "inc"))["updates"]["count"]) == 1
+                assert not listing.done()
+            finally:
+                forkserver.rlimit(psutil.RLIMIT_NOFILE, limit)
+            assert [found.session for found in await listing] == [session]
+            await asyncio.to_thread(srv.wait_log, r"INFO.*fork-server: connections are accepted again")
+            assert forkserver.is_running()
+
+    run(scenario())
+    assert len(re.findall(r"fork-server \d+ serving", srv.log)) == 1
+    assert "Traceback" not in srv.log
+
+
 def test_a_server_stops_while_its_zygote_is_stopped(server):
     """A stopped zygote keeps a SIGTERM pending: the server's stop must not wait for it for
     ever (the fixture's stop fails on any process or socket left)."""

@@ -13,6 +13,7 @@ quiet copy of it made once it is warm, forks every process on its behalf.
 One module per job:
 
 - :mod:`.loop`: the request loop, reaping, the user processes' registry;
+- :mod:`.listener`: where workers connect, paused when no descriptor is left;
 - :mod:`.children`: the processes as objects (``is_alive``, ``terminate``,
   ``abort``, ``kill``, ``join``) and how every child is forked;
 - :mod:`.zygote`: the process that forks them, and the line to it;

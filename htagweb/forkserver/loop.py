@@ -42,11 +42,11 @@ from .children import (
     PR_SET_CHILD_SUBREAPER,
     UserChild,
     fork_listening,
-    listen,
     prctl,
     resident_memory,
     stack_path,
 )
+from .listener import Listener
 from .loader import AppLoader
 from .spares import Spares
 from .watchdogs import Watchdogs
@@ -140,7 +140,7 @@ class ForkServer:
         self.watchdogs = Watchdogs(config)
         self.new_process_limit = NewProcessLimit(config.new_processes_per_minute)
         self.status_waits: list[StatusWait] = []
-        self.listener: socket.socket | None = None
+        self.listener: Listener | None = None
         self.wakeup_r, self.wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         #: INFO lines written once the reply has left: a front waits for the reply, nobody for the log
         self.after_reply: list[tuple[str, object]] = []
@@ -172,9 +172,7 @@ class ForkServer:
             os._exit(1)
         path = self.runtime.forkserver_socket
         path.unlink(missing_ok=True)
-        self.listener = listen(path)
-        self.listener.setblocking(False)
-        self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
+        listener = self.listener = Listener(path, self.selector, self._accept)
         if self.config.merge_memory and (unmerged := why_unmerged()):
             logger.warning("merge_memory is set, but %s", unmerged)
         self.loader.import_given()
@@ -189,6 +187,7 @@ class ForkServer:
             for key, mask in self.selector.select(self._timeout()):
                 key.data(mask)
             self._reap()
+            listener.resume_when_due()
             if (imported := self.zygotes.take_import()) is not None:
                 self.spares.drop_without(imported)
             self._answer_status_waits()
@@ -229,7 +228,8 @@ class ForkServer:
             return 0
         waits = [wait.deadline - time.monotonic() for wait in self.status_waits]
         spares = self.spares.next_check(self.zygotes.apps, len(self.users)) if self._keeps_spares else 1.0
-        return max(0.0, min(self.watchdogs.next_check(), spares, self.zygotes.imports.timeout(), *waits))
+        accepting = self.listener.timeout() if self.listener is not None else 1.0
+        return max(0.0, min(self.watchdogs.next_check(), spares, self.zygotes.imports.timeout(), accepting, *waits))
 
     def _woken(self, mask: int) -> None:
         try:
@@ -310,13 +310,7 @@ class ForkServer:
 
     # --- the lines from workers ----------------------------------------------
 
-    def _accept(self, mask: int) -> None:
-        assert self.listener is not None
-        try:
-            sock, _ = self.listener.accept()
-        except BlockingIOError:
-            return
-        sock.setblocking(False)
+    def _accept(self, sock: socket.socket) -> None:
         line = self.lines[sock] = Line(sock)
         self.selector.register(sock, selectors.EVENT_READ, lambda mask: self._ready(line, mask))
 
