@@ -188,6 +188,41 @@ def test_a_zygote_that_stops_answering_holds_back_no_user(server):
     srv.wait_log(r"ERROR.*fork-server: its zygote is stuck \(no answer within \d+s\): it keeps its processes, a new one forks from now on")
 
 
+def test_a_user_whose_process_ends_under_a_stuck_zygote_gets_a_new_one(server):
+    """A stuck zygote cannot tell the fork-server that one of its processes ended (it reaps
+    them): that user must not be refused ("busy, try again") until it goes on, for ever if
+    it never does. The process' pidfd says it ended: its user gets a new process, and its
+    end, once told, is logged as what it was."""
+    srv = server(server_source("WebServerWS", timeout_inactivity=0, spare_processes=1))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            first = pid((await user.page()).text)
+            forkserver = forkserver_of(srv)
+            wait_for(lambda: len(forked_by(forkserver)) >= 2, "no spare was forked")
+            [zygote] = forkserver.children()
+            zygote.suspend()
+            try:
+                async with user.ws() as ws:
+                    await ws.recv()
+                    assert "stopped unexpectedly" in (await click(ws, "crash"))["traceback"]
+                for _ in range(2):  # the spare, then a fork: asked of a new zygote
+                    page = await asyncio.wait_for(user.page(), 60)  # the bound ends a stuck test
+                    assert page.status_code == 200 and count(page.text) == 0 and pid(page.text) != first
+                    async with user.ws() as ws:
+                        await ws.recv()
+                        assert count((await click(ws, "inc"))["updates"]["count"]) == 1
+                    async with user.ws() as ws:
+                        await ws.recv()
+                        await click(ws, "crash")
+            finally:
+                zygote.resume()
+            await asyncio.to_thread(srv.wait_log, rf"WARNING.*user process crashed: pid {first}, .*crashed \(exit code 3\)")
+
+    run(scenario())
+    assert "Traceback" not in srv.log
+
+
 def test_a_server_that_may_fork_no_more_tells_new_users_and_recovers(pids_limit, server):
     """The machine gives no more processes (a container's or a unit's limit of tasks: fork
     fails with EAGAIN): new users are told to try again, users already in click on, the

@@ -69,6 +69,11 @@ class Child:
     def is_alive(self) -> bool:
         return self.status is None
 
+    def exited(self) -> bool:
+        """Whether it ended, its end told or not: its pidfd is readable from its exit on,
+        while its status waits for its zygote to reap it (a stuck zygote does not)."""
+        return self.status is not None or (self.pidfd >= 0 and readable(self.pidfd, 0))
+
     def signal(self, sig: int) -> None:
         if self.status is None and self.pidfd >= 0:
             try:

@@ -480,7 +480,7 @@ class ForkServer:
             rss: int | None = resident_memory(child.pid)
         except (OSError, ValueError, IndexError):
             rss = None
-        state = "ending" if child.end or reading.state == EXITING else "busy" if reading.busy_since else "idle"
+        state = "ending" if child.end or reading.state == EXITING or child.exited() else "busy" if reading.busy_since else "idle"
         return {
             "pid": child.pid,
             "session": child.label,
@@ -513,7 +513,7 @@ class ForkServer:
         key, app, label, source = request.key, request.app, request.label, request.source
         self._reap()
         child = self.by_key.get(key)
-        if child is not None and child.end is None and read_slot(child.slot).state != EXITING:
+        if child is not None and child.end is None and read_slot(child.slot).state != EXITING and not child.exited():
             if not self.loader.stale(key, source):
                 return {"ok": True, "pid": child.pid, "spawned": False}
             logger.info("user process reloaded: %s (its source changed)", child)
