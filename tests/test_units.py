@@ -31,6 +31,7 @@ from htagweb.forkserver import messages
 from htagweb.forkserver import zygote as zygote_module
 from htagweb.forkserver.children import Child, SpareChild, listen, open_files, resident_memory, stack_path
 from htagweb.forkserver.imports import RETRY_AFTER, Imports
+from htagweb.forkserver.lines import Line, Lines, Reply
 from htagweb.forkserver.loader import AppLoader
 from htagweb.forkserver.pressure import WINDOW, CpuPressure
 from htagweb.forkserver.spares import Spares
@@ -600,3 +601,53 @@ def test_imports_run_one_at_a_time_in_order_tell_failures_and_abort_the_late(tmp
     assert imports.next is None and "e" not in imports.failures and imports.timeout() == 0.0
     imports.start_next(fork_next)
     assert forked[-1].app == "e" and imports.next is forked[-1]
+
+
+def test_lines_answer_in_the_order_of_the_requests_and_drop_a_garbled_or_closed_line():
+    """A reply set later (a status that waits for an end) holds back those after it on the
+    same line, not another line's; a bad request is answered as such; a line that closes
+    is dropped and said so."""
+    selector = selectors.DefaultSelector()
+    waiting: list[Reply] = []
+    dropped: list[Line] = []
+
+    def handle(line: Line, request: messages.Request, reply: Reply) -> None:
+        if isinstance(request, messages.Status):
+            waiting.append(reply)
+        else:
+            reply.set({"ok": True, "counter": getattr(request, "counter", None)})
+
+    lines = Lines(selector, handle, dropped.append)
+    ours, theirs = socket.socketpair()
+    other, other_theirs = socket.socketpair()
+    lines.add(ours)
+    lines.add(other)
+    theirs.sendall(messages.encode(messages.Status("k")) + messages.encode(messages.Count("a")) + b"not json\n")
+    other_theirs.sendall(messages.encode(messages.Count("b")))
+    for _ in range(2):
+        for key, mask in selector.select(1):
+            key.data(mask)
+    other_theirs.settimeout(5)
+    assert json.loads(other_theirs.recv(4096)) == {"ok": True, "counter": "b"}
+    theirs.setblocking(False)
+    with pytest.raises(BlockingIOError):  # the status waits: nothing after it leaves
+        theirs.recv(4096)
+    [status] = waiting
+    status.set({"ok": True, "alive": False})
+    [line] = [line for line in lines.open.values() if line.sock is ours]
+    lines.flush(line)
+    theirs.setblocking(True)
+    theirs.settimeout(5)
+    received = b""
+    while received.count(b"\n") < 3:
+        received += theirs.recv(4096)
+    first, second, third = (json.loads(part) for part in received.splitlines())
+    assert first == {"ok": True, "alive": False} and second == {"ok": True, "counter": "a"}
+    assert third["status"] == 400 and "bad request" in third["error"]
+    theirs.close()
+    for key, mask in selector.select(1):
+        key.data(mask)
+    assert dropped == [line] and ours.fileno() == -1 and lines.filenos() == [other.fileno()]
+    lines.close_all()
+    other_theirs.close()
+    selector.close()

@@ -12,8 +12,10 @@ quiet copy of it made once it is warm, forks every process on its behalf.
 
 One module per job:
 
-- :mod:`.loop`: the request loop, reaping, the user processes' registry;
+- :mod:`.loop`: the request loop and reaping;
 - :mod:`.listener`: where workers connect, paused when no descriptor is left;
+- :mod:`.lines`: the connections from workers, requests in and replies out in order;
+- :mod:`.users`: the user processes, by pid and by session, and why recent ones ended;
 - :mod:`.children`: the processes as objects (``is_alive``, ``terminate``,
   ``abort``, ``kill``, ``join``) and how every child is forked;
 - :mod:`.zygote`: the process that forks them, and the line to it;

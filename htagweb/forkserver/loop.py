@@ -1,16 +1,15 @@
 """The fork-server's loop: requests from the workers in, replies out, children reaped.
 
-Nothing in it blocks: sockets are non-blocking (a worker that stops reading its
-replies only fills its own buffer), signal handlers only queue (SIGCHLD and
-the stop signals wake the loop through a wake-up pipe, no polling), and a
-request whose answer must wait (why a process still listed is gone) is answered
-when the process is reaped, while other requests go on. Replies leave each
-connection in the order of its requests.
+Nothing in it blocks on a worker: its lines are non-blocking (:mod:`.lines`), signal
+handlers only queue (SIGCHLD and the stop signals wake the loop through a wake-up
+pipe, no polling), and a request whose answer must wait (why a process still listed
+is gone) is answered when the process is reaped, while other requests go on. The one
+wait is for the zygote's answer to a fork: a few milliseconds, and
+:data:`.zygote.ANSWER_WAIT` at most, once, for a zygote that stopped answering.
 """
 
 from __future__ import annotations
 
-import collections
 import gc
 import json
 import logging
@@ -27,67 +26,42 @@ from typing import Any
 
 from setproctitle import setproctitle
 
-from ..admission import Candidate, NewProcessLimit, make_room_from
+from ..admission import NewProcessLimit, make_room_from
 from ..appspec import AppSpec
 from ..config import Config
-from ..ends import End, describe, from_status
+from ..ends import End
 from ..immortal import share
 from ..merging import why_unmerged
-from ..metrics import BY_END, COUNTERS, FRONT_COUNTERS, KILLS
+from ..metrics import COUNTERS, FRONT_COUNTERS
 from ..rehearsal import warm_up
 from ..runtime import Runtime
-from ..slot import EXITING, read_slot
 from . import messages
 from .children import (
     PR_SET_CHILD_SUBREAPER,
     UserChild,
     fork_listening,
     prctl,
-    resident_memory,
     stack_path,
 )
+from .lines import Line, Lines, Reply
 from .listener import Listener
 from .loader import AppLoader
 from .spares import Spares
+from .users import UserProcesses, listed
 from .watchdogs import Watchdogs
 from .zygote import ForkRefused, ZygoteStuck, user_request
 from .zygotes import Zygotes
 
 logger = logging.getLogger("htagweb")
 
-#: a worker's unread replies past which its requests are not read either
-MAX_OUTBOX = 4 * 2**20
 #: seconds a status request waits for a listed process to be reaped
 STATUS_WAIT = 1.0
 #: seconds a retired fork-server stays after its last user process ended, answering why it ended
 RETIRED_LINGER = 5.0
-#: why-gone reasons remembered, for fronts that ask late
-DEATHS_KEPT = 10000
 #: descriptors the fork-server holds for each process: its pidfd and its slot's file
 OPEN_FILES_PER_PROCESS = 2
 #: seconds a stopping fork-server waits for the zygote to tell of its children's ends
 EXITS_WAIT = 2.0
-
-
-class Reply:
-    __slots__ = ("data",)
-
-    def __init__(self) -> None:
-        self.data: bytes | None = None
-
-    def set(self, reply: dict[str, Any]) -> None:
-        self.data = json.dumps(reply).encode() + b"\n"
-
-
-class Line:
-    """A connection from a worker (or from ``htagweb ps``): requests in, replies out in order."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.inbox = bytearray()
-        self.replies: collections.deque[Reply] = collections.deque()
-        self.outbox = bytearray()
-        self.closed = False
 
 
 @dataclass
@@ -117,10 +91,7 @@ class ForkServer:
             stopping=lambda: self.stop_requested,
             on_current_gone=lambda: self.spares.stop(),
         )
-        self.users: dict[int, UserChild] = {}
-        self.by_key: dict[str, UserChild] = {}
-        self.deaths: dict[str, End] = {}
-        self.lines: dict[socket.socket, Line] = {}
+        self.lines = Lines(self.selector, self._handle, self._dropped)
         self.presence: set[Line] = set()
         #: the workers that said hello, and their parents (a gunicorn or uvicorn master)
         self.server_pids: set[int] = set()
@@ -136,14 +107,13 @@ class ForkServer:
         self.predecessors: list[Path] = []
         #: what /_htagweb/metrics reports, for the whole server (fronts add theirs with the "count" request)
         self.counters = dict.fromkeys(COUNTERS, 0)
+        self.users = UserProcesses(runtime, self.loader, self.counters)
         self.spares = Spares(runtime, config, self.selector, self.zygotes.fork)
         self.watchdogs = Watchdogs(config)
         self.new_process_limit = NewProcessLimit(config.new_processes_per_minute)
         self.status_waits: list[StatusWait] = []
         self.listener: Listener | None = None
         self.wakeup_r, self.wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        #: INFO lines written once the reply has left: a front waits for the reply, nobody for the log
-        self.after_reply: list[tuple[str, object]] = []
 
     # --- life ------------------------------------------------------------
 
@@ -172,7 +142,7 @@ class ForkServer:
             os._exit(1)
         path = self.runtime.forkserver_socket
         path.unlink(missing_ok=True)
-        listener = self.listener = Listener(path, self.selector, self._accept)
+        listener = self.listener = Listener(path, self.selector, self.lines.add)
         if self.config.merge_memory and (unmerged := why_unmerged()):
             logger.warning("merge_memory is set, but %s", unmerged)
         self.loader.import_given()
@@ -196,7 +166,7 @@ class ForkServer:
                 self.spares.fork(self.zygotes.apps)
             if self._keeps_spares:
                 self.spares.rehearse()
-            self.watchdogs.check(self.users.values())
+            self.watchdogs.check(self.users)
             if self.orphaned_since is not None:
                 self._check_orphaned()
             if self.retired and not self.users and not self.presence:
@@ -285,7 +255,7 @@ class ForkServer:
     def _shutdown(self) -> None:
         """Blocking from here on: no worker waits for anything but the end."""
         self.spares.stop()
-        children = list(self.users.values())
+        children = list(self.users)
         logger.info("fork-server stopping: ending %d user processes", len(children))
         for child in children:
             child.stop(End.STOPPED)
@@ -304,81 +274,16 @@ class ForkServer:
         while any(path.exists() for path in self.predecessors) and time.monotonic() < deadline:
             time.sleep(0.05)
         self._sweep()
-        for line in list(self.lines.values()):
-            line.sock.close()
+        self.lines.close_all()
         os._exit(0)
 
     # --- the lines from workers ----------------------------------------------
 
-    def _accept(self, sock: socket.socket) -> None:
-        line = self.lines[sock] = Line(sock)
-        self.selector.register(sock, selectors.EVENT_READ, lambda mask: self._ready(line, mask))
-
-    def _ready(self, line: Line, mask: int) -> None:
-        if mask & selectors.EVENT_WRITE:
-            self._flush(line)
-        if mask & selectors.EVENT_READ and not line.closed:
-            self._read(line)
-
-    def _read(self, line: Line) -> None:
-        try:
-            data = line.sock.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._drop(line)
-            return
-        line.inbox += data
-        while not line.closed and b"\n" in line.inbox:
-            raw, _, rest = bytes(line.inbox).partition(b"\n")
-            line.inbox[:] = rest
-            reply = Reply()
-            line.replies.append(reply)
-            try:
-                self._handle(line, messages.decode(raw), reply)
-            except messages.BadRequest as exc:
-                logger.warning("fork-server: bad request: %s", exc)
-                reply.set(messages.error(400, f"bad request: {exc}"))
-            except Exception as exc:
-                logger.exception("fork-server: request failed")
-                reply.set(messages.error(500, f"fork-server error: {exc!r}"))
-        self._flush(line)
-        for message, arg in self.after_reply:
-            logger.info(message, arg)
-        self.after_reply.clear()
-
-    def _flush(self, line: Line) -> None:
-        """Send what can be sent now of the replies that are ready, in order."""
-        if line.closed:
-            return
-        while line.replies and (ready := line.replies[0].data) is not None:
-            line.outbox += ready
-            line.replies.popleft()
-        if line.outbox:
-            try:
-                sent = line.sock.send(line.outbox)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self._drop(line)
-                return
-            del line.outbox[:sent]
-        events = (selectors.EVENT_READ if len(line.outbox) < MAX_OUTBOX else 0) | (selectors.EVENT_WRITE if line.outbox else 0)
-        self.selector.modify(line.sock, events, self.selector.get_key(line.sock).data)
-
-    def _drop(self, line: Line) -> None:
-        if line.closed:
-            return
-        line.closed = True
-        self.selector.unregister(line.sock)
-        del self.lines[line.sock]
+    def _dropped(self, line: Line) -> None:
         if line in self.presence:
             self.presence.discard(line)
             if not self.presence:
                 self.orphaned_since = time.monotonic()
-        line.sock.close()
 
     def _handle(self, line: Line, request: messages.Request, reply: Reply) -> None:
         if isinstance(request, messages.Ensure):
@@ -386,10 +291,10 @@ class ForkServer:
         elif isinstance(request, messages.Status):
             self._status(line, request.key, reply)
         elif isinstance(request, messages.Rotate):
-            reply.set(self._rotate(request.old, request.new))
+            reply.set({"ok": True, "moved": self.users.rotate(request.old, request.new)})
         elif isinstance(request, messages.Stats):
             self._reap()  # a process killed a moment ago is counted as such
-            candidates = self._candidates()
+            candidates = self.users.candidates()
             reply.set(
                 {
                     "ok": True,
@@ -406,7 +311,7 @@ class ForkServer:
                 self.counters[request.counter] += 1
             reply.set({"ok": True})
         elif isinstance(request, messages.Users):
-            reply.set({"ok": True, "processes": [self._describe(child) for child in self.users.values()]})
+            reply.set({"ok": True, "processes": [listed(child) for child in self.users]})
         elif isinstance(request, messages.Kill):
             reply.set(self._kill(request))
         elif isinstance(request, messages.Hello):
@@ -452,9 +357,8 @@ class ForkServer:
     def _status(self, line: Line, key: str, reply: Reply) -> None:
         """Why the process of ``key`` is gone. Asked when a front saw its connection end:
         a process still listed is given a moment to be reaped, without holding up the loop."""
-        child = self.by_key.get(key)
-        if child is None:
-            reply.set({"ok": True, "alive": False, "reason": self.deaths.get(key, End.LOST).value})
+        if key not in self.users.by_key:
+            reply.set({"ok": True, "alive": False, "reason": self.users.why_gone(key).value})
         else:
             self.status_waits.append(StatusWait(line, reply, key, time.monotonic() + STATUS_WAIT))
 
@@ -462,47 +366,25 @@ class ForkServer:
         now = time.monotonic()
         waiting = []
         for wait in self.status_waits:
-            child = self.by_key.get(wait.key)
+            child = self.users.by_key.get(wait.key)
             if child is None:
-                wait.reply.set({"ok": True, "alive": False, "reason": self.deaths.get(wait.key, End.LOST).value})
+                wait.reply.set({"ok": True, "alive": False, "reason": self.users.why_gone(wait.key).value})
             elif now >= wait.deadline:
                 wait.reply.set({"ok": True, "alive": child.end is None, "reason": child.end.value if child.end else None})
             else:
                 waiting.append(wait)
                 continue
-            self._flush(wait.line)
+            self.lines.flush(wait.line)
         self.status_waits = waiting
-
-    def _describe(self, child: UserChild) -> dict[str, Any]:
-        now = time.monotonic()
-        reading = read_slot(child.slot)
-        try:
-            rss: int | None = resident_memory(child.pid)
-        except (OSError, ValueError, IndexError):
-            rss = None
-        state = "ending" if child.end or reading.state == EXITING or child.exited() else "busy" if reading.busy_since else "idle"
-        return {
-            "pid": child.pid,
-            "session": child.label,
-            "app": child.app,
-            "age": round(now - child.started, 3),
-            "idle": round(max(0.0, now - reading.active), 3),
-            "rss": rss,
-            "state": state,
-        }
 
     def _kill(self, request: messages.Kill) -> dict[str, Any]:
         if not request.prefix:
             return messages.error(400, "a session prefix is needed")
-        chosen = [
-            child
-            for child in self.users.values()
-            if child.label.startswith(request.prefix) and request.app in (None, child.app) and child.end is None
-        ]
+        chosen = self.users.chosen(request.prefix, request.app)
         for child in chosen:
             logger.info("user process ended on request: %s", child)
             child.stop(End.KILLED)
-        return {"ok": True, "processes": [self._describe(child) for child in chosen]}
+        return {"ok": True, "processes": [listed(child) for child in chosen]}
 
     # --- user processes ----------------------------------------------------
 
@@ -512,8 +394,8 @@ class ForkServer:
         a file it imported changed."""
         key, app, label, source = request.key, request.app, request.label, request.source
         self._reap()
-        child = self.by_key.get(key)
-        if child is not None and child.end is None and read_slot(child.slot).state != EXITING and not child.exited():
+        child = self.users.live(key)
+        if child is not None:
             if not self.loader.stale(key, source):
                 return {"ok": True, "pid": child.pid, "spawned": False}
             logger.info("user process reloaded: %s (its source changed)", child)
@@ -538,11 +420,8 @@ class ForkServer:
                 return messages.error(503, "The server cannot start a session now: try again in a moment.")
             self.spares.arriving(control)
         child = UserChild(pid, slot, self.runtime.users_dir, pidfd=pidfd, key=key, app=app, label=label, socket=path)
-        self.by_key[key] = child
-        self.users[pid] = child
-        self.deaths.pop(key, None)
-        self.counters["spawns"] += 1
-        self.after_reply.append(("user process spawned: %s", child))
+        self.users.add(child)
+        self.lines.after_reply.append(("user process spawned: %s", child))
         return {"ok": True, "pid": pid, "spawned": True}
 
     def _fork_user(self, asked: bytes, path: Path) -> tuple[int, int, mmap.mmap, socket.socket]:
@@ -560,16 +439,16 @@ class ForkServer:
             limit = self.config.new_processes_per_minute
             logger.warning("new process refused: over %d new processes per minute from %s", limit, client)
             return messages.error(429, "Too many new sessions from your address: try again in a minute.")
-        if len(self.by_key) < self.config.max_processes:  # room, without reading every slot
+        if len(self.users.by_key) < self.config.max_processes:  # room, without reading every slot
             return None
-        candidates = self._candidates()
+        candidates = self.users.candidates()
         if len(candidates) < self.config.max_processes:
             return None
         victim = make_room_from(candidates)
         if victim is None:
             logger.warning("max_processes (%d) reached, all busy: refusing a new user process for session %s", len(candidates), label)
             return messages.error(503, "The server has reached its limit of live user sessions.")
-        child = self.by_key[victim.key]
+        child = self.users.by_key[victim.key]
         idle = time.monotonic() - victim.last_activity
         why = f"idle for {idle:.0f}s" if victim.live else f"provisional: its page never went live, {idle:.0f}s ago"
         self.counters["evictions"] += 1
@@ -577,39 +456,9 @@ class ForkServer:
         child.stop(End.EVICTED)  # on_destroy runs
         return None
 
-    def _candidates(self) -> list[Candidate]:
-        """The user processes that count towards max_processes (not those already ending)."""
-        candidates = []
-        for child in self.users.values():
-            if child.end is None and self.by_key.get(child.key) is child:
-                reading = read_slot(child.slot)
-                candidates.append(Candidate(child.key, reading.live, reading.busy_since != 0, reading.active))
-        return candidates
-
-    def _rotate(self, old: str, new: str) -> dict[str, Any]:
-        """A session's id changed: its user processes move to the new id (their sockets
-        renamed), so that the old id reaches none of them."""
-        moved = 0
-        for child in list(self.by_key.values()):
-            if child.key != self.runtime.process_key(old, child.app):
-                continue
-            key = self.runtime.process_key(new, child.app)
-            try:
-                os.rename(self.runtime.user_socket_path(child.key), self.runtime.user_socket_path(key))
-            except FileNotFoundError:  # ending already (its socket removed): the old id reaches it no more
-                continue
-            deps = self.loader.deps_file(child.key)
-            if deps.exists():
-                deps.rename(self.loader.deps_file(key))
-            del self.by_key[child.key]
-            child.key, child.socket = key, self.runtime.user_socket_path(key)
-            self.by_key[key] = child
-            moved += 1
-        return {"ok": True, "moved": moved}
-
     def _inherited(self) -> list[int]:
         """What a zygote closes at once: the fork-server's descriptors are not its to keep."""
-        fds = [self.selector.fileno(), self.wakeup_r, self.wakeup_w, *(sock.fileno() for sock in self.lines)]
+        fds = [self.selector.fileno(), self.wakeup_r, self.wakeup_w, *self.lines.filenos()]
         if self.listener is not None:
             fds.append(self.listener.fileno())
         return fds + self.spares.inherited()
@@ -630,37 +479,8 @@ class ForkServer:
         for pid, status in self.zygotes.ends():
             if self.spares.reaped(pid, status, self.stop_requested):
                 continue
-            child = self.users.pop(pid, None)
-            if child is not None:
-                child.reaped(status)
-                self._ended(child)
-            else:  # a spare dropped earlier, a next zygote whose import failed
+            if not self.users.reaped(pid, status, self.stop_requested):  # a spare dropped earlier, a next zygote that failed
                 stack_path(self.runtime.users_dir, pid).unlink(missing_ok=True)
-
-    def _ended(self, child: UserChild) -> None:
-        assert child.status is not None
-        end = child.end or from_status(child.status)
-        stack = child.take_stack()
-        if child.end is None and end is End.CRASHED:
-            logger.warning("user process crashed: %s, crashed (%s)", child, describe(child.status))
-        elif child.end is None:
-            logger.info("user process ended: %s (%s)", child, end.value)
-        if stack and end is End.INTERACTION_TIMEOUT:
-            logger.warning("user process hung in a handler: %s; its Python stack when it was stopped:\n%s", child, stack)
-        elif stack and end is End.CRASHED:
-            logger.warning("user process crashed: %s; its Python stack:\n%s", child, stack)
-        if end in BY_END and not (end is End.EXPIRED and self.stop_requested):
-            self.counters[BY_END[end]] += 1
-        if end in KILLS:
-            self.counters["kills"] += 1
-        self.deaths[child.key] = end
-        if len(self.deaths) > DEATHS_KEPT:
-            self.deaths.pop(next(iter(self.deaths)))
-        if self.by_key.get(child.key) is child:
-            del self.by_key[child.key]
-            self.runtime.user_socket_path(child.key).unlink(missing_ok=True)
-            self.loader.forget(child.key)
-        child.slot.close()
 
 
 def _ask(path: Path, request: messages.Request) -> dict[str, Any] | None:
