@@ -62,6 +62,16 @@ def forkserver_of(srv) -> psutil.Process:
     return psutil.Process(int(srv.wait_log(r"fork-server (\d+) serving").group(1)))
 
 
+async def page_and_zygote(srv, user: User, forked: int) -> tuple[int, psutil.Process, psutil.Process]:
+    """The pid of ``user``'s process, once it loaded the page and the fork-server has ``forked``
+    processes (``user``'s and the spares); the fork-server; its zygote."""
+    first = pid((await user.page()).text)
+    forkserver = forkserver_of(srv)
+    wait_for(lambda: len(forked_by(forkserver)) >= forked, "no spares were forked")
+    [zygote] = forkserver.children()
+    return first, forkserver, zygote
+
+
 def alive(pids) -> set[int]:
     found = set()
     for p in pids:
@@ -112,10 +122,7 @@ def test_a_killed_zygote_takes_its_processes_with_it_and_is_replaced(server):
 
     async def scenario():
         async with User(srv.url) as user:
-            first = pid((await user.page()).text)
-            forkserver = forkserver_of(srv)
-            wait_for(lambda: len(forked_by(forkserver)) >= 3, "no spares were forked")
-            [zygote] = forkserver.children()
+            first, forkserver, zygote = await page_and_zygote(srv, user, 3)
             forked = {p.pid for p in forked_by(forkserver)}
             async with user.ws() as ws:
                 await ws.recv()
@@ -156,10 +163,7 @@ def test_a_zygote_that_stops_answering_holds_back_no_user(server):
 
     async def scenario():
         async with User(srv.url) as before:
-            first = pid((await before.page()).text)
-            forkserver = forkserver_of(srv)
-            wait_for(lambda: len(forked_by(forkserver)) >= 2, "no spare was forked")
-            [zygote] = forkserver.children()
+            first, forkserver, zygote = await page_and_zygote(srv, before, 2)
             own = {p.pid for p in zygote.children()}
             zygote.suspend()
             try:
@@ -197,10 +201,7 @@ def test_a_user_whose_process_ends_under_a_stuck_zygote_gets_a_new_one(server):
 
     async def scenario():
         async with User(srv.url) as user:
-            first = pid((await user.page()).text)
-            forkserver = forkserver_of(srv)
-            wait_for(lambda: len(forked_by(forkserver)) >= 2, "no spare was forked")
-            [zygote] = forkserver.children()
+            first, _, zygote = await page_and_zygote(srv, user, 2)
             zygote.suspend()
             try:
                 async with user.ws() as ws:
