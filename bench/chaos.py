@@ -1,10 +1,12 @@
-"""Chaos: users clicking on ``gunicorn -w 4`` while processes are SIGKILLed.
+"""Chaos: users clicking on ``gunicorn -w 4`` while processes are SIGKILLed or stopped.
 
     python bench/chaos.py [--users 20] [--seconds 30] [--every 2]
 
 Each user loads the page, opens its WebSocket and clicks, checking each answer's
 count. Every ``--every`` seconds one of these is SIGKILLed at random: a user
-process, a worker, the fork-server, its zygote. Reported:
+process, a worker, the fork-server, its zygote; or the zygote is stopped (SIGSTOP)
+for :data:`STOPPED_FOR` seconds, longer than the fork-server waits for its answer.
+Reported:
 
 - clicks answered right;
 - clicks lost without the user being told (must be 0): a wrong count in an answer,
@@ -14,7 +16,7 @@ process, a worker, the fork-server, its zygote. Reported:
   if any, was done: one still inside the killed worker is gone with it;
 - users told to reload (htag's error overlay or a close reason), who then do;
 - WebSockets cut without a word (a worker killed) and whether the state survived;
-- after the fork-server or its zygote was killed, the time until a new user got a page again;
+- after the fork-server or its zygote was killed or stopped, the time until a new user got a page again;
 - processes and sockets left after the server's stop (must be 0).
 """
 
@@ -39,8 +41,12 @@ import websockets
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from servers import COUNTER_APP, ServerProcess, http_client, ws_connect  # noqa: E402
 
-SOURCE = COUNTER_APP + "\nfrom htagweb import WebServerWS\napp = WebServerWS(App, runtime_dir=RUNTIME_DIR, timeout_inactivity=0)\n"
+#: every user of the bench comes from one address: its limit of new processes would refuse the reloads
+OPTIONS = "runtime_dir=RUNTIME_DIR, timeout_inactivity=0, new_processes_per_minute=0"
+SOURCE = COUNTER_APP + f"\nfrom htagweb import WebServerWS\napp = WebServerWS(App, {OPTIONS})\n"
 COUNT = re.compile(r"Count: (\d+)")
+#: seconds a stopped zygote stays stopped (the fork-server gives up on it after 3)
+STOPPED_FOR = 4.0
 
 
 @dataclass
@@ -52,7 +58,7 @@ class Tally:
     cut_lost: int = 0
     cut_idle: int = 0
     page_failures: int = 0
-    kills: dict[str, int] = field(default_factory=lambda: {"user": 0, "worker": 0, "fork-server": 0, "zygote": 0})
+    kills: dict[str, int] = field(default_factory=lambda: {"user": 0, "worker": 0, "fork-server": 0, "zygote": 0, "zygote stopped": 0})
     recoveries: list[float] = field(default_factory=list)
 
 
@@ -144,8 +150,17 @@ def title(process: psutil.Process) -> str:
         return ""
 
 
+async def resume_later(process: psutil.Process) -> None:
+    await asyncio.sleep(STOPPED_FOR)
+    try:
+        process.resume()
+    except psutil.NoSuchProcess:  # killed meanwhile (its fork-server's death takes it along)
+        pass
+
+
 async def chaos(srv: ServerProcess, until: float, every: float, tally: Tally) -> None:
     master = psutil.Process(srv.proc.pid)
+    stopped: list[asyncio.Task[None]] = []
     while time.monotonic() < until - every:
         await asyncio.sleep(every)
         processes = srv.processes()
@@ -155,13 +170,20 @@ async def chaos(srv: ServerProcess, until: float, every: float, tally: Tally) ->
             "fork-server": [p for p in processes if title(p).startswith("htagweb fork-server")],
             "zygote": [p for p in processes if title(p).startswith("htagweb zygote")],
         }
+        victims["zygote stopped"] = victims["zygote"]
         kind = random.choice([kind for kind, found in victims.items() if found])
-        random.choice(victims[kind]).kill()
+        victim = random.choice(victims[kind])
+        if kind == "zygote stopped":
+            victim.suspend()
+            stopped.append(asyncio.create_task(resume_later(victim)))
+        else:
+            victim.kill()
         tally.kills[kind] += 1
-        if kind in ("fork-server", "zygote"):
+        if kind.startswith(("fork-server", "zygote")):
             start = time.monotonic()
             await page(srv.url, tally)
             tally.recoveries.append(time.monotonic() - start)
+    await asyncio.gather(*stopped)
 
 
 async def scenario(srv: ServerProcess, users: int, seconds: float, every: float) -> Tally:
@@ -204,7 +226,7 @@ def main() -> None:
         f"{tally.cut_done} with the click in flight done, {tally.cut_lost} with it lost, {tally.cut_idle} between clicks"
     )
     print(f"page loads refused or failed (retried): {tally.page_failures}")
-    print(f"seconds until a new user was served after the fork-server's or the zygote's death: {recoveries}")
+    print(f"seconds until a new user was served after the fork-server's or the zygote's death or stop: {recoveries}")
     print(f"left after stop: {left}")
 
 

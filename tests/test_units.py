@@ -35,7 +35,7 @@ from htagweb.forkserver.lines import Line, Lines, Reply
 from htagweb.forkserver.loader import AppLoader
 from htagweb.forkserver.pressure import WINDOW, CpuPressure
 from htagweb.forkserver.spares import Spares
-from htagweb.forkserver.zygote import SPARE, ForkRefused, Zygote, ZygoteStuck, serve
+from htagweb.forkserver.zygote import PACKET, SPARE, ForkRefused, Zygote, ZygoteStuck, serve
 from htagweb.pages import compact
 from htagweb.runtime import Runtime
 from htagweb.sessions import Session
@@ -438,10 +438,28 @@ def test_the_zygote_forks_tells_each_end_and_imports_in_the_next_zygote(tmp_path
     assert not psutil.pid_exists(zygote.pid)
 
 
-def test_a_zygote_that_does_not_answer_is_given_up_and_its_late_fork_ended(tmp_path, monkeypatch):
-    """The fork-server waits ANSWER_WAIT for a zygote's answer, not for ever; once that zygote
-    goes on, the process it forks for the request given up is killed, and its end told."""
-    monkeypatch.setattr(zygote_module, "ANSWER_WAIT", 0.2)
+def test_a_zygote_that_runs_but_does_not_answer_is_given_up_after_answer_wait(monkeypatch):
+    """A zygote that is not stopped (starved on a machine out of memory) is waited for
+    ANSWER_WAIT, not for ever; the answer that comes later is taken as late."""
+    monkeypatch.setattr(zygote_module, "ANSWER_WAIT", 0.3)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    running = Zygote(os.getpid(), ours)  # this process: it runs, and its end of the line says nothing
+    try:
+        assert not running.stopped()
+        with pytest.raises(ZygoteStuck, match=r"no answer within 0.3s"):
+            running.fork(SPARE, [])
+        assert theirs.recv(PACKET) == SPARE and running.owed == 1
+        theirs.send(b'error {"error": "late"}')
+        assert running.exits() == [] and running.owed == 0
+    finally:
+        running.close()
+        theirs.close()
+
+
+def test_a_stopped_zygote_is_given_up_at_once_and_its_late_fork_ended(tmp_path):
+    """A zygote stopped (SIGSTOP, a debugger) cannot answer: it is given up without waiting
+    ANSWER_WAIT (the fork-server's loop and every new user wait meanwhile); once it goes
+    on, the process it forks for the request given up is killed, and its end told."""
     runtime = Runtime(tmp_path / "rt")
     parent = os.getpid()
     zygote = Zygote.start(lambda line: serve(line, AppLoader({}, runtime), Config(), runtime.users_dir, parent, "htagweb zygote test"), [])
@@ -451,7 +469,7 @@ def test_a_zygote_that_does_not_answer_is_given_up_and_its_late_fork_ended(tmp_p
         ours, theirs = socket.socketpair()
         listener = listen(runtime.users_dir / "spare.sock")
         slot, slot_fd = shared_slot()
-        with pytest.raises(ZygoteStuck):
+        with pytest.raises(ZygoteStuck, match="it is stopped"):
             zygote.fork(SPARE, [theirs.fileno(), listener.fileno(), slot_fd])
         for handed in (theirs, listener, ours):
             handed.close()

@@ -5,7 +5,8 @@ handlers only queue (SIGCHLD and the stop signals wake the loop through a wake-u
 pipe, no polling), and a request whose answer must wait (why a process still listed
 is gone) is answered when the process is reaped, while other requests go on. The one
 wait is for the zygote's answer to a fork: a few milliseconds, and
-:data:`.zygote.ANSWER_WAIT` at most, once, for a zygote that stopped answering.
+:data:`.zygote.ANSWER_WAIT` at most, once, for a zygote that runs but stopped answering
+(one stopped by a signal is given up at once).
 """
 
 from __future__ import annotations

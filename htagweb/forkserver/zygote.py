@@ -30,9 +30,9 @@ or ``error {json}``), and ``import {json}`` (answered ``pid N`` with the next
 zygote's pidfd and line, on which it says ``ok`` or ``error {json}`` once the import
 is over); a zygote says ``exit PID STATUS`` whenever a child of its ends.
 
-A zygote answers within a few milliseconds. One that does not answer within
-:data:`ANSWER_WAIT` (stopped by a signal or a debugger, starved on a machine out of
-memory) is given up: the fork-server keeps it, with its processes, and starts a new one
+A zygote answers within a few milliseconds. One that is stopped (by a signal or a
+debugger), or does not answer within :data:`ANSWER_WAIT` (starved on a machine out of
+memory), is given up: the fork-server keeps it, with its processes, and starts a new one
 for the next users. Should it go on, the fork it was asked for and makes then is
 ended at once: nobody waits for that process any more.
 """
@@ -79,6 +79,9 @@ STOP_WAIT = 5.0
 #: seconds the fork-server waits for a zygote's answer (a fork takes it 1 to 3 ms, some tens
 #: on a loaded machine) before it gives up on that zygote and starts another
 ANSWER_WAIT = 3.0
+#: seconds after which a zygote that has not answered yet is looked at: one stopped (SIGSTOP,
+#: a debugger) is given up at once, one that runs is waited for until ANSWER_WAIT
+LOOK_AFTER = 0.05
 
 
 class ForkRefused(Exception):
@@ -175,9 +178,14 @@ class Zygote:
         try:
             socket.send_fds(self.line, [request], list(fds))
             while True:
-                if not readable(self.line.fileno(), max(0.0, deadline - time.monotonic())):
-                    self.owed += 1
-                    raise ZygoteStuck(f"no answer within {ANSWER_WAIT:g}s")
+                if not readable(self.line.fileno(), min(LOOK_AFTER, max(0.0, deadline - time.monotonic()))):
+                    if self.stopped():
+                        self.owed += 1
+                        raise ZygoteStuck("it is stopped (SIGSTOP, or a debugger)")
+                    if time.monotonic() >= deadline:
+                        self.owed += 1
+                        raise ZygoteStuck(f"no answer within {ANSWER_WAIT:g}s")
+                    continue
                 data, handed, _, _ = socket.recv_fds(self.line, PACKET, 2)
                 if not data:
                     raise ZygoteGone("its line closed")
@@ -186,6 +194,14 @@ class Zygote:
                 self._exits.append(_ended(data))
         except OSError as exc:
             raise ZygoteGone(f"its line broke: {exc}") from exc
+
+    def stopped(self) -> bool:
+        """Whether it is stopped by a signal or a debugger (its state in ``/proc``: T or t)."""
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as stat:
+                return stat.read().rpartition(b")")[2].split()[0] in (b"T", b"t")
+        except (OSError, IndexError):  # it ended: its line says so
+            return False
 
     def exits(self) -> list[tuple[int, int]]:
         """The children that ended since last asked: (pid, waitpid status). A next zygote's
