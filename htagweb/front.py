@@ -42,6 +42,8 @@ from .stores import SessionStore
 logger = logging.getLogger("htagweb")
 
 RELOAD = "Reload the page to start again."
+#: a fork-server killed while a request waited for it, and the connection made afresh killed too
+UNREACHABLE = "The server cannot reach its process manager now: try again in a moment."
 
 #: what a user reads when the process of their session is gone, by why it is gone
 DEATHS: dict[End, tuple[int, str]] = {
@@ -128,6 +130,10 @@ class HtagEndpoint:
         except SpawnRefused as exc:
             trace = exc.traceback if self.config.debug else None
             await self._refuse(scope, receive, send, exc.status, str(exc), trace)
+            return
+        except OSError as exc:  # its death raced this request twice (ConnectionError is an OSError)
+            logger.warning("the fork-server could not be reached (session %s, app %s): %s", label, self.app, exc)
+            await self._refuse(scope, receive, send, 503, UNREACHABLE)
             return
         session.used = True  # a user now: the session's cookie is sent
         if self.endpoint == "page" and not spawned:

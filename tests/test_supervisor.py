@@ -9,6 +9,7 @@ import json
 import os
 import re
 import socket
+import struct
 import threading
 import time
 
@@ -304,6 +305,56 @@ def test_a_fork_server_out_of_descriptors_keeps_a_connection_waiting_and_stays(s
     run(scenario())
     assert len(re.findall(r"fork-server \d+ serving", srv.log)) == 1
     assert "Traceback" not in srv.log
+
+
+def test_a_fork_server_that_cannot_be_reached_is_told_as_such_not_as_an_internal_error(server):
+    """The fork-server killed while a page waits for it, and the connection made afresh dies
+    too (it raced the death: accepted by the dying fork-server, then reset). The user must
+    get a page that says to try again, not "Internal Server Error" and a traceback in the
+    log; once a fork-server can be had, the next load is served."""
+    srv = server(server_source("WebServerWS", spare_processes=1))
+
+    async def scenario():
+        async with User(srv.url) as before:
+            assert count((await before.page()).text) == 0
+        forkserver = forkserver_of(srv)
+        [path] = srv.runtime_dir.glob("forkserver*.sock")
+        forkserver.kill()
+        forkserver.wait(10)
+        path.unlink()
+        dying = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # accepts, then resets each connection
+        dying.bind(str(path))
+        dying.listen(16)
+        stop = threading.Event()
+
+        def reset_each() -> None:
+            dying.settimeout(0.1)
+            while not stop.is_set():
+                try:
+                    sock, _ = dying.accept()
+                except TimeoutError:
+                    continue
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+
+        resetter = threading.Thread(target=reset_each)
+        resetter.start()
+        try:
+            async with User(srv.url) as newcomer:
+                refused = await newcomer.page()
+        finally:
+            stop.set()
+            resetter.join()
+            dying.close()
+            path.unlink()
+        assert refused.status_code == 503 and refused.headers["Retry-After"]
+        assert "try again in a moment" in refused.text
+        async with User(srv.url) as later:
+            assert count((await later.page()).text) == 0
+
+    run(scenario())
+    assert re.search(r"WARNING.*the fork-server could not be reached \(session .{8}, app srv:App\): .*(reset|closed|Broken pipe)", srv.log)
+    assert "Traceback" not in srv.log and "Exception in ASGI application" not in srv.log
 
 
 def test_a_server_stops_while_its_zygote_is_stopped(server):

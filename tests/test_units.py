@@ -29,7 +29,7 @@ from htagweb.ends import End, Exit, from_status
 from htagweb.folder import resolve
 from htagweb.forkserver import messages
 from htagweb.forkserver import zygote as zygote_module
-from htagweb.forkserver.children import Child, SpareChild, listen, open_files, resident_memory, stack_path
+from htagweb.forkserver.children import Child, SpareChild, listen, open_files, readable, resident_memory, stack_path
 from htagweb.forkserver.imports import RETRY_AFTER, Imports
 from htagweb.forkserver.lines import Line, Lines, Reply
 from htagweb.forkserver.loader import AppLoader
@@ -487,6 +487,31 @@ def test_a_stopped_zygote_is_given_up_at_once_and_its_late_fork_ended(tmp_path):
         os.kill(zygote.pid, signal.SIGCONT)
         zygote.stop()
     assert not psutil.pid_exists(zygote.pid)
+
+
+def test_a_zygote_whose_fork_server_dies_with_its_messages_unread_ends_quietly(tmp_path, capfd):
+    """The fork-server killed with the zygote's last messages unread: the zygote's next read
+    fails with ECONNRESET, not an end of file. It must end as for an end of file, without a
+    traceback in the server's log (each kill of a fork-server printed one, now and then)."""
+    runtime = Runtime(tmp_path / "rt")
+    parent = os.getpid()
+    zygote = Zygote.start(lambda line: serve(line, AppLoader({}, runtime), Config(), runtime.users_dir, parent, "htagweb zygote test"), [])
+    ours, theirs = socket.socketpair()
+    listener = listen(runtime.users_dir / "spare.sock")
+    slot, slot_fd = shared_slot()
+    _, pidfd = zygote.fork(SPARE, [theirs.fileno(), listener.fileno(), slot_fd])
+    for handed in (theirs, listener):
+        handed.close()
+    os.close(slot_fd)
+    signal.pidfd_send_signal(pidfd, signal.SIGKILL)  # its end is told on the line, and left unread
+    assert readable(zygote.line.fileno(), 20)
+    zygote.line.close()
+    _, status = os.waitpid(zygote.pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == Exit.STOPPED
+    assert "Traceback" not in capfd.readouterr().err
+    os.close(pidfd)
+    ours.close()
+    slot.close()
 
 
 def test_a_process_is_joined_through_a_pidfd_above_1024(tmp_path):

@@ -289,30 +289,39 @@ def serve(line: socket.socket, loader: AppLoader, config: Config, stacks: Path, 
     poller.register(line_fd, select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     space = socket.CMSG_SPACE(HANDED.size)
-    while True:
-        ready = [fd for fd, _ in poller.poll()]
-        if wake_r in ready:
-            while _drained(wake_r):
-                pass
-            _reap(line)
-        if line_fd in ready:
-            data, ancillary, _, _ = line.recvmsg(PACKET, space)
-            if not data:
-                os._exit(Exit.STOPPED)
-            handed = HANDED.unpack(ancillary[0][2]) if ancillary else ()
-            try:
-                answer, handed_back = children.answer(data, handed)
-            except Exception:  # a fork refused (no memory, no more processes): the fork-server says so
-                answer, handed_back = _failure(), []
-            finally:
-                for fd in handed:
-                    os.close(fd)
-            if not handed_back:
-                line.send(answer)
-            else:
-                line.sendmsg([answer], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(handed_back)}i", *handed_back))])
-                for fd in handed_back:
-                    os.close(fd)
+    try:
+        while True:
+            _turn(line, children, poller, wake_r, space)
+    except (BrokenPipeError, ConnectionResetError):  # the fork-server ended, some of our messages unread
+        pass
+    os._exit(Exit.STOPPED)
+
+
+def _turn(line: socket.socket, children: Children, poller: select.poll, wake_r: int, space: int) -> None:
+    """One turn of the zygote's loop: children reaped and told of, a request answered."""
+    ready = [fd for fd, _ in poller.poll()]
+    if wake_r in ready:
+        while _drained(wake_r):
+            pass
+        _reap(line)
+    if line.fileno() in ready:
+        data, ancillary, _, _ = line.recvmsg(PACKET, space)
+        if not data:
+            os._exit(Exit.STOPPED)
+        handed = HANDED.unpack(ancillary[0][2]) if ancillary else ()
+        try:
+            answer, handed_back = children.answer(data, handed)
+        except Exception:  # a fork refused (no memory, no more processes): the fork-server says so
+            answer, handed_back = _failure(), []
+        finally:
+            for fd in handed:
+                os.close(fd)
+        if not handed_back:
+            line.send(answer)
+        else:
+            line.sendmsg([answer], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(handed_back)}i", *handed_back))])
+            for fd in handed_back:
+                os.close(fd)
 
 
 class Children:
