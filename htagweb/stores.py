@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 Items = dict[str, str]  # key -> JSON text
 T = TypeVar("T")
 GENERATION = struct.Struct("<Q")
+#: seconds a query of the SQLite store waits for another process' lock
+LOCK_WAIT = 10.0
 
 
 class SessionStore(ABC):
@@ -166,8 +168,8 @@ class SQLiteStore(SessionStore):
     @property
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:  # in the store's thread (see _run)
-            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
+            conn = sqlite3.connect(self.path, timeout=LOCK_WAIT, isolation_level=None, check_same_thread=False)
+            _use_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(self._SCHEMA)
             self._purge(conn)
@@ -341,3 +343,18 @@ def _store(spec: SessionStore | str | None, default_path: Path) -> SessionStore:
     if spec.startswith(("redis://", "rediss://", "unix://")):
         return RedisStore(spec)
     raise ValueError(f"unknown session store {spec!r} (want 'sqlite', 'sqlite:///PATH', 'memory', 'redis://...' or a SessionStore)")
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """WAL mode (readers and the writer do not wait for each other). Switching to it needs
+    the database to itself, and SQLite refuses at once, whatever the busy timeout, while
+    another connection writes in rollback mode: asked again until that write is over."""
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
