@@ -31,7 +31,7 @@ from htagweb.ends import End, Exit, from_status
 from htagweb.folder import resolve
 from htagweb.forkserver import messages
 from htagweb.forkserver import zygote as zygote_module
-from htagweb.forkserver.children import Child, SpareChild, listen, open_files, readable, resident_memory, stack_path
+from htagweb.forkserver.children import Child, SpareChild, fork_listening, listen, open_files, readable, resident_memory, stack_path
 from htagweb.forkserver.imports import RETRY_AFTER, Imports
 from htagweb.forkserver.lines import Line, Lines, Reply
 from htagweb.forkserver.loader import AppLoader
@@ -434,13 +434,7 @@ def test_the_zygote_forks_tells_each_end_and_imports_in_the_next_zygote(tmp_path
         failed.close()
         following = said(zygote.next("htagweb.rehearsal:RehearsalApp", None), deadline)
         assert following.imported is None and psutil.Process(following.pid).ppid() == zygote.pid
-        ours, theirs = socket.socketpair()
-        listener = listen(runtime.users_dir / "spare.sock")
-        slot, slot_fd = shared_slot()
-        pid, pidfd = following.fork(SPARE, [theirs.fileno(), listener.fileno(), slot_fd])
-        for handed in (theirs, listener):
-            handed.close()
-        os.close(slot_fd)
+        pid, pidfd, slot, ours = fork_listening(following.fork, SPARE, runtime.users_dir / "spare.sock")
         spare = psutil.Process(pid)
         assert spare.ppid() == following.pid
         while spare.cmdline()[:1] != ["htagweb spare"] and time.monotonic() < deadline:
@@ -520,13 +514,7 @@ def test_a_zygote_whose_fork_server_dies_with_its_messages_unread_ends_quietly(t
     runtime = Runtime(tmp_path / "rt")
     parent = os.getpid()
     zygote = Zygote.start(lambda line: serve(line, AppLoader({}, runtime), Config(), runtime.users_dir, parent, "htagweb zygote test"), [])
-    ours, theirs = socket.socketpair()
-    listener = listen(runtime.users_dir / "spare.sock")
-    slot, slot_fd = shared_slot()
-    _, pidfd = zygote.fork(SPARE, [theirs.fileno(), listener.fileno(), slot_fd])
-    for handed in (theirs, listener):
-        handed.close()
-    os.close(slot_fd)
+    _, pidfd, slot, ours = fork_listening(zygote.fork, SPARE, runtime.users_dir / "spare.sock")
     signal.pidfd_send_signal(pidfd, signal.SIGKILL)  # its end is told on the line, and left unread
     assert readable(zygote.line.fileno(), 20)
     zygote.line.close()
