@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -23,6 +24,7 @@ from . import bridge
 from .client import ForkServerClient, SpawnRefused
 from .config import Config
 from .ends import End
+from .forkserver import messages
 from .origin import OriginPolicy
 from .pages import error_page, htag_error, retry_later
 from .runtime import Runtime
@@ -238,9 +240,16 @@ class _Exchange:
         self.live = False
         #: messages of ours for the browser, sent once it is live
         self.pending: list[Message] = []
+        #: when the process was handed a request it has not answered yet (None: it answered)
+        self.asked_at: float | None = None
+        self.loop = asyncio.get_running_loop()
+        #: when the oldest request unanswered is looked at (see _stall_due), and the fork-server told
+        self.stall_timer: asyncio.TimerHandle | None = None
+        self.stall_told: asyncio.Task[None] | None = None
 
     async def _open(self, scope: Scope, extra: dict[str, Any], first: bytes) -> None:
         """Send the scope and the first message in one write."""
+        self._asking()
         self.link.write(bridge.encode_scope({**scope, "headers": _forwarded_headers(scope)}, extra) + first)
         try:
             await self.link.drain()
@@ -287,6 +296,7 @@ class _Exchange:
                 kind, body = await self.link.read()
             except (asyncio.IncompleteReadError, ConnectionError):
                 return None
+            self.asked_at = None
             if kind == bridge.SESSION_CHANGES:
                 await self._apply_changes(body)
                 continue
@@ -294,6 +304,48 @@ class _Exchange:
             if message["type"] == "websocket.accept" or (message["type"] == "http.response.start" and self.endpoint.endpoint == "stream"):
                 self.live = True
             return message
+
+    def _asking(self) -> None:
+        """A request goes to the process. One stopped by a signal, a debugger or the cgroup
+        freezer never starts its handler: its slot never says busy, and the watchdog of hung
+        handlers never fires. A request left unanswered for ``timeout_interaction`` is told to
+        the fork-server, which ends such a process (see ``_stall_due``); its user is then told
+        as for a hung handler. A timer, not a task: a click costs a float and a comparison."""
+        if self.asked_at is not None:
+            return
+        self.asked_at = self.loop.time()
+        limit = self.endpoint.config.timeout_interaction
+        if self.stall_timer is None and limit:
+            self.stall_timer = self.loop.call_later(limit, self._stall_due)
+
+    def _stall_due(self) -> None:
+        self.stall_timer = None
+        if self.asked_at is None:
+            return
+        left = self.asked_at + self.endpoint.config.timeout_interaction - self.loop.time()
+        if left > 0:  # answered meanwhile, asked again since
+            self.stall_timer = self.loop.call_later(left, self._stall_due)
+            return
+        self.asked_at = None
+        if self.stall_told is None or self.stall_told.done():
+            self.stall_told = asyncio.create_task(self._tell_stalled())
+
+    async def _tell_stalled(self) -> None:
+        try:
+            await self.endpoint.client.request(messages.Stalled(self.key))
+        except OSError:  # the fork-server is gone: so is the process
+            pass
+
+    async def _watching_stalls(self, relay: Awaitable[Any]) -> None:
+        """``relay``; then the timer and the word to the fork-server of :meth:`_asking` go."""
+        try:
+            await relay
+        finally:
+            if self.stall_timer is not None:
+                self.stall_timer.cancel()
+            if self.stall_told is not None:
+                self.stall_told.cancel()
+                await asyncio.gather(self.stall_told, return_exceptions=True)
 
     async def _death_message(self) -> tuple[int, str, bool]:
         return await death_message(self.endpoint.client, self.key, self.endpoint.config)
@@ -309,7 +361,7 @@ class _Exchange:
                 break
         await self._open(scope, extra, bridge.frame(bridge.HTTP_BODY, b"\x00" + bytes(body)))
         if self.endpoint.endpoint != "stream":  # an answer, not a stream: relayed to its end
-            await self._relay_response(scope, receive, send)
+            await self._watching_stalls(self._relay_response(scope, receive, send))
             return
         relaying = asyncio.create_task(self._relay_response(scope, receive, send))
         gone = asyncio.create_task(self._client_gone(receive))
@@ -346,6 +398,9 @@ class _Exchange:
             await error_page(status, message)(scope, receive, send)
 
     async def websocket(self, scope: Scope, receive: Receive, send: Send, extra: dict[str, Any]) -> None:
+        await self._watching_stalls(self._websocket(scope, receive, send, extra))
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send, extra: dict[str, Any]) -> None:
         await receive()  # websocket.connect
         await self._open(scope, extra, bridge.frame(bridge.WS_CONNECT))
         first = await self._read()
@@ -370,6 +425,7 @@ class _Exchange:
             message = await receive()
             if message["type"] == "websocket.receive":
                 await self._refresh_session()
+                self._asking()
             self.link.write(bridge.encode_inbound(message))
             if message["type"] == "websocket.disconnect":
                 return

@@ -14,6 +14,7 @@ import threading
 import time
 
 import psutil
+import pytest
 from helpers import User, click, count, forked_by, pid, server_source, title
 
 from htagweb import manage
@@ -355,6 +356,47 @@ def test_a_fork_server_that_cannot_be_reached_is_told_as_such_not_as_an_internal
     run(scenario())
     assert re.search(r"WARNING.*the fork-server could not be reached \(session .{8}, app srv:App\): .*(reset|closed|Broken pipe)", srv.log)
     assert "Traceback" not in srv.log and "Exception in ASGI application" not in srv.log
+
+
+@pytest.mark.parametrize("factory", ["WebServerWS", "WebServer"])
+def test_a_stopped_user_process_with_a_click_waiting_is_ended_after_timeout_interaction(server, factory):
+    """A user process stopped (SIGSTOP, a debugger, the cgroup freezer) never starts the
+    handler of a click: its slot never says busy, and the watchdog of hung handlers never
+    fired. Its user waited for ever. Past ``timeout_interaction`` it is ended, its user told
+    as for a hung handler; a user whose process is stopped but who asks nothing is left alone."""
+    srv = server(server_source(factory, timeout_interaction=1))
+
+    async def scenario():
+        async with User(srv.url) as user, User(srv.url) as idle:
+            process = psutil.Process(pid((await user.page()).text))
+            idle_process = psutil.Process(pid((await idle.page()).text))
+            idle_process.suspend()
+            if factory == "WebServerWS":
+                async with user.ws() as ws:
+                    await ws.recv()
+                    assert count((await click(ws, "inc"))["updates"]["count"]) == 1
+                    await asyncio.sleep(0.3)  # its slot says idle again just after its answer: stopped between clicks
+                    process.suspend()
+                    answer = await asyncio.wait_for(click(ws, "inc"), 60)  # the bound ends a stuck test
+                    assert answer["action"] == "error"
+                    told = answer["traceback"]
+            else:
+                assert (await user.post_event("inc")).status_code == 200
+                await asyncio.sleep(0.3)
+                process.suspend()
+                answer = await asyncio.wait_for(user.post_event("inc"), 60)
+                [payload] = answer.json()["payloads"]
+                told = json.loads(payload)["traceback"]
+            assert "took longer than 1s to answer" in told and "Reload" in told
+            wait_for(lambda: not alive([process.pid]), "the stopped process lives on")
+            again = await user.page()
+            assert again.status_code == 200 and count(again.text) == 0 and pid(again.text) != process.pid
+            assert idle_process.status() == psutil.STATUS_STOPPED
+            idle_process.resume()
+
+    run(scenario())
+    stopped = r"WARNING.*user process killed: pid \d+, session \S{8}, app srv:App \(stopped, by a signal or a debugger, with a request"
+    srv.wait_log(stopped + r" waiting for 1s\)")
 
 
 def test_a_server_stops_while_its_zygote_is_stopped(server):

@@ -31,7 +31,17 @@ from htagweb.ends import End, Exit, from_status
 from htagweb.folder import resolve
 from htagweb.forkserver import messages
 from htagweb.forkserver import zygote as zygote_module
-from htagweb.forkserver.children import Child, SpareChild, fork_listening, listen, open_files, readable, resident_memory, stack_path
+from htagweb.forkserver.children import (
+    Child,
+    SpareChild,
+    fork_listening,
+    listen,
+    open_files,
+    readable,
+    resident_memory,
+    stack_path,
+    stopped,
+)
 from htagweb.forkserver.imports import RETRY_AFTER, Imports
 from htagweb.forkserver.lines import Line, Lines, Reply
 from htagweb.forkserver.loader import AppLoader
@@ -463,7 +473,7 @@ def test_a_zygote_that_runs_but_does_not_answer_is_given_up_after_answer_wait(mo
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     running = Zygote(os.getpid(), ours)  # this process: it runs, and its end of the line says nothing
     try:
-        assert not running.stopped()
+        assert not stopped(running.pid)
         with pytest.raises(ZygoteStuck, match=r"no answer within 0.3s"):
             running.fork(SPARE, [])
         assert theirs.recv(PACKET) == SPARE and running.owed == 1

@@ -177,6 +177,15 @@ def ended_children() -> list[tuple[int, int]]:
         ended.append((pid, status))
 
 
+def stopped(pid: int) -> bool:
+    """Whether ``pid`` is stopped by a signal or a debugger (its state in ``/proc``: T or t)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] in (b"T", b"t")
+    except (OSError, IndexError):  # it ended
+        return False
+
+
 def readable(fds: int | list[int], timeout: float) -> bool:
     """Whether one of ``fds`` is readable within ``timeout`` seconds (a pidfd: its process ended).
     ``poll``, not ``select``: a fork-server with a thousand users has descriptors above select's 1024."""

@@ -36,6 +36,7 @@ from ..merging import why_unmerged
 from ..metrics import COUNTERS, FRONT_COUNTERS
 from ..rehearsal import warm_up
 from ..runtime import Runtime
+from ..slot import read_slot
 from . import messages
 from .children import (
     PR_SET_CHILD_SUBREAPER,
@@ -43,6 +44,7 @@ from .children import (
     fork_listening,
     prctl,
     stack_path,
+    stopped,
 )
 from .lines import Line, Lines, Reply
 from .listener import Listener
@@ -291,6 +293,8 @@ class ForkServer:
             reply.set(self._ensure(request))
         elif isinstance(request, messages.Status):
             self._status(line, request.key, reply)
+        elif isinstance(request, messages.Stalled):
+            reply.set({"ok": True, "ended": self._end_if_stopped(request.key)})
         elif isinstance(request, messages.Rotate):
             reply.set({"ok": True, "moved": self.users.rotate(request.old, request.new)})
         elif isinstance(request, messages.Stats):
@@ -377,6 +381,19 @@ class ForkServer:
                 continue
             self.lines.flush(wait.line)
         self.status_waits = waiting
+
+    def _end_if_stopped(self, key: str) -> bool:
+        """The process of ``key`` has left a request unanswered for ``timeout_interaction``.
+        One that runs a handler is the watchdogs' (:mod:`.watchdogs`); one that is stopped
+        (SIGSTOP, a debugger, the cgroup freezer) never started it: ended as if it hung."""
+        child = self.users.live(key)
+        if child is None or read_slot(child.slot).busy_since or not stopped(child.pid):
+            return False
+        limit = self.config.timeout_interaction
+        logger.warning("user process killed: %s (stopped, by a signal or a debugger, with a request waiting for %gs)", child, limit)
+        child.ending(End.INTERACTION_TIMEOUT)
+        child.kill()
+        return True
 
     def _kill(self, request: messages.Kill) -> dict[str, Any]:
         if not request.prefix:

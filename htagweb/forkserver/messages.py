@@ -42,6 +42,15 @@ class Status:
 
 
 @dataclass(frozen=True)
+class Stalled:
+    """A front waited ``timeout_interaction`` for the process of ``key`` to answer: one that
+    is stopped (it never started the handler, no watchdog fires) is ended."""
+
+    op: ClassVar[str] = "stalled"
+    key: str
+
+
+@dataclass(frozen=True)
 class Rotate:
     """A session's id changed: its user processes move to the new id."""
 
@@ -115,8 +124,10 @@ class Stop:
     op: ClassVar[str] = "stop"
 
 
-Request = Ensure | Status | Rotate | Stats | Count | Users | Kill | Hello | Bye | Retire | Stop
-REQUESTS: dict[str, type[Request]] = {cls.op: cls for cls in (Ensure, Status, Rotate, Stats, Count, Users, Kill, Hello, Bye, Retire, Stop)}
+Request = Ensure | Status | Stalled | Rotate | Stats | Count | Users | Kill | Hello | Bye | Retire | Stop
+REQUESTS: dict[str, type[Request]] = {
+    cls.op: cls for cls in (Ensure, Status, Stalled, Rotate, Stats, Count, Users, Kill, Hello, Bye, Retire, Stop)
+}
 #: the JSON types each annotation accepts
 _TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,),

@@ -62,7 +62,7 @@ from ..ends import Exit
 from ..process import run as run_user_process
 from ..slot import SLOT_FILE, open_slot
 from ..spare import run_spare
-from .children import become, die_with, ended_children, fork, limits, readable, stack_file
+from .children import become, die_with, ended_children, fork, limits, readable, stack_file, stopped
 from .loader import AppLoader
 from .messages import Source
 
@@ -179,7 +179,7 @@ class Zygote:
             socket.send_fds(self.line, [request], list(fds))
             while True:
                 if not readable(self.line.fileno(), min(LOOK_AFTER, max(0.0, deadline - time.monotonic()))):
-                    if self.stopped():
+                    if stopped(self.pid):
                         self.owed += 1
                         raise ZygoteStuck("it is stopped (SIGSTOP, or a debugger)")
                     if time.monotonic() >= deadline:
@@ -194,14 +194,6 @@ class Zygote:
                 self._exits.append(_ended(data))
         except OSError as exc:
             raise ZygoteGone(f"its line broke: {exc}") from exc
-
-    def stopped(self) -> bool:
-        """Whether it is stopped by a signal or a debugger (its state in ``/proc``: T or t)."""
-        try:
-            with open(f"/proc/{self.pid}/stat", "rb") as stat:
-                return stat.read().rpartition(b")")[2].split()[0] in (b"T", b"t")
-        except (OSError, IndexError):  # it ended: its line says so
-            return False
 
     def exits(self) -> list[tuple[int, int]]:
         """The children that ended since last asked: (pid, waitpid status). A next zygote's
