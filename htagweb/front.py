@@ -359,9 +359,12 @@ class _Exchange:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        await self._open(scope, extra, bridge.frame(bridge.HTTP_BODY, b"\x00" + bytes(body)))
+        await self._watching_stalls(self._http_relay(scope, receive, send, extra, bytes(body)))
+
+    async def _http_relay(self, scope: Scope, receive: Receive, send: Send, extra: dict[str, Any], body: bytes) -> None:
+        await self._open(scope, extra, bridge.frame(bridge.HTTP_BODY, b"\x00" + body))
         if self.endpoint.endpoint != "stream":  # an answer, not a stream: relayed to its end
-            await self._watching_stalls(self._relay_response(scope, receive, send))
+            await self._relay_response(scope, receive, send)
             return
         relaying = asyncio.create_task(self._relay_response(scope, receive, send))
         gone = asyncio.create_task(self._client_gone(receive))
