@@ -466,6 +466,34 @@ def test_the_zygote_forks_tells_each_end_and_imports_in_the_next_zygote(tmp_path
     assert not psutil.pid_exists(zygote.pid)
 
 
+def test_a_failed_import_is_told_with_its_traceback_when_its_end_is_read_first(tmp_path, monkeypatch):
+    """A next zygote says on its own line that its import failed, then ends; its end is told
+    on its parent's line. The fork-server reads the two lines in no fixed order: read first,
+    the end must not hide the word (seen as "Its import ended the process (exit code 0)")."""
+    runtime = Runtime(tmp_path / "rt")
+    (tmp_path / "broken_at_import.py").write_text("raise RuntimeError('boom at import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # before the fork: the zygotes inherit it
+    parent = os.getpid()
+    zygote = Zygote.start(lambda line: serve(line, AppLoader({}, runtime), Config(), runtime.users_dir, parent, "htagweb zygote test"), [])
+    imports = Imports(Config(), runtime.users_dir, selectors.DefaultSelector())
+    deadline = time.monotonic() + 20
+    try:
+        imports.queue["broken_at_import:App"] = None
+        imports.start_next(zygote.next)
+        assert imports.next is not None
+        ended: list[tuple[int, int]] = []
+        while not ended and time.monotonic() < deadline:
+            select.select([zygote.line], [], [], 1)
+            ended += zygote.exits()
+        assert [pid for pid, _ in ended] == [imports.next.pid]
+        assert imports.ended(*ended[0])
+        failure = imports.failures["broken_at_import:App"].traceback
+        assert "RuntimeError: boom at import" in failure and "ended the process" not in failure
+    finally:
+        imports.stop()
+        zygote.stop()
+
+
 def test_a_zygote_that_runs_but_does_not_answer_is_given_up_after_answer_wait(monkeypatch):
     """A zygote that is not stopped (starved on a machine out of memory) is waited for
     ANSWER_WAIT, not for ever; the answer that comes later is taken as late."""

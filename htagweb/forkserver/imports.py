@@ -112,10 +112,15 @@ class Imports:
         return None
 
     def ended(self, pid: int, status: int) -> bool:
-        """Whether ``pid`` was the next zygote, ended before it said its import was over."""
+        """Whether ``pid`` was the next zygote, ended before its word on the import was taken.
+        Its end comes on its parent's line, its word on its own: the word, if it said it, first."""
         gone = self.next
         if gone is None or pid != gone.pid:
             return False
+        gone.exits()
+        if gone.imported is not None:
+            self.done()  # told as a failed import, with its traceback
+            return True
         self.next = None
         stack = take_stack(self.stacks, pid)
         if not self.aborted and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM:
