@@ -5,7 +5,11 @@
 Each user loads the page, opens its WebSocket and clicks, checking each answer's
 count. Every ``--every`` seconds one of these is SIGKILLed at random: a user
 process, a worker, the fork-server, its zygote; or the zygote is stopped (SIGSTOP)
-for :data:`STOPPED_FOR` seconds, longer than the fork-server waits for its answer.
+for :data:`STOPPED_FOR` seconds, longer than the fork-server waits for its answer;
+or a user process is stopped for good (SIGSTOP, as a debugger or the cgroup freezer
+would: the server ends it once a click waited ``timeout_interaction``, here
+:data:`TIMEOUT_INTERACTION`); or new code is deployed (the app's file touched, then
+HUP to gunicorn's master: new workers, a new fork-server, the users' processes kept).
 Reported:
 
 - clicks answered right;
@@ -16,8 +20,8 @@ Reported:
   if any, was done: one still inside the killed worker is gone with it;
 - users told to reload (htag's error overlay or a close reason), who then do;
 - WebSockets cut without a word (a worker killed) and whether the state survived;
-- after the fork-server or its zygote was killed or stopped, the time until a new user got a page again;
-- processes and sockets left after the server's stop (must be 0).
+- after the fork-server or its zygote was killed or stopped, or a deploy, the time until a new user got a page again;
+- user processes left stopped at the end (must be 0), processes and sockets left after the server's stop (must be 0).
 """
 
 from __future__ import annotations
@@ -42,11 +46,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from servers import COUNTER_APP, ServerProcess, http_client, ws_connect  # noqa: E402
 
 #: every user of the bench comes from one address: its limit of new processes would refuse the reloads
-OPTIONS = "runtime_dir=RUNTIME_DIR, timeout_inactivity=0, new_processes_per_minute=0"
-SOURCE = COUNTER_APP + f"\nfrom htagweb import WebServerWS\napp = WebServerWS(App, {OPTIONS})\n"
+OPTIONS = "runtime_dir=RUNTIME_DIR, timeout_inactivity=0, new_processes_per_minute=0, timeout_interaction={timeout}"
+#: seconds a click may wait for a stopped user process before the server ends it
+TIMEOUT_INTERACTION = 3
+SOURCE = COUNTER_APP + f"\nfrom htagweb import WebServerWS\napp = WebServerWS(App, {OPTIONS.format(timeout=TIMEOUT_INTERACTION)})\n"
 COUNT = re.compile(r"Count: (\d+)")
 #: seconds a stopped zygote stays stopped (the fork-server gives up on it after 3)
 STOPPED_FOR = 4.0
+
+
+KINDS = ("user", "worker", "fork-server", "zygote", "zygote stopped", "user stopped", "deploy")
 
 
 @dataclass
@@ -58,8 +67,9 @@ class Tally:
     cut_lost: int = 0
     cut_idle: int = 0
     page_failures: int = 0
-    kills: dict[str, int] = field(default_factory=lambda: {"user": 0, "worker": 0, "fork-server": 0, "zygote": 0, "zygote stopped": 0})
+    kills: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     recoveries: list[float] = field(default_factory=list)
+    left_stopped: int = 0
 
 
 async def page(url: str, tally: Tally) -> tuple[str, int]:
@@ -134,7 +144,7 @@ async def user(url: str, until: float, tally: Tally) -> None:
                 in_flight = False
             else:  # cut without a word (a worker killed): reconnect as htag's client does
                 reconnecting = True
-        except (OSError, asyncio.TimeoutError, websockets.InvalidStatus):
+        except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake):  # a worker gone mid-handshake too
             reconnecting = True
             await asyncio.sleep(0.2)
 
@@ -148,6 +158,13 @@ def title(process: psutil.Process) -> str:
         return " ".join(part for part in process.cmdline() if part)
     except psutil.Error:
         return ""
+
+
+def is_stopped(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_STOPPED
+    except psutil.Error:  # ended meanwhile
+        return False
 
 
 async def resume_later(process: psutil.Process) -> None:
@@ -171,15 +188,24 @@ async def chaos(srv: ServerProcess, until: float, every: float, tally: Tally) ->
             "zygote": [p for p in processes if title(p).startswith("htagweb zygote")],
         }
         victims["zygote stopped"] = victims["zygote"]
+        # stopped only while users still click: the server ends a stopped process once a click waited for it
+        late = time.monotonic() > until - TIMEOUT_INTERACTION - 1
+        victims["user stopped"] = [] if late else [p for p in victims["user"] if not is_stopped(p)]
+        victims["deploy"] = [master]
         kind = random.choice([kind for kind, found in victims.items() if found])
         victim = random.choice(victims[kind])
         if kind == "zygote stopped":
             victim.suspend()
             stopped.append(asyncio.create_task(resume_later(victim)))
+        elif kind == "user stopped":
+            victim.suspend()
+        elif kind == "deploy":
+            (srv.workdir / "srv.py").touch()  # new code: a new generation, a new fork-server
+            victim.send_signal(signal.SIGHUP)
         else:
             victim.kill()
         tally.kills[kind] += 1
-        if kind.startswith(("fork-server", "zygote")):
+        if kind.startswith(("fork-server", "zygote", "deploy")):
             start = time.monotonic()
             await page(srv.url, tally)
             tally.recoveries.append(time.monotonic() - start)
@@ -190,6 +216,11 @@ async def scenario(srv: ServerProcess, users: int, seconds: float, every: float)
     tally = Tally()
     until = time.monotonic() + seconds
     await asyncio.gather(chaos(srv, until, every, tally), *(user(srv.url, until, tally) for _ in range(users)))
+    await asyncio.sleep(TIMEOUT_INTERACTION + 1)  # a process stopped last has had a click waiting since
+    for process in srv.processes():
+        if title(process).startswith("htagweb user") and is_stopped(process):
+            tally.left_stopped += 1
+            process.resume()
     return tally
 
 
@@ -209,12 +240,12 @@ def main() -> None:
         srv.halt(signal.SIGTERM, group=False)  # raises if a process or a socket is left
         left = "0 processes, 0 sockets"
     except AssertionError as exc:
-        left = f"LEFT: {exc}"
+        left = f"LEFT: {exc}\n--- the server's log, its end ---\n" + "\n".join(srv.log.splitlines()[-80:])
     finally:
         try:
             srv.stop()
-        except AssertionError as exc:
-            left = f"LEFT: {exc}"
+        except AssertionError:  # told above already
+            pass
         shutil.rmtree(workdir, ignore_errors=True)
     recoveries = ", ".join(f"{r:.2f}" for r in tally.recoveries) or "-"
     print(f"users {args.users}, {args.seconds:g} s, a kill every {args.every:g} s: {tally.kills}")
@@ -226,7 +257,8 @@ def main() -> None:
         f"{tally.cut_done} with the click in flight done, {tally.cut_lost} with it lost, {tally.cut_idle} between clicks"
     )
     print(f"page loads refused or failed (retried): {tally.page_failures}")
-    print(f"seconds until a new user was served after the fork-server's or the zygote's death or stop: {recoveries}")
+    print(f"seconds until a new user was served after the fork-server's or the zygote's death or stop, or a deploy: {recoveries}")
+    print(f"user processes left stopped at the end: {tally.left_stopped}")
     print(f"left after stop: {left}")
 
 

@@ -136,6 +136,17 @@ class ForkServerClient:
                     return other
         return reply
 
+    async def stalled(self, key: str) -> bool:
+        """The process of ``key`` left a request unanswered for ``timeout_interaction``: whether
+        it was ended (it was stopped). One unknown to this worker's fork-server may belong to an
+        older code generation's (a user in before a reload keeps its process): asked too."""
+        if (await self.request(messages.Stalled(key))).get("ended"):
+            return True
+        async for other in self._ask_older(messages.Stalled(key)):
+            if other.get("ended"):
+                return True
+        return False
+
     async def rotate(self, old: str, new: str) -> None:
         """A session id changed: its user processes answer to the new one only, those of older
         code generations' fork-servers too (a user in before a reload keeps its process)."""

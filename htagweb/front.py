@@ -24,7 +24,6 @@ from . import bridge
 from .client import ForkServerClient, SpawnRefused
 from .config import Config
 from .ends import End
-from .forkserver import messages
 from .origin import OriginPolicy
 from .pages import error_page, htag_error, retry_later
 from .runtime import Runtime
@@ -332,7 +331,7 @@ class _Exchange:
 
     async def _tell_stalled(self) -> None:
         try:
-            await self.endpoint.client.request(messages.Stalled(self.key))
+            await self.endpoint.client.stalled(self.key)
         except OSError:  # the fork-server is gone: so is the process
             pass
 

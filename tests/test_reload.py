@@ -158,3 +158,48 @@ def test_a_user_of_the_old_code_who_signs_in_after_a_reload_keeps_its_process(se
     master.send_signal(signal.SIGHUP)
     wait_for(lambda: not old_workers & workers(master) and len(workers(master)) == 2, "the workers were not replaced")
     run(after(cookies, old_pid))
+
+
+def test_a_stopped_process_of_the_old_code_is_ended_when_a_click_waits_for_it(server):
+    """A user already in before a reload keeps its process, which the retired fork-server
+    holds. Stopped there (SIGSTOP, a debugger, the cgroup freezer) with a click waiting, it is
+    ended after ``timeout_interaction`` and its user told, as before the reload: the front asks
+    the older code generations' fork-servers too, not only its own, which never knew it."""
+    source = SERVER.replace("runtime_dir=RUNTIME_DIR", "runtime_dir=RUNTIME_DIR, timeout_interaction=1")
+    srv = server(source, "-w", "2", gunicorn=True, files={"appmod.py": APP_MODULE.format(version="version one")})
+    master = psutil.Process(srv.proc.pid)
+
+    async def before():
+        async with User(srv.url) as user:
+            page = await user.page()
+            return dict(user.http.cookies), pid(page.text)
+
+    async def after(cookies: dict, old_pid: int):
+        async with User(srv.url) as user:
+            user.http.cookies.update(cookies)
+            page = await user.page()
+            assert "version one" in page.text and pid(page.text) == old_pid
+            process = psutil.Process(old_pid)
+            async with user.ws() as ws:
+                await ws.recv()
+                assert count((await click(ws, "inc"))["updates"]["count"]) == 1
+                await asyncio.sleep(0.3)  # its slot says idle again just after its answer: stopped between clicks
+                process.suspend()
+                try:
+                    answer = await asyncio.wait_for(click(ws, "inc"), 60)  # the bound ends a stuck test
+                finally:
+                    if process.is_running():
+                        process.resume()
+            assert answer["action"] == "error" and "took longer than 1s to answer" in answer["traceback"]
+            wait_for(lambda: not process.is_running() or process.status() == psutil.STATUS_ZOMBIE, "the stopped process lives on")
+
+    cookies, old_pid = run(before())
+    old_workers = workers(master)
+    module = srv.workdir / "appmod.py"
+    module.write_text(APP_MODULE.format(version="version two"))
+    stamp = time.time() + 2
+    os.utime(module, (stamp, stamp))
+    master.send_signal(signal.SIGHUP)
+    wait_for(lambda: not old_workers & workers(master) and len(workers(master)) == 2, "the workers were not replaced")
+    run(after(cookies, old_pid))
+    srv.wait_log(rf"WARNING.*user process killed: pid {old_pid}, .*\(stopped, by a signal or a debugger")
