@@ -9,6 +9,7 @@ import socket
 import struct
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -62,7 +63,9 @@ class RecordingRelay:
         self.port = self.listener.getsockname()[1]
         self.closing = False
         self.sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        #: every thread of the relay, joined at its close: none is left in the test process
+        self.threads: list[threading.Thread] = []
+        self._start(self._accept)
 
     def __enter__(self) -> RecordingRelay:
         return self
@@ -76,7 +79,12 @@ class RecordingRelay:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+            if self.closing:
+                client.close()
+                return
+            with self.lock:
+                self.sockets.append(client)  # shut down at close, even before it sent anything
+            self._start(self._serve, client)
 
     def _serve(self, client: socket.socket) -> None:
         first = client.recv(65536)
@@ -93,10 +101,10 @@ class RecordingRelay:
             self.tamper_prefix = b""
         link = Link(client, upstream, first)
         with self.lock:
-            self.sockets += [client, upstream]
+            self.sockets.append(upstream)
             self.streams.append((link.up, link.down))
             self.links.append(link)
-        threading.Thread(target=self._pump_down, args=(link,), daemon=True).start()
+        self._start(self._pump_down, link)
         if link.websocket:
             self._record(link.up, first)
             upstream.sendall(first)
@@ -273,8 +281,15 @@ class RecordingRelay:
                 observed += b"".join(websocket_messages(frames, deflate))
         return bytes(observed)
 
+    def _start(self, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        with self.lock:
+            self.threads.append(thread)
+        thread.start()
+
     def close(self) -> None:
         self.closing = True
+        _shutdown(self.listener)  # a close alone does not wake the thread blocked in accept()
         self.listener.close()
         with self.lock:
             for sock in self.sockets:
@@ -283,6 +298,15 @@ class RecordingRelay:
                     sock.close()
                 except OSError:
                     pass
+        joined = 0
+        while True:  # those started meanwhile too
+            with self.lock:
+                threads = self.threads[joined:]
+            if not threads:
+                return
+            for thread in threads:
+                thread.join(5)
+            joined += len(threads)
 
 
 def _shutdown(*sockets: socket.socket) -> None:

@@ -74,6 +74,17 @@ def workers(master: psutil.Process) -> set[int]:
     return found
 
 
+def deploy(srv, master: psutil.Process, version: str) -> None:
+    """New code, then HUP: once the master's workers are all new ones."""
+    old_workers = workers(master)
+    module = srv.workdir / "appmod.py"
+    module.write_text(APP_MODULE.format(version=version))
+    stamp = time.time() + 2
+    os.utime(module, (stamp, stamp))  # a new modification time, whatever the clock's resolution
+    master.send_signal(signal.SIGHUP)
+    wait_for(lambda: not old_workers & workers(master) and len(workers(master)) == len(old_workers), "the workers were not replaced")
+
+
 @pytest.mark.parametrize("runner", ["gunicorn", "uvicorn"])
 def test_hup_serves_new_users_the_new_code_and_keeps_users_in(server, runner):
     files = {"appmod.py": APP_MODULE.format(version="version one")}
@@ -112,14 +123,8 @@ def test_hup_serves_new_users_the_new_code_and_keeps_users_in(server, runner):
         await old_user.http.aclose()
 
     cookies, old_pid = run(before())
-    old_workers = workers(master)
-    assert len(old_workers) == 2
-    module = srv.workdir / "appmod.py"
-    module.write_text(APP_MODULE.format(version="version two"))
-    stamp = time.time() + 2
-    os.utime(module, (stamp, stamp))  # a new modification time, whatever the clock's resolution
-    master.send_signal(signal.SIGHUP)
-    wait_for(lambda: not old_workers & workers(master) and len(workers(master)) == 2, "the workers were not replaced")
+    assert len(workers(master)) == 2
+    deploy(srv, master, "version two")
     run(after(cookies, old_pid))
     assert len(re.findall(r"fork-server \d+ serving", srv.log)) == 2
 
@@ -150,13 +155,7 @@ def test_a_user_of_the_old_code_who_signs_in_after_a_reload_keeps_its_process(se
             assert "version one" in page.text and pid(page.text) == old_pid and count(page.text) == 1
 
     cookies, old_pid = run(before())
-    old_workers = workers(master)
-    module = srv.workdir / "appmod.py"
-    module.write_text(APP_MODULE.format(version="version two"))
-    stamp = time.time() + 2
-    os.utime(module, (stamp, stamp))
-    master.send_signal(signal.SIGHUP)
-    wait_for(lambda: not old_workers & workers(master) and len(workers(master)) == 2, "the workers were not replaced")
+    deploy(srv, master, "version two")
     run(after(cookies, old_pid))
 
 
@@ -194,12 +193,28 @@ def test_a_stopped_process_of_the_old_code_is_ended_when_a_click_waits_for_it(se
             wait_for(lambda: not process.is_running() or process.status() == psutil.STATUS_ZOMBIE, "the stopped process lives on")
 
     cookies, old_pid = run(before())
-    old_workers = workers(master)
-    module = srv.workdir / "appmod.py"
-    module.write_text(APP_MODULE.format(version="version two"))
-    stamp = time.time() + 2
-    os.utime(module, (stamp, stamp))
-    master.send_signal(signal.SIGHUP)
-    wait_for(lambda: not old_workers & workers(master) and len(workers(master)) == 2, "the workers were not replaced")
+    deploy(srv, master, "version two")
     run(after(cookies, old_pid))
     srv.wait_log(rf"WARNING.*user process killed: pid {old_pid}, .*\(stopped, by a signal or a debugger")
+
+
+def test_a_stop_after_a_retired_fork_server_was_killed_leaves_nothing_behind(server):
+    """A retired fork-server (a reload's) killed (the OOM killer) leaves its socket, and those
+    of its users' processes, which ended with it. The stop of the current one must not wait
+    for that socket to go, and must take it, and its users' sockets, with the rest."""
+    srv = server(SERVER, "-w", "2", gunicorn=True, files={"appmod.py": APP_MODULE.format(version="version one")})
+    master = psutil.Process(srv.proc.pid)
+
+    async def arrive() -> int:
+        async with User(srv.url) as user:
+            return pid((await user.page()).text)
+
+    old_pid = run(arrive())
+    old_forkserver = next(p for p in psutil.Process(old_pid).parents() if "htagweb fork-server" in " ".join(p.cmdline()))
+    deploy(srv, master, "version two")
+    srv.wait_log(rf"fork-server {old_forkserver.pid} \(code generation \w+\) retired by newer code")
+    old_sockets = set(srv.runtime_dir.rglob("*.sock"))
+    old_forkserver.kill()
+    wait_for(lambda: not psutil.pid_exists(old_pid), "the old user process outlived its fork-server")
+    assert {path for path in old_sockets if path.exists()} == old_sockets  # left behind by the kill
+    srv.halt()  # fails on a process or a socket left

@@ -271,10 +271,14 @@ class ForkServer:
         self._await_ends(children, EXITS_WAIT)
         self.zygotes.stop()
         self.runtime.forkserver_socket.unlink(missing_ok=True)
+        stopping = []
         for path in self.predecessors:  # the server stops: the older generations' users end too
-            _ask(path, messages.Stop())
+            if _ask(path, messages.Stop()) is None:  # killed: its socket is all that is left of it
+                path.unlink(missing_ok=True)
+            else:
+                stopping.append(path)
         deadline = time.monotonic() + self.config.shutdown_grace + 5
-        while any(path.exists() for path in self.predecessors) and time.monotonic() < deadline:
+        while any(path.exists() for path in stopping) and time.monotonic() < deadline:
             time.sleep(0.05)
         self._sweep()
         self.lines.close_all()
