@@ -119,8 +119,9 @@ async def user(url: str, until: float, tally: Tally) -> None:
                 in_flight = reconnecting = False
                 while time.monotonic() < until:
                     n += 1
-                    in_flight = True
+                    # a send on a connection already closed raises: that click never left
                     await ws.send(json.dumps({"id": "inc", "event": "click", "data": {"callback_id": str(n)}}))
+                    in_flight = True
                     while True:
                         reply = json.loads(await asyncio.wait_for(ws.recv(), 30))
                         if reply.get("action") == "error":
