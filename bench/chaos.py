@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import re
@@ -47,8 +48,12 @@ import websockets
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from servers import COUNTER_APP, ServerProcess, http_client, ws_connect  # noqa: E402
 
+from htagweb import manage  # noqa: E402
+
 #: every user of the bench comes from one address: its limit of new processes would refuse the reloads
 OPTIONS = "runtime_dir=RUNTIME_DIR, timeout_inactivity=0, new_processes_per_minute=0, timeout_interaction={timeout}"
+#: the characters of a session id that name it in the server's logs and in ``htagweb ps``
+SESSION_LABEL = 8
 #: seconds a click may wait for a stopped user process before the server ends it
 TIMEOUT_INTERACTION = 3
 SOURCE = COUNTER_APP + f"\nfrom htagweb import WebServerWS\napp = WebServerWS(App, {OPTIONS.format(timeout=TIMEOUT_INTERACTION)})\n"
@@ -73,15 +78,19 @@ class Tally:
     recoveries: list[float] = field(default_factory=list)
     #: user processes still stopped at the end, by what happened once resumed
     left_stopped: Counter[str] = field(default_factory=Counter)
+    #: the sessions of users still clicking (those told to reload start a new one): their labels
+    sessions: set[str] = field(default_factory=set)
 
 
-async def page(url: str, tally: Tally) -> tuple[str, int]:
-    """A fresh page load until one is served: (cookie, count shown)."""
+async def page(url: str, tally: Tally, previous: str = "") -> tuple[str, int]:
+    """A fresh page load until one is served, as a new session (that of ``previous`` left): (cookie, count shown)."""
+    tally.sessions.discard(previous[:SESSION_LABEL])
     while True:
         try:
             async with http_client(url, timeout=30) as http:
                 response = await http.get("/")
                 if response.status_code == 200 and (match := COUNT.search(response.text)):
+                    tally.sessions.add(http.cookies["htagweb_session"][:SESSION_LABEL])
                     return "; ".join(f"{k}={v}" for k, v in http.cookies.items()), int(match.group(1))
         except Exception:
             pass
@@ -138,13 +147,13 @@ async def user(url: str, until: float, tally: Tally) -> None:
                     await asyncio.sleep(random.uniform(0.05, 0.2))
         except Told:
             tally.told_to_reload += 1
-            cookie, count = await page(url, tally)
+            cookie, count = await page(url, tally, session_of(cookie))
             in_flight = False
         except websockets.ConnectionClosed as closed:
             reason = closed.rcvd.reason if closed.rcvd else ""
             if "Reload" in reason:
                 tally.told_to_reload += 1
-                cookie, count = await page(url, tally)
+                cookie, count = await page(url, tally, session_of(cookie))
                 in_flight = False
             else:  # cut without a word (a worker killed): reconnect as htag's client does
                 reconnecting = True
@@ -157,11 +166,30 @@ class Told(Exception):
     pass
 
 
+def session_of(cookie: str) -> str:
+    """The session id at the start of the cookie's signed value (``htagweb_session=ID.…``)."""
+    return cookie.partition("htagweb_session=")[2]
+
+
 def title(process: psutil.Process) -> str:
     try:
         return " ".join(part for part in process.cmdline() if part)
     except psutil.Error:
         return ""
+
+
+def clicking(srv: ServerProcess, sessions: set[str]) -> list[psutil.Process]:
+    """The user processes of users still clicking (not those of users told to reload, left idle)."""
+    try:
+        listed = manage.users(srv.runtime_dir)
+    except manage.ManageError:  # no fork-server now (one killed a moment ago)
+        return []
+    found = []
+    for user in listed:
+        if user.session in sessions:
+            with contextlib.suppress(psutil.Error):
+                found.append(psutil.Process(user.pid))
+    return found
 
 
 def is_stopped(process: psutil.Process) -> bool:
@@ -194,7 +222,7 @@ async def chaos(srv: ServerProcess, until: float, every: float, tally: Tally) ->
         victims["zygote stopped"] = victims["zygote"]
         # stopped only while users still click: the server ends a stopped process once a click waited for it
         late = time.monotonic() > until - TIMEOUT_INTERACTION - 1
-        victims["user stopped"] = [] if late else [p for p in victims["user"] if not is_stopped(p)]
+        victims["user stopped"] = [] if late else [p for p in clicking(srv, tally.sessions) if not is_stopped(p)]
         victims["deploy"] = [master]
         kind = random.choice([kind for kind, found in victims.items() if found])
         victim = random.choice(victims[kind])
