@@ -136,6 +136,18 @@ class ForkServerClient:
                     return other
         return reply
 
+    async def stats(self) -> dict[str, Any]:
+        """The server's figures: this worker's fork-server's, with the user processes and the
+        counts of older code generations' fork-servers added (their users stay after a reload)."""
+        stats = await self.request(messages.Stats())
+        async for older in self._ask_older(messages.Stats()):
+            if older.get("ok"):
+                for figure in ("processes", "provisional", "busy"):
+                    stats[figure] += older[figure]
+                for counter, value in older["counters"].items():
+                    stats["counters"][counter] = stats["counters"].get(counter, 0) + value
+        return stats
+
     async def stalled(self, key: str) -> bool:
         """The process of ``key`` left a request unanswered for ``timeout_interaction``: whether
         it was ended (it was stopped). One unknown to this worker's fork-server may belong to an

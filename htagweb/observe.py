@@ -1,7 +1,8 @@
 """``/_htagweb/health`` for load balancers and ``/_htagweb/metrics`` for Prometheus.
 
 Both ask the fork-server, the one place that sees every user process and every
-worker's counts; neither says anything about a particular session.
+worker's counts, and those of older code generations (after a reload, their users stay);
+neither says anything about a particular session.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from .client import ForkServerClient
-from .forkserver import messages
 from .metrics import COUNTERS
 
 
@@ -20,13 +20,13 @@ class Observability:
 
     async def health(self, request: Request) -> Response:
         try:
-            stats = await self.client.request(messages.Stats())
+            stats = await self.client.stats()
         except (OSError, ValueError) as exc:
             return JSONResponse({"status": "unavailable", "reason": f"fork-server: {exc}"}, status_code=503)
         return JSONResponse({"status": "ok", "user_processes": stats["processes"]})
 
     async def metrics(self, request: Request) -> Response:
-        stats = await self.client.request(messages.Stats())
+        stats = await self.client.stats()
         lines = [
             "# HELP htagweb_user_processes Live user processes.",
             "# TYPE htagweb_user_processes gauge",

@@ -218,3 +218,23 @@ def test_a_stop_after_a_retired_fork_server_was_killed_leaves_nothing_behind(ser
     wait_for(lambda: not psutil.pid_exists(old_pid), "the old user process outlived its fork-server")
     assert {path for path in old_sockets if path.exists()} == old_sockets  # left behind by the kill
     srv.halt()  # fails on a process or a socket left
+
+
+def test_after_a_reload_metrics_count_the_users_of_every_code_generation(server):
+    """A user in before a reload keeps its process, held by the retired fork-server: the
+    server's figures (health, metrics) count it, beside the new code's users."""
+    source = SERVER.replace("runtime_dir=RUNTIME_DIR", "runtime_dir=RUNTIME_DIR, metrics=True, spare_processes=0")
+    srv = server(source, "-w", "2", gunicorn=True, files={"appmod.py": APP_MODULE.format(version="version one")})
+    master = psutil.Process(srv.proc.pid)
+
+    async def scenario():
+        async with User(srv.url) as old_user, User(srv.url) as new_user, User(srv.url) as observer:
+            assert "version one" in (await old_user.page()).text
+            deploy(srv, master, "version two")  # blocks this loop a moment: nothing else runs on it
+            assert "version two" in (await new_user.page()).text
+            health = (await observer.http.get("/_htagweb/health")).json()
+            metrics = (await observer.http.get("/_htagweb/metrics")).text
+        assert health["user_processes"] == 2 and "htagweb_user_processes 2\n" in metrics
+        assert "htagweb_spawns_total 2\n" in metrics  # one spawned by each generation's fork-server
+
+    run(scenario())
