@@ -22,7 +22,8 @@ Reported:
 - after the fork-server or its zygote was killed or stopped, or a deploy, the time until a new user got a page again;
 - user processes left stopped at the end: none under a live fork-server; one stopped when its
   fork-server was killed keeps the SIGTERM of its death signal pending, and must end once resumed;
-- processes and sockets left after the server's stop (must be 0).
+- processes and sockets left after the server's stop (must be 0);
+- tracebacks in the server's log (must be 0: a fault handled is told in a line or two).
 """
 
 from __future__ import annotations
@@ -285,6 +286,7 @@ def main() -> None:
             srv.stop()
         except AssertionError:  # told above already
             pass
+        tracebacks = srv.log.split("Traceback (most recent call last):")[1:]
         shutil.rmtree(workdir, ignore_errors=True)
     recoveries = ", ".join(f"{r:.2f}" for r in tally.recoveries) or "-"
     print(f"users {args.users}, {args.seconds:g} s, a kill every {args.every:g} s: {tally.kills}")
@@ -299,6 +301,10 @@ def main() -> None:
     print(f"seconds until a new user was served after the fork-server's or the zygote's death or stop, or a deploy: {recoveries}")
     print(f"user processes left stopped at the end (must be 0 but for orphans that end once resumed): {dict(tally.left_stopped) or 0}")
     print(f"left after stop: {left}")
+    # a fault the server handles is logged in a line or two; a traceback is one it did not expect
+    print(f"tracebacks in the server's log (must be 0): {len(tracebacks)}")
+    for traceback in tracebacks[:3]:
+        print("Traceback (most recent call last):" + "\n".join(traceback.splitlines()[:40]))
 
 
 if __name__ == "__main__":
