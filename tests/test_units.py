@@ -678,6 +678,9 @@ def test_imports_run_one_at_a_time_in_order_tell_failures_and_abort_the_late(tmp
     imports.failures.clear()
     imports.refusal("c", None, fork_next)
     assert imports.ended(forked[3].pid, signal.SIGTERM) and "c" not in imports.failures  # cut short: no fault of c
+    imports.refusal("d", None, fork_next)
+    forked[4].importing = None  # "ok", then killed before its word was taken
+    assert imports.ended(forked[4].pid, signal.SIGKILL) and "d" not in imports.failures and imports.next is None
     assert imports.next is None and not imports.holds_spares() and imports.timeout() == float("inf")
 
     def refused(app: str, source: object) -> FakeNextZygote:

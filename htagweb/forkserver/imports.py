@@ -122,6 +122,10 @@ class Imports:
             self.done()  # told as a failed import, with its traceback
             return True
         self.next = None
+        if gone.importing is None:  # imported, then ended before it forked: no fault of the app
+            logger.warning("the zygote that imported %s ended (%s): the next visit imports it again", gone.app, describe(status))
+            self._let_go(gone)
+            return True
         stack = take_stack(self.stacks, pid)
         if not self.aborted and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM:
             # the zygote it was forked from died (its death signal), or a stop: no fault of the app
