@@ -114,7 +114,8 @@ class ForkServerClient:
         tries = 0
         while tries < ENSURE_TRIES:
             reply = await self.request(messages.Ensure(key, app, label, source, client))
-            if reply.get("loading") and loop.time() < loading_until:  # its first import, in a zygote of its own
+            # its app's first import, in a zygote of its own; room made by older code generations (census.py)
+            if (reply.get("loading") or reply.get("retry")) and loop.time() < loading_until:
                 await asyncio.sleep(pause)
                 pause = min(2 * pause, LOADING_POLLS[1])
                 continue

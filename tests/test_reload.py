@@ -238,3 +238,32 @@ def test_after_a_reload_metrics_count_the_users_of_every_code_generation(server)
         assert "htagweb_spawns_total 2\n" in metrics  # one spawned by each generation's fork-server
 
     run(scenario())
+
+
+def test_max_processes_holds_across_code_generations(server):
+    """After a reload the retired fork-server keeps its users' processes; they count towards
+    ``max_processes`` with the new code's. At the cap, a new user's room is made in the older
+    generation first (its least recently active idle process ends, on_destroy runs), not on
+    top of it: before, the server held twice the cap after a reload."""
+    source = SERVER.replace("runtime_dir=RUNTIME_DIR", "runtime_dir=RUNTIME_DIR, max_processes=2, spare_processes=0")
+    srv = server(source, "-w", "2", gunicorn=True, files={"appmod.py": APP_MODULE.format(version="version one")})
+    master = psutil.Process(srv.proc.pid)
+
+    async def scenario():
+        async with User(srv.url) as first, User(srv.url) as second, User(srv.url) as third, User(srv.url) as fourth:
+            old_pids = [pid((await user.page()).text) for user in (first, second)]
+            deploy(srv, master, "version two")
+            for user in (third, fourth):
+                page = await user.page()
+                assert page.status_code == 200 and "version two" in page.text
+            wait_for(
+                lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in old_pids),
+                "the old code's processes were not ended to make room",
+            )
+            assert (await first.http.get("/_htagweb/health")).json()["user_processes"] == 2
+            assert sorted(user.pid for user in manage.users(srv.runtime_dir)) == sorted(
+                [pid((await third.page()).text), pid((await fourth.page()).text)]
+            )
+
+    run(scenario())
+    assert len(re.findall(r"user process evicted: .*room for a user of newer code", srv.log)) == 2

@@ -29,7 +29,7 @@ from htagweb.client import ENSURE_TRIES, ForkServerClient, SpawnRefused
 from htagweb.config import Config
 from htagweb.ends import End, Exit, from_status
 from htagweb.folder import resolve
-from htagweb.forkserver import messages
+from htagweb.forkserver import census, messages
 from htagweb.forkserver import zygote as zygote_module
 from htagweb.forkserver.children import (
     Child,
@@ -747,3 +747,35 @@ def test_lines_answer_in_the_order_of_the_requests_and_drop_a_garbled_or_closed_
     lines.close_all()
     other_theirs.close()
     selector.close()
+
+
+def test_older_generations_are_asked_for_room_then_left_alone_for_a_while(tmp_path, monkeypatch):
+    """What a new fork-server sees of a retired one (census.py): its count, read from the file
+    it writes; asked for room by a signal at the cap, not twice while that room is under way
+    (ROOM_WAIT), and not for NOT_AGAIN seconds once none came; one that ended counts nothing."""
+    sent: list[int] = []
+    monkeypatch.setattr(census.signal, "pidfd_send_signal", lambda fd, signum: sent.append(signum))
+    clock = [100.0]
+    monkeypatch.setattr(census.time, "monotonic", lambda: clock[0])
+    retired = subprocess.Popen(["sleep", "30"])
+    socket_path = tmp_path / "forkserver-old.sock"
+    older = census.OlderGenerations()
+    try:
+        older.add(socket_path, retired.pid)
+        assert older.processes() == 0  # nothing written yet
+        census.publish(socket_path, 3)
+        assert older.processes() == 3
+        assert older.make_room(3) and sent == [census.ROOM_SIGNAL]
+        assert older.make_room(3) and len(sent) == 1  # under way: not asked twice
+        census.publish(socket_path, 2)
+        assert older.make_room(2) and len(sent) == 2  # room was given, and taken: asked again
+        clock[0] += census.ROOM_WAIT
+        assert not older.make_room(2)  # none came: the new one makes room itself
+        clock[0] += 1
+        assert not older.make_room(2) and len(sent) == 2
+        clock[0] += census.NOT_AGAIN
+        assert older.make_room(2) and len(sent) == 3
+    finally:
+        retired.kill()
+        retired.wait()
+    assert older.processes() == 0 and not older.older  # ended: its processes with it

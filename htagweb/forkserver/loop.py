@@ -27,7 +27,7 @@ from typing import Any
 
 from setproctitle import setproctitle
 
-from ..admission import NewProcessLimit, make_room_from
+from ..admission import Candidate, NewProcessLimit, make_room_from
 from ..appspec import AppSpec
 from ..config import Config
 from ..ends import End
@@ -38,6 +38,7 @@ from ..rehearsal import warm_up
 from ..runtime import Runtime
 from ..slot import read_slot
 from . import messages
+from .census import ROOM_SIGNAL, OlderGenerations, count_path, publish
 from .children import (
     PR_SET_CHILD_SUBREAPER,
     UserChild,
@@ -108,6 +109,12 @@ class ForkServer:
         self.emptied_at: float | None = None
         #: the sockets of the older generations' fork-servers this one retired
         self.predecessors: list[Path] = []
+        #: their processes count towards max_processes (see census.py)
+        self.older = OlderGenerations()
+        #: a newer fork-server asked this retired one for room
+        self.room_asked = False
+        #: the count this retired one last published
+        self.published: int | None = None
         #: what /_htagweb/metrics reports, for the whole server (fronts add theirs with the "count" request)
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.users = UserProcesses(runtime, self.loader, self.counters)
@@ -138,13 +145,14 @@ class ForkServer:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_stop_signal)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # its byte on the wake-up pipe is what counts
+        signal.signal(ROOM_SIGNAL, self._on_room_asked)
         self.selector.register(self.wakeup_r, selectors.EVENT_READ, self._woken)
         refusal = self._retire_predecessors()
         if refusal:
             logger.error("fork-server not started: %s", refusal)
             os._exit(1)
         path = self.runtime.forkserver_socket
-        path.unlink(missing_ok=True)
+        _remove(path)
         listener = self.listener = Listener(path, self.selector, self.lines.add)
         if self.config.merge_memory and (unmerged := why_unmerged()):
             logger.warning("merge_memory is set, but %s", unmerged)
@@ -172,6 +180,8 @@ class ForkServer:
             self.watchdogs.check(self.users)
             if self.orphaned_since is not None:
                 self._check_orphaned()
+            if self.retired:
+                self._give_room()
             if self.retired and not self.users and not self.presence:
                 self._end_when_unasked()
             else:
@@ -214,6 +224,22 @@ class ForkServer:
     def _on_stop_signal(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
 
+    def _on_room_asked(self, signum: int, frame: Any) -> None:
+        self.room_asked = True
+
+    def _give_room(self) -> None:
+        """A retired fork-server: room for a newer one's new user when asked, and its count
+        of live processes published (see census.py)."""
+        if self.room_asked:
+            self.room_asked = False
+            victim = make_room_from(self.users.candidates())
+            if victim is not None:
+                self._evict(victim, "room for a user of newer code")
+        live = sum(child.end is None for child in self.users)
+        if live != self.published:
+            publish(self.runtime.forkserver_socket, live)
+            self.published = live
+
     def _retire_predecessors(self) -> str | None:
         """Older code generations' fork-servers keep their users but fork no more (a reload:
         gunicorn's HUP); what a killed one left behind goes. The refusal of one that serves
@@ -223,11 +249,12 @@ class ForkServer:
                 continue
             reply = _ask(path, messages.Retire(self.config.server_id))
             if reply is None:
-                path.unlink(missing_ok=True)
+                _remove(path)
             elif not reply.get("ok"):
                 return str(reply.get("error"))
             else:
                 self.predecessors.append(path)
+                self.older.add(path, reply.get("pid", 0))
         return None
 
     def _sweep(self) -> None:
@@ -270,11 +297,11 @@ class ForkServer:
                 child.join(5.0)
         self._await_ends(children, EXITS_WAIT)
         self.zygotes.stop()
-        self.runtime.forkserver_socket.unlink(missing_ok=True)
+        _remove(self.runtime.forkserver_socket)
         stopping = []
         for path in self.predecessors:  # the server stops: the older generations' users end too
             if _ask(path, messages.Stop()) is None:  # killed: its socket is all that is left of it
-                path.unlink(missing_ok=True)
+                _remove(path)
             else:
                 stopping.append(path)
         deadline = time.monotonic() + self.config.shutdown_grace + 5
@@ -352,13 +379,14 @@ class ForkServer:
             if not self.retired:
                 self.retired = True
                 self.spares.stop()
+                self._give_room()  # its count, before the newer one admits anyone
                 logger.info(
                     "fork-server %d (code generation %s) retired by newer code: its %d user processes stay until they leave",
                     os.getpid(),
                     self.runtime.generation,
                     len(self.users),
                 )
-            reply.set({"ok": True})
+            reply.set({"ok": True, "pid": os.getpid()})
         elif isinstance(request, messages.Stop):
             self.stop_requested = True
             reply.set({"ok": True})
@@ -461,22 +489,29 @@ class ForkServer:
             limit = self.config.new_processes_per_minute
             logger.warning("new process refused: over %d new processes per minute from %s", limit, client)
             return messages.error(429, "Too many new sessions from your address: try again in a minute.")
-        if len(self.users.by_key) < self.config.max_processes:  # room, without reading every slot
+        older = self.older.processes() if self.older.older else 0  # after a reload (see census.py)
+        if len(self.users.by_key) + older < self.config.max_processes:  # room, without reading every slot
             return None
         candidates = self.users.candidates()
-        if len(candidates) < self.config.max_processes:
+        if len(candidates) + older < self.config.max_processes:
             return None
+        if self.older.make_room(older):  # the front asks again in a moment
+            return messages.error(503, "The server is making room for a new session: try again in a moment.", retry=True)
         victim = make_room_from(candidates)
         if victim is None:
-            logger.warning("max_processes (%d) reached, all busy: refusing a new user process for session %s", len(candidates), label)
+            live = len(candidates) + older
+            logger.warning("max_processes (%d) reached, all busy: refusing a new user process for session %s", live, label)
             return messages.error(503, "The server has reached its limit of live user sessions.")
+        self._evict(victim, "")
+        return None
+
+    def _evict(self, victim: Candidate, why: str) -> None:
         child = self.users.by_key[victim.key]
         idle = time.monotonic() - victim.last_activity
-        why = f"idle for {idle:.0f}s" if victim.live else f"provisional: its page never went live, {idle:.0f}s ago"
+        state = f"idle for {idle:.0f}s" if victim.live else f"provisional: its page never went live, {idle:.0f}s ago"
         self.counters["evictions"] += 1
-        logger.info("user process evicted: %s (%s)", child, why)
+        logger.info("user process evicted: %s (%s)", child, f"{state}, {why}" if why else state)
         child.stop(End.EVICTED)  # on_destroy runs
-        return None
 
     def _inherited(self) -> list[int]:
         """What a zygote closes at once: the fork-server's descriptors are not its to keep."""
@@ -516,6 +551,12 @@ def _ask(path: Path, request: messages.Request) -> dict[str, Any] | None:
     except OSError:
         return None
     return json.loads(answer) if answer else None
+
+
+def _remove(socket_path: Path) -> None:
+    """A fork-server's socket, and the count it wrote once retired."""
+    socket_path.unlink(missing_ok=True)
+    count_path(socket_path).unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:
