@@ -406,8 +406,9 @@ class _Exchange:
         await receive()  # websocket.connect
         await self._open(scope, extra, bridge.frame(bridge.WS_CONNECT))
         first = await self._read()
-        if first is None:
-            await send({"type": "websocket.close", "code": 1011, "reason": (await self._death_message())[1][:120]})
+        if first is None:  # gone before it answered: told with that end's status (a close now reads as a bare 403)
+            status, message, _ = await self._death_message()
+            await self.endpoint._refuse(scope, receive, send, status, message)
             return
         await send(first)
         if first["type"] != "websocket.accept":

@@ -234,8 +234,9 @@ def test_a_crowd_arriving_at_the_cap_gets_pages_or_clear_answers(server):
         try:
             ws = await user.ws().__aenter__()
         except websockets.InvalidStatus as refused:  # no process for it any more, none to be had: refused before it opened
-            answer = refused.response
-            assert answer.status_code == 503 and answer.headers["Retry-After"] and b"limit of live user sessions" in answer.body
+            answer = refused.response  # or its process made room for a later one before it answered the opening
+            assert answer.status_code == 503 and answer.headers["Retry-After"], answer
+            assert b"limit of live user sessions" in answer.body or b"make room for other users" in answer.body, answer.body
             return "refused"
         async with ws:
             await ws.recv()

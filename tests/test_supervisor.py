@@ -15,6 +15,7 @@ import time
 
 import psutil
 import pytest
+import websockets
 from helpers import User, click, count, forked_by, pid, server_source, title
 
 from htagweb import manage
@@ -682,3 +683,25 @@ def test_a_signal_during_an_import_writes_into_none_of_its_files(server):
 
     run(scenario())
     assert [(srv.workdir / f"out{i}.bin").read_bytes() for i in range(4)] == [b"mine"] * 4
+
+
+def test_a_process_that_dies_before_its_websocket_opens_is_told_not_a_bare_403(server):
+    """The front reached the process (its socket accepted the connection) and the process died
+    before it answered the WebSocket's opening: made room for another user, crashed, killed.
+    The browser is told why with the status of that end, before the WebSocket opens; a close
+    before the accept reaches it as a bare 403, read as a refusal of its session."""
+    srv = server(server_source("WebServerWS"))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            process = psutil.Process(pid((await user.page()).text))
+            process.suspend()  # its listening socket still takes the front's connection
+            opening = asyncio.create_task(user.ws().__aenter__())
+            await asyncio.sleep(0.5)
+            process.kill()
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                await asyncio.wait_for(opening, 60)
+            answer = refused.value.response
+            assert answer.status_code == 502 and b"stopped unexpectedly" in answer.body and b"Reload" in answer.body
+
+    run(scenario())
