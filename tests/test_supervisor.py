@@ -705,3 +705,24 @@ def test_a_process_that_dies_before_its_websocket_opens_is_told_not_a_bare_403(s
             assert answer.status_code == 502 and b"stopped unexpectedly" in answer.body and b"Reload" in answer.body
 
     run(scenario())
+
+
+def test_a_stopped_process_ends_with_its_killed_zygote(server):
+    """A user process stopped (a debugger attached, the cgroup freezer) when its zygote is
+    killed keeps the SIGTERM of its death signal pending: stopped, it would never end, nor
+    leave the fork-server's count. The fork-server, its subreaper, continues it: it ends."""
+    srv = server(server_source("WebServerWS", timeout_inactivity=0, spare_processes=1))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            first, _, zygote = await page_and_zygote(srv, user, 2)  # the user's and one spare
+            psutil.Process(first).suspend()
+            zygote.kill()
+            await asyncio.to_thread(wait_for, lambda: not alive([first]), "a stopped process outlived its zygote")
+
+    try:
+        run(scenario())
+    finally:
+        for process in psutil.process_iter():
+            if title(process).startswith("htagweb user") and process.status() == psutil.STATUS_STOPPED:
+                process.resume()  # so that the fixture's stop can end it

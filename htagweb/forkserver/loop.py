@@ -94,6 +94,7 @@ class ForkServer:
             inherited=self._inherited,
             stopping=lambda: self.stop_requested,
             on_current_gone=lambda: self.spares.stop(),
+            on_gone=self._continue_orphans,
         )
         self.lines = Lines(self.selector, self._handle, self._dropped)
         self.presence: set[Line] = set()
@@ -223,6 +224,15 @@ class ForkServer:
 
     def _on_stop_signal(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
+
+    def _continue_orphans(self) -> None:
+        """A dead zygote's processes end with it (their death signal, SIGTERM) and come to this
+        process, their subreaper. One that is stopped (a debugger, the cgroup freezer) would
+        keep that signal pending for ever, counted and listed: continued, it ends."""
+        for child in [*self.users, *self.spares.spares]:
+            if stopped(child.pid) and _parent(child.pid) == os.getpid():
+                logger.info("fork-server: continued %s, stopped when its zygote died, so that it ends", child)
+                child.signal(signal.SIGCONT)
 
     def _on_room_asked(self, signum: int, frame: Any) -> None:
         self.room_asked = True
@@ -557,6 +567,15 @@ def _remove(socket_path: Path) -> None:
     """A fork-server's socket, and the count it wrote once retired."""
     socket_path.unlink(missing_ok=True)
     count_path(socket_path).unlink(missing_ok=True)
+
+
+def _parent(pid: int) -> int:
+    """The parent of ``pid`` (0 once it ended)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return int(stat.read().rpartition(b")")[2].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def _alive(pid: int) -> bool:

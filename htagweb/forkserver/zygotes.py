@@ -46,6 +46,7 @@ class Zygotes:
         inherited: Callable[[], list[int]],
         stopping: Callable[[], bool],
         on_current_gone: Callable[[], None],
+        on_gone: Callable[[], None],
     ) -> None:
         self.runtime = runtime
         self.config = config
@@ -58,6 +59,8 @@ class Zygotes:
         self.stopping = stopping
         #: called when the current zygote died (its spares went with it)
         self.on_current_gone = on_current_gone
+        #: called when any zygote died (its processes, reparented to the fork-server, end)
+        self.on_gone = on_gone
         self.current: Zygote | None = None
         self.older: list[Zygote] = []
         #: the apps imported in the current zygote: what its spares can serve
@@ -178,6 +181,7 @@ class Zygotes:
             gone.close()
         else:
             gone.stop()
+        self.on_gone()
         if gone is not self.current:
             self.older.remove(gone)
             return
