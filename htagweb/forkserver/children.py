@@ -179,11 +179,22 @@ def ended_children() -> list[tuple[int, int]]:
 
 def stopped(pid: int) -> bool:
     """Whether ``pid`` is stopped by a signal or a debugger (its state in ``/proc``: T or t)."""
+    return _stat(pid)[:1] in ([b"T"], [b"t"])
+
+
+def parent(pid: int) -> int:
+    """The parent of ``pid`` (0 once it ended)."""
+    fields = _stat(pid)
+    return int(fields[1]) if len(fields) > 1 else 0
+
+
+def _stat(pid: int) -> list[bytes]:
+    """The fields of ``/proc/PID/stat`` after the command's name (none once it ended)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rpartition(b")")[2].split()[0] in (b"T", b"t")
-    except (OSError, IndexError):  # it ended
-        return False
+            return stat.read().rpartition(b")")[2].split()
+    except OSError:
+        return []
 
 
 def readable(fds: int | list[int], timeout: float) -> bool:

@@ -43,6 +43,7 @@ from .children import (
     PR_SET_CHILD_SUBREAPER,
     UserChild,
     fork_listening,
+    parent,
     prctl,
     stack_path,
     stopped,
@@ -230,7 +231,7 @@ class ForkServer:
         process, their subreaper. One that is stopped (a debugger, the cgroup freezer) would
         keep that signal pending for ever, counted and listed: continued, it ends."""
         for child in [*self.users, *self.spares.spares]:
-            if stopped(child.pid) and _parent(child.pid) == os.getpid():
+            if stopped(child.pid) and parent(child.pid) == os.getpid():
                 logger.info("fork-server: continued %s, stopped when its zygote died, so that it ends", child)
                 child.signal(signal.SIGCONT)
 
@@ -499,7 +500,7 @@ class ForkServer:
             limit = self.config.new_processes_per_minute
             logger.warning("new process refused: over %d new processes per minute from %s", limit, client)
             return messages.error(429, "Too many new sessions from your address: try again in a minute.")
-        older = self.older.processes() if self.older.older else 0  # after a reload (see census.py)
+        older = self.older.processes()  # after a reload (see census.py)
         if len(self.users.by_key) + older < self.config.max_processes:  # room, without reading every slot
             return None
         candidates = self.users.candidates()
@@ -567,15 +568,6 @@ def _remove(socket_path: Path) -> None:
     """A fork-server's socket, and the count it wrote once retired."""
     socket_path.unlink(missing_ok=True)
     count_path(socket_path).unlink(missing_ok=True)
-
-
-def _parent(pid: int) -> int:
-    """The parent of ``pid`` (0 once it ended)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return int(stat.read().rpartition(b")")[2].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 def _alive(pid: int) -> bool:
