@@ -5,8 +5,10 @@ A fork-server serves the app classes it was forked with; a worker whose code
 differs starts a fork-server for its generation, and the older one is retired:
 it keeps its user processes, on the old code, until they leave, and forks no
 more. The generation is a digest of the source files the worker depends on (the
-modules imported from outside the Python installation, and the files of the
-apps named by a ``"module:Class"`` string): their paths, sizes and modification times.
+modules imported from outside the Python installation, the files of the apps
+named by a ``"module:Class"`` string, and htagweb's own, wherever installed: an
+upgrade of htagweb is a deploy too, and a worker and its fork-server must speak
+the same protocol): their paths, sizes and modification times.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import importlib.util
 import os
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 from .appspec import AppSpec
 
@@ -28,6 +31,7 @@ def code_generation(apps: Iterable[AppSpec]) -> str:
         if isinstance(path := getattr(module, "__file__", None), str)
     }
     files = {path for path in files if not path.startswith(installed)}
+    files |= {os.path.realpath(path) for path in Path(__file__).parent.rglob("*.py")}
     for spec in apps:
         if spec.target is None:
             origin = _origin(spec.name.partition(":")[0])
