@@ -6,7 +6,7 @@ Each user loads the page, opens its WebSocket and clicks, checking each answer's
 count. Every ``--every`` seconds one of these is SIGKILLed at random: a user
 process, a worker, the fork-server, its zygote; or the zygote is stopped (SIGSTOP)
 for :data:`STOPPED_FOR` seconds, longer than the fork-server waits for its answer;
-or a user process is stopped for good (SIGSTOP, as a debugger or the cgroup freezer
+or a user process is stopped for good (SIGSTOP, as a debugger
 would: the server ends it once a click waited ``timeout_interaction``, here
 :data:`TIMEOUT_INTERACTION`); or new code is deployed (the app's file touched, then
 HUP to gunicorn's master: new workers, a new fork-server, the users' processes kept).

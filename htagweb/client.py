@@ -9,8 +9,8 @@ The fork-server is started by the first worker that finds none.
 from __future__ import annotations
 
 import asyncio
-import collections
 import fcntl
+import itertools
 import json
 import logging
 import multiprocessing
@@ -195,10 +195,11 @@ class ForkServerClient:
     async def request(self, message: messages.Request) -> dict[str, Any]:
         """One request to the fork-server, on a connection this worker keeps.
 
-        Requests are pipelined: each is written as soon as it comes and the replies,
-        which the fork-server sends in order, are matched to them in that order. A
-        crowd of new users then waits for the fork-server's work only, not also for a
-        round trip through this worker's busy event loop between two of them."""
+        Requests are pipelined: each is written as soon as it comes, with an id its
+        reply carries back. A crowd of new users then waits for the fork-server's work
+        only, not also for a round trip through this worker's busy event loop between two
+        of them; and a request answered at once (a spare for the next user, the health
+        check) does not wait behind one that waits for a fork."""
         await self.start()
         for attempt in (1, 2):  # a kept connection may have been closed meanwhile: retry once, afresh
             channel = await self._request_channel()
@@ -261,22 +262,26 @@ def _supervised() -> bool:
 
 
 class _Channel:
-    """A kept connection to the fork-server carrying pipelined requests: replies come
-    in the order of the requests, one line each."""
+    """A kept connection to the fork-server carrying pipelined requests, each with an id:
+    replies come as they are ready, one line each, with the id of their request."""
 
     def __init__(self, connection: Connection) -> None:
         self.reader, self.writer = connection
-        self.waiting: collections.deque[asyncio.Future[dict[str, Any]]] = collections.deque()
+        self.waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.ids = itertools.count()
         self.closed = False
         self.reading = asyncio.create_task(self._read_replies())
 
     async def ask(self, message: messages.Request) -> dict[str, Any]:
         if self.closed:
             raise ConnectionError("fork-server connection closed")
-        reply = asyncio.get_running_loop().create_future()
-        self.waiting.append(reply)  # a waiter that gives up leaves its future: its reply is read and dropped
-        self.writer.write(messages.encode(message))
-        return await reply
+        ident = next(self.ids)
+        reply = self.waiting[ident] = asyncio.get_running_loop().create_future()
+        self.writer.write(messages.encode(message, ident))
+        try:
+            return await reply
+        finally:
+            self.waiting.pop(ident, None)  # a waiter that gives up: its reply is read and dropped
 
     def close(self) -> None:
         self.reading.cancel()
@@ -286,15 +291,16 @@ class _Channel:
         error: Exception = ConnectionError("fork-server closed the connection")
         try:
             while line := await self.reader.readline():
-                reply = self.waiting.popleft()
-                if not reply.done():
-                    reply.set_result(json.loads(line))
-        except (OSError, ValueError, IndexError) as exc:
+                answer = json.loads(line)
+                reply = self.waiting.pop(answer.pop("id"), None)
+                if reply is not None and not reply.done():
+                    reply.set_result(answer)
+        except (OSError, ValueError, KeyError) as exc:
             error = ConnectionError(f"fork-server connection broken: {exc!r}")
         finally:
             self.closed = True
             self.writer.close()
-            while self.waiting:
-                reply = self.waiting.popleft()
+            for reply in self.waiting.values():
                 if not reply.done():
                     reply.set_exception(error)
+            self.waiting.clear()

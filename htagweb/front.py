@@ -305,8 +305,8 @@ class _Exchange:
             return message
 
     def _asking(self) -> None:
-        """A request goes to the process. One stopped by a signal, a debugger or the cgroup
-        freezer never starts its handler: its slot never says busy, and the watchdog of hung
+        """A request goes to the process. One stopped by a signal or a debugger never starts
+        its handler: its slot never says busy, and the watchdog of hung
         handlers never fires. A request left unanswered for ``timeout_interaction`` is told to
         the fork-server, which ends such a process (see ``_stall_due``); its user is then told
         as for a hung handler. A timer, not a task: a click costs a float and a comparison."""

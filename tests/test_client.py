@@ -1,6 +1,6 @@
 """The worker's line to the fork-server (htagweb.client), against a stand-in fork-server
 on the real socket path: requests are pipelined and each caller gets its own reply,
-whatever happens to the callers before it."""
+whatever its order and whatever happens to the other callers."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from htagweb.runtime import Runtime
 
 class StandIn:
     """Answers "hello" and "bye" at once; holds the answers to other requests until ``batch`` of
-    them are in (or forever with ``batch=0``), each answer naming its request's counter; hangs up on ``Count("hang-up")``."""
+    them are in (or forever with ``batch=0``), then answers them last first, each answer naming
+    its request's counter and carrying its id; hangs up on ``Count("hang-up")``."""
 
     def __init__(self, path: Path, batch: int) -> None:
         self.path = path
@@ -48,7 +49,8 @@ class StandIn:
                 return
             held.append(request)
             if len(held) == self.batch:
-                writer.write(b"".join(json.dumps({"ok": True, "n": r["counter"]}).encode() + b"\n" for r in held))
+                answers = [{"ok": True, "n": r["counter"], "id": r["id"]} for r in reversed(held)]
+                writer.write(b"".join(json.dumps(answer).encode() + b"\n" for answer in answers))
                 held.clear()
 
 
@@ -62,7 +64,7 @@ def test_requests_are_pipelined_and_replies_matched(tmp_path):
     async def scenario():
         client = client_in(tmp_path)
         async with StandIn(client.runtime.forkserver_socket, batch=20) as stand_in:
-            # the stand-in answers only once all 20 are in: one request at a time would wait forever
+            # the stand-in answers only once all 20 are in (one request at a time would wait forever), last first
             replies = await asyncio.wait_for(asyncio.gather(*(client.request(Count(str(n))) for n in range(20))), 10)
             assert [reply["n"] for reply in replies] == [str(n) for n in range(20)]
             assert stand_in.connections == 2  # the worker's presence, and one kept line for the requests

@@ -161,7 +161,7 @@ def test_a_user_of_the_old_code_who_signs_in_after_a_reload_keeps_its_process(se
 
 def test_a_stopped_process_of_the_old_code_is_ended_when_a_click_waits_for_it(server):
     """A user already in before a reload keeps its process, which the retired fork-server
-    holds. Stopped there (SIGSTOP, a debugger, the cgroup freezer) with a click waiting, it is
+    holds. Stopped there (SIGSTOP, a debugger) with a click waiting, it is
     ended after ``timeout_interaction`` and its user told, as before the reload: the front asks
     the older code generations' fork-servers too, not only its own, which never knew it."""
     source = SERVER.replace("runtime_dir=RUNTIME_DIR", "runtime_dir=RUNTIME_DIR, timeout_interaction=1")

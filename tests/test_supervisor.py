@@ -196,6 +196,49 @@ def test_a_zygote_that_stops_answering_holds_back_no_user(server):
     srv.wait_log(stuck)  # at once: not after waiting ANSWER_WAIT for an answer that cannot come
 
 
+def test_a_zygote_slow_to_answer_holds_back_no_other_request(freezer, server):
+    """A zygote that runs but does not answer (frozen by the cgroup freezer, starved on a
+    machine out of memory) reads as neither stopped nor ended: the fork-server gives it
+    ANSWER_WAIT. Its loop must go on meanwhile: the load balancer's health check and the
+    metrics are answered while a new user's process is still asked for. That user then gets
+    a new zygote's process; the frozen zygote's late forks are ended once it thaws."""
+    srv = server(server_source("WebServerWS", timeout_inactivity=0, spare_processes=1, metrics=True))
+
+    async def scenario():
+        async with User(srv.url) as before:
+            first, forkserver, zygote = await page_and_zygote(srv, before, 2)
+            own = {p.pid for p in zygote.children()}
+            freezer.freeze(zygote.pid)
+            try:
+                async with User(srv.url) as spared, User(srv.url) as newcomer:
+                    assert count((await spared.page()).text) == 0  # the spare; its replacement is asked of the zygote
+                    arriving = asyncio.create_task(newcomer.page())  # a fork, asked of the zygote too
+                    while True:
+                        metrics = (await before.http.get("/_htagweb/metrics")).text
+                        assert "its zygote is stuck" not in srv.log, "the fork-server's loop waited for the zygote's answer"
+                        assert not arriving.done()
+                        if "htagweb_starting_processes 1\n" in metrics:
+                            break
+                    assert (await before.http.get("/_htagweb/health")).json() == {"status": "ok", "user_processes": 2}
+                    page = await asyncio.wait_for(arriving, 60)  # the bound ends a stuck test
+                    assert count(page.text) == 0
+                    [new_zygote] = [p for p in forkserver.children() if p.pid != zygote.pid]
+                    assert pid(page.text) in {p.pid for p in new_zygote.children()}
+                    freezer.thaw()
+                    await asyncio.to_thread(srv.wait_log, r"zygote \d+ went on: ended the process \d+ it forked too late")
+                    wait_for(lambda: {p.pid for p in zygote.children()} <= own, "a late fork lives on")
+                    async with before.ws() as ws:
+                        await ws.recv()
+                        assert count((await click(ws, "inc"))["updates"]["count"]) == 1
+                    assert pid((await before.page()).text) == first
+            finally:
+                freezer.thaw()
+
+    run(scenario())
+    srv.wait_log(r"ERROR.*fork-server: its zygote is stuck \(no answer within 3s\): it keeps its processes, a new one forks")
+    assert "Traceback" not in srv.log
+
+
 def test_a_user_whose_process_ends_under_a_stuck_zygote_gets_a_new_one(server):
     """A stuck zygote cannot tell the fork-server that one of its processes ended (it reaps
     them): that user must not be refused ("busy, try again") until it goes on, for ever if
@@ -361,7 +404,7 @@ def test_a_fork_server_that_cannot_be_reached_is_told_as_such_not_as_an_internal
 
 @pytest.mark.parametrize("factory", ["WebServerWS", "WebServer"])
 def test_a_stopped_user_process_with_a_click_waiting_is_ended_after_timeout_interaction(server, factory):
-    """A user process stopped (SIGSTOP, a debugger, the cgroup freezer) never starts the
+    """A user process stopped (SIGSTOP, a debugger) never starts the
     handler of a click: its slot never says busy, and the watchdog of hung handlers never
     fired. Its user waited for ever. Past ``timeout_interaction`` it is ended, its user told
     as for a hung handler; a user whose process is stopped but who asks nothing is left alone."""
@@ -708,7 +751,7 @@ def test_a_process_that_dies_before_its_websocket_opens_is_told_not_a_bare_403(s
 
 
 def test_a_stopped_process_ends_with_its_killed_zygote(server):
-    """A user process stopped (a debugger attached, the cgroup freezer) when its zygote is
+    """A user process stopped (a debugger attached) when its zygote is
     killed keeps the SIGTERM of its death signal pending: stopped, it would never end, nor
     leave the fork-server's count. The fork-server, its subreaper, continues it: it ends."""
     srv = server(server_source("WebServerWS", timeout_inactivity=0, spare_processes=1))

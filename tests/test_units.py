@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import mmap
 import os
 import resource
 import select
 import selectors
+import shutil
 import signal
 import socket
 import sqlite3
@@ -17,14 +19,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from htagweb import bridge
+from htagweb import bridge, generation
 from htagweb.client import ENSURE_TRIES, ForkServerClient, SpawnRefused
 from htagweb.config import Config
 from htagweb.ends import End, Exit, from_status
@@ -34,7 +38,6 @@ from htagweb.forkserver import zygote as zygote_module
 from htagweb.forkserver.children import (
     Child,
     SpareChild,
-    fork_listening,
     listen,
     open_files,
     readable,
@@ -310,14 +313,16 @@ def test_folder_urls_stay_inside_the_root(tmp_path):
 
 def test_fork_server_requests_are_typed():
     for request in [messages.Ensure("k", "a:App", "label"), messages.Status("k"), messages.Kill("ab", None), messages.Hello(2, 1, True)]:
-        assert messages.decode(messages.encode(request)) == request
+        assert messages.decode(messages.encode(request)) == (request, None)
+        assert messages.decode(messages.encode(request, 7)) == (request, 7)
     bad_lines = [b"not json", b"[]", b'{"op": "nope"}', b'{"op": "status"}', b'{"op": "status", "key": 3}']
-    bad_lines.append(b'{"op": "hello", "pid": true, "ppid": 1}')
+    bad_lines += [b'{"op": "hello", "pid": true, "ppid": 1}', b'{"op": "stats", "id": "1"}', b'{"op": "stats", "id": true}']
     for bad in bad_lines:
         with pytest.raises(messages.BadRequest):
             messages.decode(bad)
-    with pytest.raises(messages.BadRequest, match="unknown fields"):
-        messages.decode(b'{"op": "stats", "extra": 1}')
+    with pytest.raises(messages.BadRequest, match="unknown fields") as refused:
+        messages.decode(b'{"op": "stats", "extra": 1, "id": 4}')
+    assert refused.value.ident == 4  # its refusal is matched to it
 
 
 def test_exit_codes_tell_why_a_process_ended():
@@ -354,7 +359,7 @@ def test_cpu_pressure_calls_calm_only_a_recent_window_with_little_waiting(tmp_pa
 
 def test_a_new_user_gets_a_rehearsed_spare_then_one_asleep_then_one_still_rehearsing(tmp_path):
     """Giving a user a spare still rehearsing would make them wait for a step of its rehearsal."""
-    spares = Spares(Runtime(tmp_path / "rt"), Config(), selectors.DefaultSelector(), fork=lambda title, body: 0)
+    spares = Spares(Runtime(tmp_path / "rt"), Config(), selectors.DefaultSelector(), fork=lambda request, path, told: None)
     kinds = {"rehearsing": (True, REHEARSING), "asleep": (False, RUNNING), "rehearsed": (True, RUNNING)}
     controls = []
     for pid, (name, (rehearsed, state)) in enumerate(kinds.items(), start=10**7):
@@ -430,6 +435,32 @@ def said(zygote: Zygote, deadline: float) -> Zygote:
     return zygote
 
 
+def answer(zygote: Zygote, ask: Callable[[Callable[[Any], None]], None], deadline: float) -> Any:
+    """What comes of asking ``zygote`` (``ask`` sends the request with what is told), as the
+    fork-server's loop takes it."""
+    told: list[Any] = []
+    ask(told.append)
+    while not told and time.monotonic() < deadline:
+        select.select([zygote.line], [], [], 1)
+        zygote.exits()
+        for tell in zygote.told():
+            tell()
+    [outcome] = told
+    return outcome
+
+
+def spare(zygote: Zygote, path: Path, deadline: float) -> tuple[int, int, mmap.mmap, socket.socket]:
+    """A spare forked by ``zygote``, listening at ``path``: (pid, pidfd, slot, its control line)."""
+    listener, (slot, slot_fd), (ours, theirs) = listen(path), shared_slot(), socket.socketpair()
+    try:
+        pid, pidfd = answer(zygote, lambda told: zygote.fork(SPARE, [theirs.fileno(), listener.fileno(), slot_fd], told), deadline)
+    finally:
+        theirs.close()
+        listener.close()
+        os.close(slot_fd)
+    return pid, pidfd, slot, ours
+
+
 def test_the_zygote_forks_tells_each_end_and_imports_in_the_next_zygote(tmp_path):
     """The line to a real zygote: an app is imported in a next zygote, its child, which says
     so and then forks (here a spare, its own child, signalled through its pidfd, its end told
@@ -439,17 +470,17 @@ def test_the_zygote_forks_tells_each_end_and_imports_in_the_next_zygote(tmp_path
     zygote = Zygote.start(lambda line: serve(line, AppLoader({}, runtime), Config(), runtime.users_dir, parent, "htagweb zygote test"), [])
     deadline = time.monotonic() + 20
     try:
-        failed = said(zygote.next("no_such_module:App", None), deadline)
+        failed = said(answer(zygote, lambda told: zygote.next("no_such_module:App", None, told), deadline), deadline)
         assert failed.imported is not None and "No module named 'no_such_module'" in failed.imported["traceback"]
         failed.close()
-        following = said(zygote.next("htagweb.rehearsal:RehearsalApp", None), deadline)
+        following = said(answer(zygote, lambda told: zygote.next("htagweb.rehearsal:RehearsalApp", None, told), deadline), deadline)
         assert following.imported is None and psutil.Process(following.pid).ppid() == zygote.pid
-        pid, pidfd, slot, ours = fork_listening(following.fork, SPARE, runtime.users_dir / "spare.sock")
-        spare = psutil.Process(pid)
-        assert spare.ppid() == following.pid
-        while spare.cmdline()[:1] != ["htagweb spare"] and time.monotonic() < deadline:
+        pid, pidfd, slot, ours = spare(following, runtime.users_dir / "spare.sock", deadline)
+        forked = psutil.Process(pid)
+        assert forked.ppid() == following.pid
+        while forked.cmdline()[:1] != ["htagweb spare"] and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert spare.cmdline()[:1] == ["htagweb spare"]
+        assert forked.cmdline()[:1] == ["htagweb spare"]
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
         ended: list[tuple[int, int]] = []
         while not ended and time.monotonic() < deadline:
@@ -480,11 +511,14 @@ def test_a_failed_import_is_told_with_its_traceback_when_its_end_is_read_first(t
     try:
         imports.queue["broken_at_import:App"] = None
         imports.start_next(zygote.next)
-        assert imports.next is not None
+        assert imports.asking == "broken_at_import:App"
         ended: list[tuple[int, int]] = []
         while not ended and time.monotonic() < deadline:
             select.select([zygote.line], [], [], 1)
             ended += zygote.exits()
+            for tell in zygote.told():
+                tell()
+        assert imports.next is not None and imports.asking is None
         assert [pid for pid, _ in ended] == [imports.next.pid]
         assert imports.ended(*ended[0])
         failure = imports.failures["broken_at_import:App"].traceback
@@ -495,27 +529,65 @@ def test_a_failed_import_is_told_with_its_traceback_when_its_end_is_read_first(t
 
 
 def test_a_zygote_that_runs_but_does_not_answer_is_given_up_after_answer_wait(monkeypatch):
-    """A zygote that is not stopped (starved on a machine out of memory) is waited for
-    ANSWER_WAIT, not for ever; the answer that comes later is taken as late."""
+    """A zygote that is not stopped (frozen by the cgroup freezer, starved on a machine out of
+    memory) is given ANSWER_WAIT, not for ever, and nothing waits for it meanwhile; the answer
+    that comes later is taken as late."""
     monkeypatch.setattr(zygote_module, "ANSWER_WAIT", 0.3)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     running = Zygote(os.getpid(), ours)  # this process: it runs, and its end of the line says nothing
+    told: list[object] = []
     try:
-        assert not stopped(running.pid)
-        with pytest.raises(ZygoteStuck, match=r"no answer within 0.3s"):
-            running.fork(SPARE, [])
-        assert theirs.recv(PACKET) == SPARE and running.owed == 1
+        assert not stopped(running.pid) and running.overdue() is None and running.next_look() == float("inf")
+        running.fork(SPARE, [], told.append)  # returns at once
+        assert theirs.recv(PACKET) == SPARE and not told
+        assert 0 < running.next_look() <= zygote_module.LOOK_AFTER
+        while running.overdue() is None:
+            time.sleep(running.next_look())
+        assert running.overdue() == "no answer within 0.3s"
+        for tell in running.abandon(ZygoteStuck("no answer within 0.3s")):
+            tell()
+        [given_up] = told
+        assert isinstance(given_up, ZygoteStuck) and running.owed == 1 and running.overdue() is None
         theirs.send(b'error {"error": "late"}')
-        assert running.exits() == [] and running.owed == 0
+        assert running.exits() == [] and running.owed == 0 and running.told() == [] and len(told) == 1
     finally:
         running.close()
         theirs.close()
 
 
+def test_a_zygote_answers_in_order_and_its_refusal_is_told(monkeypatch):
+    """Requests sent one after the other, without waiting: their answers are told to their
+    askers in the order of the requests, a refusal as a ForkRefused; ends read on the way are
+    kept for the reaper."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    zygote = Zygote(os.getpid(), ours)
+    told: list[object] = []
+    try:
+        zygote.fork(SPARE, [], lambda outcome: told.append(("first", outcome)))
+        zygote.fork(SPARE, [], lambda outcome: told.append(("second", outcome)))
+        assert [theirs.recv(PACKET), theirs.recv(PACKET)] == [SPARE, SPARE]
+        pidfd = os.pidfd_open(os.getpid())
+        socket.send_fds(theirs, [b"pid 1234"], [pidfd])
+        os.close(pidfd)
+        theirs.send(b"exit 99 0")
+        theirs.send(b'error {"error": "OSError(11, \'Resource temporarily unavailable\')"}')
+        select.select([ours], [], [], 5)
+        assert zygote.exits() == [(99, 0)] and not told
+        for tell in zygote.told():
+            tell()
+        [(first, (pid, handed)), (second, refused)] = told
+        assert (first, pid, second) == ("first", 1234, "second") and isinstance(refused, ForkRefused) and "Resource" in str(refused)
+        os.close(handed)
+        assert not zygote.asked and zygote.overdue() is None
+    finally:
+        zygote.close()
+        theirs.close()
+
+
 def test_a_stopped_zygote_is_given_up_at_once_and_its_late_fork_ended(tmp_path):
     """A zygote stopped (SIGSTOP, a debugger) cannot answer: it is given up without waiting
-    ANSWER_WAIT (the fork-server's loop and every new user wait meanwhile); once it goes
-    on, the process it forks for the request given up is killed, and its end told."""
+    ANSWER_WAIT; once it goes on, the process it forks for the request given up is killed,
+    and its end told."""
     runtime = Runtime(tmp_path / "rt")
     parent = os.getpid()
     zygote = Zygote.start(lambda line: serve(line, AppLoader({}, runtime), Config(), runtime.users_dir, parent, "htagweb zygote test"), [])
@@ -525,11 +597,17 @@ def test_a_stopped_zygote_is_given_up_at_once_and_its_late_fork_ended(tmp_path):
         ours, theirs = socket.socketpair()
         listener = listen(runtime.users_dir / "spare.sock")
         slot, slot_fd = shared_slot()
-        with pytest.raises(ZygoteStuck, match="it is stopped"):
-            zygote.fork(SPARE, [theirs.fileno(), listener.fileno(), slot_fd])
+        told: list[object] = []
+        zygote.fork(SPARE, [theirs.fileno(), listener.fileno(), slot_fd], told.append)
         for handed in (theirs, listener, ours):
             handed.close()
         os.close(slot_fd)
+        while zygote.overdue() is None and time.monotonic() < deadline:
+            time.sleep(zygote.next_look())
+        assert zygote.overdue() == "it is stopped (SIGSTOP, or a debugger)"
+        for tell in zygote.abandon(ZygoteStuck("stopped")):
+            tell()
+        assert isinstance(told[0], ZygoteStuck)
         assert zygote.owed == 1 and not psutil.Process(zygote.pid).children()
         os.kill(zygote.pid, signal.SIGCONT)
         ended: list[tuple[int, int]] = []
@@ -537,7 +615,7 @@ def test_a_stopped_zygote_is_given_up_at_once_and_its_late_fork_ended(tmp_path):
             select.select([zygote.line], [], [], 1)
             ended += zygote.exits()
         [(late, status)] = ended
-        assert status == signal.SIGKILL and zygote.owed == 0 and not psutil.pid_exists(late)
+        assert status == signal.SIGKILL and zygote.owed == 0 and not psutil.pid_exists(late) and len(told) == 1
         slot.close()
     finally:
         os.kill(zygote.pid, signal.SIGCONT)
@@ -552,7 +630,7 @@ def test_a_zygote_whose_fork_server_dies_with_its_messages_unread_ends_quietly(t
     runtime = Runtime(tmp_path / "rt")
     parent = os.getpid()
     zygote = Zygote.start(lambda line: serve(line, AppLoader({}, runtime), Config(), runtime.users_dir, parent, "htagweb zygote test"), [])
-    _, pidfd, slot, ours = fork_listening(zygote.fork, SPARE, runtime.users_dir / "spare.sock")
+    _, pidfd, slot, ours = spare(zygote, runtime.users_dir / "spare.sock", time.monotonic() + 20)
     signal.pidfd_send_signal(pidfd, signal.SIGKILL)  # its end is told on the line, and left unread
     assert readable(zygote.line.fileno(), 20)
     zygote.line.close()
@@ -654,11 +732,16 @@ def test_imports_run_one_at_a_time_in_order_tell_failures_and_abort_the_late(tmp
     imports = Imports(Config(timeout_interaction=10), tmp_path, selectors.DefaultSelector())
     forked: list[FakeNextZygote] = []
 
-    def fork_next(app: str, source: object) -> FakeNextZygote:
+    def fork_next(app: str, source: object, told: Callable[[object], None]) -> None:
         forked.append(FakeNextZygote(app, 1000 + len(forked)))
-        return forked[-1]
+        told(forked[-1])
 
+    later: list[Callable[[object], None]] = []
+    assert imports.refusal("a", None, lambda app, source, told: later.append(told))["loading"]  # told later
     assert imports.refusal("a", None, fork_next)["loading"] and imports.refusal("b", None, fork_next)["loading"]
+    assert not forked and imports.asking == "a" and imports.holds_spares() and imports.timeout() == float("inf")
+    forked.append(FakeNextZygote("a", 1000))
+    later[0](forked[0])
     assert [z.app for z in forked] == ["a"] and imports.holds_spares()  # b waits its turn
     forked[0].importing = None  # "ok"
     assert imports.done() is forked[0]
@@ -683,15 +766,15 @@ def test_imports_run_one_at_a_time_in_order_tell_failures_and_abort_the_late(tmp
     assert imports.ended(forked[4].pid, signal.SIGKILL) and "d" not in imports.failures and imports.next is None
     assert imports.next is None and not imports.holds_spares() and imports.timeout() == float("inf")
 
-    def refused(app: str, source: object) -> FakeNextZygote:
-        raise ForkRefused("too many open files")
+    def refused(app: str, source: object, told: Callable[[object], None]) -> None:
+        told(ForkRefused("too many open files"))
 
     imports.refusal("d", None, refused)  # no process to be had: told at the next ask, not raised
     assert imports.next is None and "could not start" in imports.refusal("d", None, fork_next)["traceback"]
     imports.next, imports.failures = None, {}
 
-    def stuck(app: str, source: object) -> FakeNextZygote:
-        raise ZygoteStuck("no answer within 3s")
+    def stuck(app: str, source: object, told: Callable[[object], None]) -> None:
+        told(ZygoteStuck("no answer within 3s"))
 
     assert imports.refusal("e", None, stuck)["loading"]  # a new zygote was started: e waits for it, no failure
     assert imports.next is None and "e" not in imports.failures and imports.timeout() == 0.0
@@ -749,6 +832,40 @@ def test_lines_answer_in_the_order_of_the_requests_and_drop_a_garbled_or_closed_
     selector.close()
 
 
+def test_lines_send_a_reply_to_a_request_with_an_id_once_it_is_set():
+    """A request waiting for the zygote's fork holds back no reply to a request with an id
+    sent after it (a spare for the next user, a health check); a reply without an id still
+    goes out after those before it."""
+    selector = selectors.DefaultSelector()
+    waiting: list[Reply] = []
+
+    def handle(line: Line, request: messages.Request, reply: Reply) -> None:
+        if isinstance(request, messages.Ensure):
+            waiting.append(reply)
+        else:
+            reply.set({"ok": True, "counter": getattr(request, "counter", None)})
+
+    lines = Lines(selector, handle, lambda line: None)
+    ours, theirs = socket.socketpair()
+    lines.add(ours)
+    ensure, count = messages.encode(messages.Ensure("k", "a:App", "l"), 1), messages.encode(messages.Count("b"), 2)
+    theirs.sendall(ensure + count + messages.encode(messages.Count("c")))
+    for key, mask in selector.select(1):
+        key.data(mask)
+    theirs.settimeout(5)
+    assert json.loads(theirs.recv(4096)) == {"ok": True, "counter": "b", "id": 2}
+    [forked] = waiting
+    forked.set({"ok": True, "pid": 12})
+    lines.flush(lines.open[ours])
+    received = b""
+    while received.count(b"\n") < 2:
+        received += theirs.recv(4096)
+    assert [json.loads(part) for part in received.splitlines()] == [{"ok": True, "pid": 12, "id": 1}, {"ok": True, "counter": "c"}]
+    lines.close_all()
+    theirs.close()
+    selector.close()
+
+
 def test_older_generations_are_asked_for_room_then_left_alone_for_a_while(tmp_path, monkeypatch):
     """What a new fork-server sees of a retired one (census.py): its count, read from the file
     it writes; asked for room by a signal at the cap, not twice while that room is under way
@@ -779,3 +896,15 @@ def test_older_generations_are_asked_for_room_then_left_alone_for_a_while(tmp_pa
         retired.kill()
         retired.wait()
     assert older.processes() == 0 and not older.older  # ended: its processes with it
+
+
+def test_an_upgrade_of_htagweb_is_a_new_code_generation(tmp_path, monkeypatch):
+    """A worker of an upgraded htagweb (pip install, then gunicorn's HUP) must not talk to the
+    fork-server of the old one, whose protocol may differ, though both live in site-packages."""
+    package = tmp_path / "htagweb"
+    shutil.copytree(Path(generation.__file__).parent, package, ignore=shutil.ignore_patterns("js", "__pycache__"))
+    monkeypatch.setattr(generation, "__file__", str(package / "generation.py"))
+    before = generation.code_generation([])
+    assert generation.code_generation([]) == before
+    (package / "forkserver" / "messages.py").write_text((package / "forkserver" / "messages.py").read_text() + "\n# 1.1\n")
+    assert generation.code_generation([]) != before

@@ -36,7 +36,6 @@ from setproctitle import setproctitle
 
 from ..config import Config
 from ..ends import End, Exit
-from ..slot import shared_slot
 
 logger = logging.getLogger("htagweb")
 
@@ -323,29 +322,8 @@ def open_files(pid: int) -> int:
     return os.stat(f"/proc/{pid}/fd").st_size or len(os.listdir(f"/proc/{pid}/fd"))
 
 
-#: forks a process through the zygote: (request, descriptors handed over) -> (pid, pidfd)
-Fork = Callable[[bytes, list[int]], tuple[int, int]]
-
-
-def fork_listening(fork: Fork, request: bytes, path: Path) -> tuple[int, int, mmap.mmap, socket.socket]:
-    """A process forked through ``fork`` on ``request``, listening at ``path``: (pid, pidfd,
-    slot, control line). What it takes (its end of the line, its listening socket, its slot's
-    file) is closed here once handed over; if the fork fails, all that was made goes."""
-    listener = listen(path)
-    slot, slot_fd = shared_slot()
-    ours, theirs = socket.socketpair()
-    try:
-        pid, pidfd = fork(request, [theirs.fileno(), listener.fileno(), slot_fd])
-    except BaseException:
-        ours.close()
-        slot.close()
-        path.unlink(missing_ok=True)
-        raise
-    finally:
-        theirs.close()
-        listener.close()
-        os.close(slot_fd)
-    return pid, pidfd, slot, ours
+#: a process listening at its socket: (pid, pidfd, slot, the fork-server's end of its control line)
+Listening = tuple[int, int, mmap.mmap, socket.socket]
 
 
 def listen(path: Path) -> socket.socket:

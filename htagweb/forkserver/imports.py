@@ -29,9 +29,12 @@ from ..ends import describe
 from . import messages
 from .children import take_stack
 from .messages import Source
-from .zygote import ForkRefused, Zygote, ZygoteStuck
+from .zygote import ForkRefused, Told, Zygote, ZygoteStuck
 
 logger = logging.getLogger("htagweb")
+
+#: asks the current zygote for a next one, forked to import an app
+ForkNext = Callable[[str, Source | None, Told[Zygote]], None]
 
 #: seconds a failed import is told as it is before the next visit tries it again
 RETRY_AFTER = 5.0
@@ -52,46 +55,52 @@ class Imports:
         self.selector = selector
         #: the zygote importing an app, until it says it did
         self.next: Zygote | None = None
+        #: the app whose zygote is asked for, until it is forked
+        self.asking: str | None = None
         self.started = 0.0
         self.aborted = False
         #: the apps to import next, in order
         self.queue: dict[str, Source | None] = {}
         self.failures: dict[str, Failure] = {}
 
-    def refusal(self, app: str, source: Source | None, fork_next: Callable[[str, Source | None], Zygote]) -> dict[str, Any]:
+    def refusal(self, app: str, source: Source | None, fork_next: ForkNext) -> dict[str, Any]:
         """The answer to a visitor of ``app``, not imported yet; its import is started or queued."""
         failure = self.failures.get(app)
         if failure is not None and time.monotonic() - failure.at < RETRY_AFTER:
             return messages.error(500, f"The application {app} could not be loaded.", traceback=failure.traceback)
-        if self.next is None or self.next.app != app:
+        if self.asking != app and (self.next is None or self.next.app != app):
             self.queue.setdefault(app, source)
             self.start_next(fork_next)
         return messages.error(503, f"The application {app} is still loading: try again in a moment.", loading=True)
 
-    def start_next(self, fork_next: Callable[[str, Source | None], Zygote]) -> None:
+    def start_next(self, fork_next: ForkNext) -> None:
         """The next import of the queue starts, unless one runs."""
-        if self.next is not None or not self.queue:
+        if self.next is not None or self.asking is not None or not self.queue:
             return
         app = next(iter(self.queue))
         source = self.queue.pop(app)
         self.failures.pop(app, None)
-        try:
-            self.next = fork_next(app, source)
-        except ZygoteStuck:  # a new zygote was started: it is asked at the next turn
+        self.asking = app
+        fork_next(app, source, lambda outcome: self._forked(app, source, outcome))
+
+    def _forked(self, app: str, source: Source | None, outcome: Zygote | ForkRefused) -> None:
+        self.asking = None
+        if isinstance(outcome, ZygoteStuck):  # a new zygote was started: it is asked at the next turn
             self.queue.setdefault(app, source)
             return
-        except (ForkRefused, OSError) as exc:  # no process to be had now: told, tried again later
-            logger.error("cannot start the import of %s: %s", app, exc)
-            self.failures[app] = Failure(f"Its import could not start: {exc}", time.monotonic())
+        if isinstance(outcome, ForkRefused):  # no process to be had now: told, tried again later
+            logger.error("cannot start the import of %s: %s", app, outcome)
+            self.failures[app] = Failure(f"Its import could not start: {outcome}", time.monotonic())
             return
+        self.next = outcome
         self.started, self.aborted = time.monotonic(), False
-        self.selector.register(self.next.line, selectors.EVENT_READ, lambda mask: None)  # its word wakes the loop
-        logger.info("importing %s in a new zygote (pid %d)", app, self.next.pid)
+        self.selector.register(outcome.line, selectors.EVENT_READ, lambda mask: None)  # its word wakes the loop
+        logger.info("importing %s in a new zygote (pid %d)", app, outcome.pid)
 
     def holds_spares(self) -> bool:
         """Whether the pool of spares waits: an import that began less than :data:`SPARES_HELD`
         seconds ago, or one queued, would replace the spares forked now."""
-        return bool(self.queue) or (self.next is not None and time.monotonic() - self.started < SPARES_HELD)
+        return bool(self.queue) or self.asking is not None or (self.next is not None and time.monotonic() - self.started < SPARES_HELD)
 
     def done(self) -> Zygote | None:
         """The next zygote, once it imported its app and serves (its line stays registered);
@@ -147,7 +156,7 @@ class Imports:
         """Seconds until the import under way stops holding the spares back, or must be over
         (1 while it is aborted); 0 if one waits to start; inf: none."""
         if self.next is None:
-            return 0.0 if self.queue else float("inf")
+            return 0.0 if self.queue and self.asking is None else float("inf")
         now, limit = time.monotonic(), self.config.timeout_interaction
         waits = [self.started + SPARES_HELD - now] if now < self.started + SPARES_HELD else []
         if limit:

@@ -1,10 +1,11 @@
 """The lines from workers (and from ``htagweb ps``) to the fork-server: one JSON request
-a line in, the replies out in the order of the requests.
+a line in, one reply a line out.
 
 A reply may be set later than the requests after it (a status request waits for a
-process' end): theirs are held back until it is. Nothing blocks: a line's replies go out
-as its socket takes them, and a worker that does not read them is not read from either
-once :data:`MAX_OUTBOX` bytes wait for it.
+process' end, an ensure request for the zygote's fork). One whose request carried an id
+goes out once set; one without waits for the replies before it. Nothing blocks: a line's
+replies go out as its socket takes them, and a worker that does not read them is not read
+from either once :data:`MAX_OUTBOX` bytes wait for it.
 """
 
 from __future__ import annotations
@@ -26,17 +27,19 @@ MAX_OUTBOX = 4 * 2**20
 
 
 class Reply:
-    __slots__ = ("data",)
+    __slots__ = ("data", "ident")
 
     def __init__(self) -> None:
         self.data: bytes | None = None
+        #: its request's id (None: it goes out in order)
+        self.ident: int | None = None
 
     def set(self, reply: dict[str, Any]) -> None:
-        self.data = json.dumps(reply).encode() + b"\n"
+        self.data = json.dumps(reply if self.ident is None else {**reply, "id": self.ident}).encode() + b"\n"
 
 
 class Line:
-    """A connection from a worker (or from ``htagweb ps``): requests in, replies out in order."""
+    """A connection from a worker (or from ``htagweb ps``): requests in, replies out."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -71,12 +74,16 @@ class Lines:
             line.sock.close()
 
     def flush(self, line: Line) -> None:
-        """Send what can be sent now of the replies that are ready, in order."""
+        """Send what can be sent now of the replies that are ready (see the module's docstring)."""
         if line.closed:
             return
-        while line.replies and (ready := line.replies[0].data) is not None:
-            line.outbox += ready
-            line.replies.popleft()
+        held: collections.deque[Reply] = collections.deque()
+        for reply in line.replies:
+            if reply.data is not None and (reply.ident is not None or not held):
+                line.outbox += reply.data
+            else:
+                held.append(reply)
+        line.replies = held
         if line.outbox:
             try:
                 sent = line.sock.send(line.outbox)
@@ -121,8 +128,10 @@ class Lines:
             reply = Reply()
             line.replies.append(reply)
             try:
-                self.handle(line, messages.decode(raw), reply)
+                request, reply.ident = messages.decode(raw)
+                self.handle(line, request, reply)
             except messages.BadRequest as exc:
+                reply.ident = exc.ident
                 logger.warning("fork-server: bad request: %s", exc)
                 reply.set(messages.error(400, f"bad request: {exc}"))
             except Exception as exc:

@@ -3,10 +3,8 @@
 Nothing in it blocks on a worker: its lines are non-blocking (:mod:`.lines`), signal
 handlers only queue (SIGCHLD and the stop signals wake the loop through a wake-up
 pipe, no polling), and a request whose answer must wait (why a process still listed
-is gone) is answered when the process is reaped, while other requests go on. The one
-wait is for the zygote's answer to a fork: a few milliseconds, and
-:data:`.zygote.ANSWER_WAIT` at most, once, for a zygote that runs but stopped answering
-(one stopped by a signal is given up at once).
+is gone, a process the zygote forks) is answered once it can be, while other requests go
+on: nothing waits for the zygote either (see :mod:`.zygote`).
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import mmap
 import os
 import resource
 import selectors
@@ -41,8 +38,8 @@ from . import messages
 from .census import ROOM_SIGNAL, OlderGenerations, count_path, publish
 from .children import (
     PR_SET_CHILD_SUBREAPER,
+    Listening,
     UserChild,
-    fork_listening,
     parent,
     prctl,
     stack_path,
@@ -54,7 +51,7 @@ from .loader import AppLoader
 from .spares import Spares
 from .users import UserProcesses, listed
 from .watchdogs import Watchdogs
-from .zygote import ForkRefused, ZygoteStuck, user_request
+from .zygote import ForkRefused, user_request
 from .zygotes import Zygotes
 
 logger = logging.getLogger("htagweb")
@@ -67,6 +64,17 @@ RETIRED_LINGER = 5.0
 OPEN_FILES_PER_PROCESS = 2
 #: seconds a stopping fork-server waits for the zygote to tell of its children's ends
 EXITS_WAIT = 2.0
+
+
+@dataclass
+class Forking:
+    """A user's process asked of the zygote, and the requests for it that wait."""
+
+    key: str
+    app: str
+    label: str
+    path: Path
+    waiting: list[tuple[Line, Reply]]
 
 
 @dataclass
@@ -120,7 +128,9 @@ class ForkServer:
         #: what /_htagweb/metrics reports, for the whole server (fronts add theirs with the "count" request)
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.users = UserProcesses(runtime, self.loader, self.counters)
-        self.spares = Spares(runtime, config, self.selector, self.zygotes.fork)
+        self.spares = Spares(runtime, config, self.selector, self.zygotes.fork_listening)
+        #: user processes asked of the zygote, by key
+        self.forking: dict[str, Forking] = {}
         self.watchdogs = Watchdogs(config)
         self.new_process_limit = NewProcessLimit(config.new_processes_per_minute)
         self.status_waits: list[StatusWait] = []
@@ -170,6 +180,8 @@ class ForkServer:
             for key, mask in self.selector.select(self._timeout()):
                 key.data(mask)
             self._reap()
+            self.zygotes.check()
+            self.zygotes.tell()
             listener.resume_when_due()
             if (imported := self.zygotes.take_import()) is not None:
                 self.spares.drop_without(imported)
@@ -214,7 +226,8 @@ class ForkServer:
         waits = [wait.deadline - time.monotonic() for wait in self.status_waits]
         spares = self.spares.next_check(self.zygotes.apps, len(self.users)) if self._keeps_spares else 1.0
         accepting = self.listener.timeout() if self.listener is not None else 1.0
-        return max(0.0, min(self.watchdogs.next_check(), spares, self.zygotes.imports.timeout(), accepting, *waits))
+        zygotes = min(self.zygotes.timeout(), self.zygotes.imports.timeout())
+        return max(0.0, min(self.watchdogs.next_check(), spares, zygotes, accepting, *waits))
 
     def _woken(self, mask: int) -> None:
         try:
@@ -228,7 +241,7 @@ class ForkServer:
 
     def _continue_orphans(self) -> None:
         """A dead zygote's processes end with it (their death signal, SIGTERM) and come to this
-        process, their subreaper. One that is stopped (a debugger, the cgroup freezer) would
+        process, their subreaper. One that is stopped (a debugger) would
         keep that signal pending for ever, counted and listed: continued, it ends."""
         for child in [*self.users, *self.spares.spares]:
             if stopped(child.pid) and parent(child.pid) == os.getpid():
@@ -332,13 +345,15 @@ class ForkServer:
 
     def _handle(self, line: Line, request: messages.Request, reply: Reply) -> None:
         if isinstance(request, messages.Ensure):
-            reply.set(self._ensure(request))
+            answer = self._ensure(line, request, reply)
+            if answer is not None:
+                reply.set(answer)
         elif isinstance(request, messages.Status):
             self._status(line, request.key, reply)
         elif isinstance(request, messages.Stalled):
             reply.set({"ok": True, "ended": self._end_if_stopped(request.key)})
         elif isinstance(request, messages.Rotate):
-            reply.set({"ok": True, "moved": self.users.rotate(request.old, request.new)})
+            reply.set({"ok": True, "moved": self.users.rotate(request.old, request.new) + self._rotate_forking(request.old, request.new)})
         elif isinstance(request, messages.Stats):
             self._reap()  # a process killed a moment ago is counted as such
             candidates = self.users.candidates()
@@ -348,6 +363,7 @@ class ForkServer:
                     "processes": len(self.users),
                     "max_processes": self.config.max_processes,
                     "spares": len(self.spares),
+                    "starting": len(self.forking),
                     "provisional": sum(not c.live for c in candidates),
                     "busy": sum(c.busy for c in candidates),
                     "counters": self.counters,
@@ -428,7 +444,7 @@ class ForkServer:
     def _end_if_stopped(self, key: str) -> bool:
         """The process of ``key`` has left a request unanswered for ``timeout_interaction``.
         One that runs a handler is the watchdogs' (:mod:`.watchdogs`); one that is stopped
-        (SIGSTOP, a debugger, the cgroup freezer) never started it: ended as if it hung."""
+        (SIGSTOP, a debugger) never started it: ended as if it hung."""
         child = self.users.live(key)
         if child is None or read_slot(child.slot).busy_since or not stopped(child.pid):
             return False
@@ -449,10 +465,11 @@ class ForkServer:
 
     # --- user processes ----------------------------------------------------
 
-    def _ensure(self, request: messages.Ensure) -> dict[str, Any]:
-        """The user process of ``key``, spawned if needed. ``source`` describes an app of
-        a development folder: a file app is imported in its process, and replaced when
-        a file it imported changed."""
+    def _ensure(self, line: Line, request: messages.Ensure, reply: Reply) -> dict[str, Any] | None:
+        """The user process of ``key``, spawned if needed; None if the answer comes once the
+        zygote forked it (:meth:`_forked`). ``source`` describes an app of a development
+        folder: a file app is imported in its process, and replaced when a file it imported
+        changed."""
         key, app, label, source = request.key, request.app, request.label, request.source
         self._reap()
         child = self.users.live(key)
@@ -461,6 +478,9 @@ class ForkServer:
                 return {"ok": True, "pid": child.pid, "spawned": False}
             logger.info("user process reloaded: %s (its source changed)", child)
             child.stop(End.RELOADED)
+        if key in self.forking:  # asked for already (another tab, another worker): told together
+            self.forking[key].waiting.append((line, reply))
+            return None
         if not self.loader.per_process(source) and app not in self.zygotes.apps:  # "still loading": the front asks again
             return self.zygotes.refusal(app, source)
         refusal = self._admit(request.client, label)
@@ -468,30 +488,54 @@ class ForkServer:
             return refusal
         path = self.runtime.user_socket_path(key)
         spare = None if self.loader.per_process(source) else self.spares.take(path, app, label)
-        if spare is not None:
-            pid, slot, pidfd = spare.pid, spare.slot, spare.pidfd
-        else:
+        if spare is None:
             path.unlink(missing_ok=True)  # a previous process' socket, being replaced
+            self.users.replacing(key)
+            forking = self.forking[key] = Forking(key, app, label, path, [(line, reply)])
             asked = user_request(f"htagweb user {app} {label}", key, app, label, source)
-            try:
-                pid, pidfd, slot, control = self._fork_user(asked, path)
-            except (ForkRefused, OSError) as exc:
-                self.counters["fork_failures"] += 1
-                logger.warning("fork-server: no process could be had for session %s, app %s: %s", label, app, exc)
-                return messages.error(503, "The server cannot start a session now: try again in a moment.")
-            self.spares.arriving(control)
-        child = UserChild(pid, slot, self.runtime.users_dir, pidfd=pidfd, key=key, app=app, label=label, socket=path)
+            self.zygotes.fork_listening(asked, path, lambda outcome: self._forked(forking, outcome))
+            return None
+        child = UserChild(spare.pid, spare.slot, self.runtime.users_dir, pidfd=spare.pidfd, key=key, app=app, label=label, socket=path)
         self.users.add(child)
         self.lines.after_reply.append(("user process spawned: %s", child))
-        return {"ok": True, "pid": pid, "spawned": True}
+        return {"ok": True, "pid": child.pid, "spawned": True}
 
-    def _fork_user(self, asked: bytes, path: Path) -> tuple[int, int, mmap.mmap, socket.socket]:
-        """A user's process, forked by the zygote; asked again, with new descriptors, of the
-        new zygote started when the current one is stuck."""
-        try:
-            return fork_listening(self.zygotes.fork, asked, path)
-        except ZygoteStuck:
-            return fork_listening(self.zygotes.fork, asked, path)
+    def _forked(self, forking: Forking, outcome: Listening | ForkRefused) -> None:
+        """The zygote forked a user's process, or none could be had: the requests for it are answered."""
+        del self.forking[forking.key]
+        child = None
+        if isinstance(outcome, ForkRefused):
+            self.counters["fork_failures"] += 1
+            logger.warning("fork-server: no process could be had for session %s, app %s: %s", forking.label, forking.app, outcome)
+            answers = [messages.error(503, "The server cannot start a session now: try again in a moment.")]
+        else:
+            pid, pidfd, slot, control = outcome
+            self.spares.arriving(control)
+            key, app, label = forking.key, forking.app, forking.label
+            child = UserChild(pid, slot, self.runtime.users_dir, pidfd=pidfd, key=key, app=app, label=label, socket=forking.path)
+            self.users.add(child)
+            answers = [{"ok": True, "pid": pid, "spawned": True}, {"ok": True, "pid": pid, "spawned": False}]
+        for n, (line, reply) in enumerate(forking.waiting):
+            reply.set(answers[min(n, len(answers) - 1)])
+            self.lines.flush(line)
+        if child is not None:
+            logger.info("user process spawned: %s", child)
+
+    def _rotate_forking(self, old: str, new: str) -> int:
+        """A session's id changed while its process is asked for: it answers to the new id only."""
+        moved = 0
+        for forking in [forking for forking in self.forking.values() if forking.key == self.runtime.process_key(old, forking.app)]:
+            key = self.runtime.process_key(new, forking.app)
+            path = self.runtime.user_socket_path(key)
+            try:
+                os.rename(forking.path, path)
+            except FileNotFoundError:  # refused already, its answer not told yet
+                continue
+            del self.forking[forking.key]
+            forking.key, forking.path = key, path
+            self.forking[key] = forking
+            moved += 1
+        return moved
 
     def _admit(self, client: str, label: str) -> dict[str, Any] | None:
         """None if a new process may start now (room made if needed), else the refusal."""
@@ -501,16 +545,17 @@ class ForkServer:
             logger.warning("new process refused: over %d new processes per minute from %s", limit, client)
             return messages.error(429, "Too many new sessions from your address: try again in a minute.")
         older = self.older.processes()  # after a reload (see census.py)
-        if len(self.users.by_key) + older < self.config.max_processes:  # room, without reading every slot
+        others = older + len(self.forking)
+        if len(self.users.by_key) + others < self.config.max_processes:  # room, without reading every slot
             return None
         candidates = self.users.candidates()
-        if len(candidates) + older < self.config.max_processes:
+        if len(candidates) + others < self.config.max_processes:
             return None
         if self.older.make_room(older):  # the front asks again in a moment
             return messages.error(503, "The server is making room for a new session: try again in a moment.", retry=True)
         victim = make_room_from(candidates)
         if victim is None:
-            live = len(candidates) + older
+            live = len(candidates) + others
             logger.warning("max_processes (%d) reached, all busy: refusing a new user process for session %s", live, label)
             return messages.error(503, "The server has reached its limit of live user sessions.")
         self._evict(victim, "")

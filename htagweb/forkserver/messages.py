@@ -1,9 +1,11 @@
 """The fork-server's requests, typed: one JSON line each, ``{"op": ..., fields}``.
 
 Workers (through :class:`htagweb.client.ForkServerClient`) and ``htagweb ps`` /
-``htagweb kill`` send them; the fork-server answers each with one JSON line, in
-the order of the requests. A line that is not one of these requests, with its
-fields of the right types, is refused with a clear error.
+``htagweb kill`` send them; the fork-server answers each with one JSON line. A
+request may carry an ``id``, which its reply carries back: such replies go out as
+soon as they are ready (a process the zygote is forking holds back no other
+answer); the others in the order of the requests. A line that is not one of these
+requests, with its fields of the right types, is refused with a clear error.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ Source = dict[str, str]
 
 
 class BadRequest(ValueError):
-    pass
+    def __init__(self, message: str, ident: int | None = None) -> None:
+        super().__init__(message)
+        #: the request's id, if it could be read: its refusal carries it back
+        self.ident = ident
 
 
 @dataclass(frozen=True)
@@ -138,31 +143,36 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def encode(request: Request) -> bytes:
-    return json.dumps({"op": request.op, **asdict(request)}).encode() + b"\n"
+def encode(request: Request, ident: int | None = None) -> bytes:
+    fields = {"op": request.op, **asdict(request)}
+    return json.dumps(fields if ident is None else {**fields, "id": ident}).encode() + b"\n"
 
 
-def decode(line: bytes) -> Request:
+def decode(line: bytes) -> tuple[Request, int | None]:
+    """The request of ``line``, and its id (None: its reply goes in order)."""
     try:
         data = json.loads(line)
     except ValueError as exc:
         raise BadRequest(f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequest("not a JSON object")
+    ident = data.pop("id", None)
+    if ident is not None and (not isinstance(ident, int) or isinstance(ident, bool)):
+        raise BadRequest("id must be an integer")
     cls = REQUESTS.get(data.pop("op", None))
     if cls is None:
-        raise BadRequest(f"unknown op in {line[:80]!r}")
+        raise BadRequest(f"unknown op in {line[:80]!r}", ident)
     known = {f.name: f for f in fields(cls)}
     if unknown := set(data) - set(known):
-        raise BadRequest(f"unknown fields for {cls.op}: {sorted(unknown)}")
+        raise BadRequest(f"unknown fields for {cls.op}: {sorted(unknown)}", ident)
     for name, value in data.items():
         expected = str(known[name].type)
         if not isinstance(value, _TYPES[expected]) or (isinstance(value, bool) and expected != "bool"):
-            raise BadRequest(f"{cls.op}: {name} must be {known[name].type}")
+            raise BadRequest(f"{cls.op}: {name} must be {known[name].type}", ident)
     try:
-        return cls(**data)
+        return cls(**data), ident
     except TypeError as exc:
-        raise BadRequest(f"{cls.op}: {exc}") from None
+        raise BadRequest(f"{cls.op}: {exc}", ident) from None
 
 
 def error(status: int, message: str, **extra: Any) -> dict[str, Any]:

@@ -11,7 +11,8 @@ the pool has waited for ``REFILL_ANYWAY``.
 
 The pool is refilled in batches, once a quarter of it is gone, not one spare
 after each arrival: forking and rehearsing a spare takes a CPU, and a batch takes
-it once, when the CPUs are calm. Spares are forked by the zygote (:mod:`.zygote`).
+it once, when the CPUs are calm. Spares are forked by the zygote (:mod:`.zygote`), one
+asked at a time: a new user's fork is never queued behind a batch of them.
 """
 
 from __future__ import annotations
@@ -22,15 +23,19 @@ import os
 import selectors
 import socket
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from pathlib import Path
 
 from ..config import Config
 from ..runtime import Runtime
 from ..slot import REHEARSING, SETTLE_LIMIT, read_slot, reset_slot
 from ..spare import REHEARSE
-from .children import Fork, SpareChild, fork_listening
+from .children import Listening, SpareChild
 from .pressure import WINDOW, CpuPressure
-from .zygote import SPARE, ForkRefused
+from .zygote import SPARE, ForkRefused, Told
+
+#: asks a zygote for a process listening at a path (see :meth:`.zygotes.Zygotes.fork_listening`)
+ForkListening = Callable[[bytes, Path, Told[Listening]], None]
 
 logger = logging.getLogger("htagweb")
 
@@ -43,7 +48,7 @@ REHEARSED = 4
 
 
 class Spares:
-    def __init__(self, runtime: Runtime, config: Config, selector: selectors.BaseSelector, fork: Fork) -> None:
+    def __init__(self, runtime: Runtime, config: Config, selector: selectors.BaseSelector, fork: ForkListening) -> None:
         self.runtime = runtime
         self.config = config
         self.selector = selector
@@ -60,6 +65,12 @@ class Spares:
         self.rehearsed: set[SpareChild] = set()
         #: the pool fell to its low-water mark and is being filled again
         self.refilling = False
+        #: a spare is asked of the zygote, not forked yet
+        self.asked = False
+        #: how many times the pool was emptied: a spare asked before is not for it
+        self.emptied = 0
+        #: apps imported since the pool was last emptied: a spare asked before lacks them
+        self.required: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.spares)
@@ -67,7 +78,12 @@ class Spares:
     def wanted(self, apps: Collection[str], users: int) -> bool:
         """Whether to fork one more spare now: the pool is short, no arrival is under
         way, and the CPUs are calm (or have not been for long)."""
-        return self.short(apps, users) and self._calm_since(self.forked_at) and time.monotonic() - self.refused_at >= RETRY_REFUSED
+        return (
+            not self.asked
+            and self.short(apps, users)
+            and self._calm_since(self.forked_at)
+            and time.monotonic() - self.refused_at >= RETRY_REFUSED
+        )
 
     def short(self, apps: Collection[str], users: int) -> bool:
         """Whether the pool lacks a spare that could be forked once the CPUs are calm: it fell
@@ -76,9 +92,10 @@ class Spares:
         if not apps or self.settling:
             return False
         size = min(self.config.spares, self.config.max_processes - users)
-        if len(self.spares) >= size:
+        pool = len(self.spares) + self.asked
+        if pool >= size:
             self.refilling = False
-        elif len(self.spares) <= size - max(1, size // 4):
+        elif pool <= size - max(1, size // 4):
             self.refilling = True
         return self.refilling
 
@@ -103,22 +120,30 @@ class Spares:
         return self.pressure.is_calm() or time.monotonic() - last >= REFILL_ANYWAY
 
     def fork(self, apps: Collection[str]) -> None:
-        """A spare of ``apps`` (the zygote's) listens already, under a name of its own:
-        giving it to a user is a rename."""
+        """Ask for a spare of ``apps`` (the zygote's), listening already under a name of its
+        own: giving it to a user is a rename."""
         path = self.runtime.users_dir / f".spare-{os.urandom(8).hex()}.sock"
-        try:
-            pid, pidfd, slot, ours = fork_listening(self._fork, SPARE, path)
-        except (ForkRefused, OSError) as exc:  # tried again later; users keep being served by a fork each
+        self.asked = True
+        self.forked_at = time.monotonic()
+        emptied = self.emptied
+        self._fork(SPARE, path, lambda outcome: self._forked(outcome, path, frozenset(apps), emptied))
+
+    def _forked(self, outcome: Listening | ForkRefused, path: Path, apps: frozenset[str], emptied: int) -> None:
+        self.asked = False
+        if isinstance(outcome, ForkRefused):  # tried again later; users keep being served by a fork each
             if not self.refused_at:
-                logger.warning("fork-server: cannot fork a spare user process (%s): tried again every %gs", exc, RETRY_REFUSED)
+                logger.warning("fork-server: cannot fork a spare user process (%s): tried again every %gs", outcome, RETRY_REFUSED)
             self.refused_at = time.monotonic()
             return
         if self.refused_at:
             logger.info("fork-server: spare user processes can be forked again")
             self.refused_at = 0.0
-        self.forked_at = time.monotonic()
-        spare = SpareChild(pid, slot, self.runtime.users_dir, pidfd=pidfd, control=ours, path=path, apps=frozenset(apps))
+        pid, pidfd, slot, ours = outcome
+        spare = SpareChild(pid, slot, self.runtime.users_dir, pidfd=pidfd, control=ours, path=path, apps=apps)
         self.spares.append(spare)
+        if emptied != self.emptied or not self.required <= apps:  # emptied meanwhile, or an app was imported since
+            self.forget(spare)
+            self.drop(spare)
 
     def take(self, path: os.PathLike[str], app: str, label: str) -> SpareChild | None:
         """A spare given to this user, serving at ``path``; None if none can. A rehearsed
@@ -189,6 +214,7 @@ class Spares:
 
     def drop_without(self, app: str) -> None:
         """Spares forked before ``app`` was imported cannot serve it: replaced."""
+        self.required.add(app)
         for spare in [spare for spare in self.spares if app not in spare.apps]:
             self.forget(spare)
             self.drop(spare)
@@ -223,6 +249,8 @@ class Spares:
             spare.take_stack()
         self.spares.clear()
         self.rehearsed.clear()
+        self.emptied += 1
+        self.required.clear()
 
 
 def _readiness(spare: SpareChild) -> int:

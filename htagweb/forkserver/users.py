@@ -56,6 +56,11 @@ class UserProcesses:
         self.deaths.pop(child.key, None)
         self.counters["spawns"] += 1
 
+    def replacing(self, key: str) -> None:
+        """A new process is asked for ``key``: one ending or ended, not reaped yet, no longer
+        answers to it (its end would remove the new one's socket)."""
+        self.by_key.pop(key, None)
+
     def why_gone(self, key: str) -> End:
         return self.deaths.get(key, End.LOST)
 

@@ -30,16 +30,20 @@ or ``error {json}``), and ``import {json}`` (answered ``pid N`` with the next
 zygote's pidfd and line, on which it says ``ok`` or ``error {json}`` once the import
 is over); a zygote says ``exit PID STATUS`` whenever a child of its ends.
 
-A zygote answers within a few milliseconds. One that is stopped (by a signal or a
-debugger), or does not answer within :data:`ANSWER_WAIT` (starved on a machine out of
-memory), is given up: the fork-server keeps it, with its processes, and starts a new one
-for the next users. Should it go on, the fork it was asked for and makes then is
-ended at once: nobody waits for that process any more.
+A zygote answers within a few milliseconds, and nothing waits for it: the fork-server
+sends its request, goes on with its loop, and hands the answer to whoever asked once it
+comes (:meth:`Zygote.exits`). A zygote that is stopped (by a signal or a debugger), or
+has not answered within :data:`ANSWER_WAIT` (frozen by the cgroup freezer, starved on a
+machine out of memory), is given up: the fork-server keeps it, with its processes, starts
+a new one, and asks that one. Should the old one go on, the forks it makes then are
+ended at once: nobody waits for those processes any more.
 """
 
 from __future__ import annotations
 
+import collections
 import faulthandler
+import functools
 import json
 import logging
 import mmap
@@ -52,8 +56,9 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, Generic, NoReturn, TypeVar
 
 from setproctitle import setproctitle
 
@@ -67,6 +72,8 @@ from .loader import AppLoader
 from .messages import Source
 
 logger = logging.getLogger("htagweb")
+
+T = TypeVar("T")
 
 #: the largest message either way (a request names an app and its source; the rest are small)
 PACKET = 65536
@@ -94,8 +101,13 @@ class ZygoteGone(ForkRefused):
 
 
 class ZygoteStuck(ForkRefused):
-    """The zygote did not answer within :data:`ANSWER_WAIT`; the descriptors handed with the
-    request are its own now (it may still fork with them): a new request needs new ones."""
+    """The zygote did not answer in time (see :meth:`Zygote.overdue`); the descriptors handed
+    with the request are its own now (it may still fork with them): a new request needs new
+    ones."""
+
+
+#: what a request to a zygote comes to: its answer, or why there is none
+Told = Callable[[T | ForkRefused], None]
 
 
 def user_request(title: str, key: str, app: str, label: str, source: Source | None) -> bytes:
@@ -109,12 +121,31 @@ def _ended(data: bytes) -> tuple[int, int]:
     return int(pid), int(status)
 
 
+@dataclass
+class Asked(Generic[T]):
+    """A request sent to a zygote, not answered yet."""
+
+    #: what its answer and the descriptors it hands back come to (raises ForkRefused)
+    parse: Callable[[bytes, list[int]], T]
+    told: Told[T]
+    at: float
+
+    def answer(self, data: bytes, handed: list[int]) -> Callable[[], None]:
+        """What to tell once the answer came."""
+        try:
+            outcome: T | ForkRefused = self.parse(data, handed)
+        except ForkRefused as exc:
+            outcome = exc
+        return functools.partial(self.told, outcome)
+
+
 class Zygote:
     """The fork-server's end of the line to its zygote."""
 
     def __init__(self, pid: int, line: socket.socket, pidfd: int = -1, app: str | None = None) -> None:
         self.pid = pid
         self.line = line
+        line.setblocking(False)
         #: the descriptor it is signalled through, for a zygote that is not this process' child (-1: it is)
         self.pidfd = pidfd
         #: the app a next zygote was forked to import
@@ -123,8 +154,12 @@ class Zygote:
         self.importing = app
         #: the end of its import: None once imported, else the error and its traceback
         self.imported: dict[str, str] | None = None
-        #: children that ended, read while waiting for an answer: (pid, waitpid status)
+        #: children that ended, read while looking for something else: (pid, waitpid status)
         self._exits: list[tuple[int, int]] = []
+        #: requests sent, in order: a zygote answers them in that order
+        self.asked: collections.deque[Asked[Any]] = collections.deque()
+        #: answers read, to be told (see :meth:`told`)
+        self.answered: list[Callable[[], None]] = []
         #: answers given up on (see :class:`ZygoteStuck`): those that still come are late
         self.owed = 0
 
@@ -148,57 +183,61 @@ class Zygote:
         theirs.close()
         return cls(pid, ours)
 
-    def fork(self, request: bytes, fds: Sequence[int]) -> tuple[int, int]:
-        """A child forked on ``request`` (:data:`SPARE`, or :func:`user_request`): (pid, pidfd)."""
-        answer, handed = self._ask(request, fds)
-        kind, _, rest = answer.partition(b" ")
-        if kind != b"pid":
-            raise ForkRefused(json.loads(rest)["error"])
-        if not handed:  # the kernel dropped it: this process has no descriptor left
-            raise ForkRefused(f"process {int(rest)} was forked, but its pidfd did not come: too many open files")
-        return int(rest), handed[0]
+    def fork(self, request: bytes, fds: Sequence[int], told: Told[tuple[int, int]]) -> None:
+        """Ask for a child on ``request`` (:data:`SPARE`, or :func:`user_request`): ``told``
+        gets its (pid, pidfd), or the refusal."""
+        self._ask(request, fds, Asked(_forked, told, time.monotonic()))
 
-    def next(self, app: str, source: Source | None) -> Zygote:
-        """The next zygote, forked to import ``app``: it says when it did (see :meth:`exits`)."""
-        answer, handed = self._ask(b"import " + json.dumps({"app": app, "source": source}).encode(), ())
-        kind, _, rest = answer.partition(b" ")
-        if kind != b"pid":
-            raise ForkRefused(json.loads(rest)["error"])
-        if len(handed) < 2:  # the kernel dropped them: this process has no descriptor left
-            for fd in handed:
-                os.close(fd)
-            raise ForkRefused(f"zygote {int(rest)} was forked, but its line did not come: too many open files")
-        return Zygote(int(rest), socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, fileno=handed[1]), handed[0], app)
+    def next(self, app: str, source: Source | None, told: Told[Zygote]) -> None:
+        """Ask for the next zygote, forked to import ``app``: it says when it did (see :meth:`exits`)."""
+        request = b"import " + json.dumps({"app": app, "source": source}).encode()
+        self._ask(request, (), Asked(functools.partial(_next_zygote, app), told, time.monotonic()))
 
-    def _ask(self, request: bytes, fds: Sequence[int]) -> tuple[bytes, list[int]]:
-        """The answer to ``request``, and the descriptors it hands back. Blocking, for
-        :data:`ANSWER_WAIT` at most: the zygote answers at once, and a fork it makes would
-        take the fork-server as long itself."""
-        deadline = time.monotonic() + ANSWER_WAIT
+    def _ask(self, request: bytes, fds: Sequence[int], asked: Asked[Any]) -> None:
         try:
             socket.send_fds(self.line, [request], list(fds))
-            while True:
-                if not readable(self.line.fileno(), min(LOOK_AFTER, max(0.0, deadline - time.monotonic()))):
-                    if stopped(self.pid):
-                        self.owed += 1
-                        raise ZygoteStuck("it is stopped (SIGSTOP, or a debugger)")
-                    if time.monotonic() >= deadline:
-                        self.owed += 1
-                        raise ZygoteStuck(f"no answer within {ANSWER_WAIT:g}s")
-                    continue
-                data, handed, _, _ = socket.recv_fds(self.line, PACKET, 2)
-                if not data:
-                    raise ZygoteGone("its line closed")
-                if not data.startswith(b"exit "):
-                    return data, handed
-                self._exits.append(_ended(data))
+        except BlockingIOError:
+            raise ZygoteStuck("it has not read its line for long") from None
         except OSError as exc:
             raise ZygoteGone(f"its line broke: {exc}") from exc
+        self.asked.append(asked)
+
+    def overdue(self) -> str | None:
+        """Why its oldest request is given up on, if it is: the zygote is stopped (SIGSTOP, a
+        debugger), or has not answered within :data:`ANSWER_WAIT`."""
+        if not self.asked:
+            return None
+        waited = time.monotonic() - self.asked[0].at
+        if waited >= ANSWER_WAIT:
+            return f"no answer within {ANSWER_WAIT:g}s"
+        if waited >= LOOK_AFTER and stopped(self.pid):
+            return "it is stopped (SIGSTOP, or a debugger)"
+        return None
+
+    def next_look(self) -> float:
+        """Seconds until :meth:`overdue` may say otherwise (inf: nothing is asked)."""
+        if not self.asked:
+            return float("inf")
+        waited = time.monotonic() - self.asked[0].at
+        return max(0.0, LOOK_AFTER - waited if waited < LOOK_AFTER else min(LOOK_AFTER, ANSWER_WAIT - waited))
+
+    def abandon(self, why: ForkRefused) -> list[Callable[[], None]]:
+        """Its requests given up on: what tells each asker ``why``. Their answers, should they
+        come, are late (:meth:`_late`)."""
+        given_up: list[Callable[[], None]] = [functools.partial(asked.told, why) for asked in self.asked]
+        self.owed += len(self.asked)
+        self.asked.clear()
+        return given_up
+
+    def told(self) -> list[Callable[[], None]]:
+        """What tells the askers of the answers read since last asked."""
+        answered, self.answered = self.answered, []
+        return answered
 
     def exits(self) -> list[tuple[int, int]]:
-        """The children that ended since last asked: (pid, waitpid status). A next zygote's
-        word on its import is taken on the way (:attr:`importing`, :attr:`imported`), and
-        a late answer ended (:meth:`_late`)."""
+        """The children that ended since last asked: (pid, waitpid status). Answers are taken on
+        the way (:meth:`told`), a next zygote's word on its import too (:attr:`importing`,
+        :attr:`imported`), and a late answer's process ended (:meth:`_late`)."""
         while True:
             try:
                 data, ancillary, _, _ = self.line.recvmsg(PACKET, socket.CMSG_SPACE(2 * 4), socket.MSG_DONTWAIT)
@@ -210,6 +249,8 @@ class Zygote:
                 self._exits.append(_ended(data))
             elif self.owed:
                 self._late(data, _descriptors(ancillary))
+            elif self.asked:
+                self.answered.append(self.asked.popleft().answer(data, _descriptors(ancillary)))
             else:  # the end of its import
                 self.importing = None
                 self.imported = None if data == b"ok" else json.loads(data.partition(b" ")[2])
@@ -258,6 +299,28 @@ class Zygote:
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
+
+
+def _forked(answer: bytes, handed: list[int]) -> tuple[int, int]:
+    """(pid, pidfd) of the child a zygote forked."""
+    kind, _, rest = answer.partition(b" ")
+    if kind != b"pid":
+        raise ForkRefused(json.loads(rest)["error"])
+    if not handed:  # the kernel dropped it: this process has no descriptor left
+        raise ForkRefused(f"process {int(rest)} was forked, but its pidfd did not come: too many open files")
+    return int(rest), handed[0]
+
+
+def _next_zygote(app: str, answer: bytes, handed: list[int]) -> Zygote:
+    """The next zygote a zygote forked to import ``app``."""
+    kind, _, rest = answer.partition(b" ")
+    if kind != b"pid":
+        raise ForkRefused(json.loads(rest)["error"])
+    if len(handed) < 2:  # the kernel dropped them: this process has no descriptor left
+        for fd in handed:
+            os.close(fd)
+        raise ForkRefused(f"zygote {int(rest)} was forked, but its line did not come: too many open files")
+    return Zygote(int(rest), socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, fileno=handed[1]), handed[0], app)
 
 
 def serve(line: socket.socket, loader: AppLoader, config: Config, stacks: Path, parent: int, title: str) -> NoReturn:

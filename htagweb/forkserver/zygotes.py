@@ -8,31 +8,35 @@ reaps them all. When the current one dies, a new one is forked from the fork-ser
 with the apps given as classes; those named by strings are imported again. So is one when
 the current one stops answering (:class:`.zygote.ZygoteStuck`): that one is kept with the
 older ones, and its processes with it.
+
+Nothing waits for a zygote: what is asked of it is told to the asker in a later turn of the
+fork-server's loop (:meth:`Zygotes.tell`), its answer or why there is none.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import resource
 import selectors
 import socket
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from pathlib import Path
+from typing import Any, NoReturn
 
 from ..config import Config
 from ..ends import describe
 from ..runtime import Runtime
+from ..slot import shared_slot
 from . import zygote
-from .children import ended_children, readable
+from .children import Listening, ended_children, listen, readable
 from .imports import Imports
 from .loader import AppLoader
 from .messages import Source
-from .zygote import Zygote, ZygoteGone, ZygoteStuck
+from .zygote import ForkRefused, Told, Zygote, ZygoteGone, ZygoteStuck
 
 logger = logging.getLogger("htagweb")
-
-T = TypeVar("T")
 
 
 class Zygotes:
@@ -68,6 +72,10 @@ class Zygotes:
         self.imports = Imports(config, runtime.users_dir, selector)
         #: ends told by a zygote that died before they were taken
         self.pending_ends: list[tuple[int, int]] = []
+        #: what tells askers that their request was given up on (see :meth:`tell`)
+        self.given_up: list[Callable[[], None]] = []
+        #: the fork-server's ends of the control lines of processes asked for: a zygote started meanwhile closes them
+        self.kept: set[socket.socket] = set()
 
     def start(self) -> None:
         """Fork the zygote: a copy of the fork-server as it is now, warm, that will only fork."""
@@ -78,16 +86,71 @@ class Zygotes:
             zygote.serve(line, self.loader, self.config, self.runtime.users_dir, parent, title)
 
         next_one = [self.imports.next] if self.imports.next is not None else []
-        closed = self.inherited() + [other.line.fileno() for other in [*self.all(), *next_one]]
+        closed = self.inherited() + [other.line.fileno() for other in [*self.all(), *next_one]] + [kept.fileno() for kept in self.kept]
         self.current = Zygote.start(serve, closed)
         self.apps = set(self.loader.classes)
         self.selector.register(self.current.line, selectors.EVENT_READ, lambda mask: None)  # a child's end wakes the loop
         for app in self.loader.named():  # imported in next zygotes, one after the other (see take_import)
             self.imports.queue.setdefault(app, None)
 
-    def fork(self, request: bytes, fds: list[int]) -> tuple[int, int]:
-        """A child forked by the current zygote: (pid, pidfd)."""
-        return self._ask(lambda current: current.fork(request, fds))
+    def fork_listening(self, request: bytes, path: Path, told: Told[Listening], again: bool = True) -> None:
+        """Ask the current zygote for a process on ``request``, listening at ``path``: ``told``
+        gets it, or the refusal (then all that was made for it goes). What the process takes
+        (its end of its control line, its listening socket, its slot's file) is closed here once
+        handed over. A zygote stuck or gone may still hold those: the next one is asked once
+        more with new ones."""
+        made: list[Callable[[], None]] = []
+        try:
+            listener = listen(path)
+            made.append(listener.close)
+            slot, slot_fd = shared_slot()
+            made += [slot.close, functools.partial(os.close, slot_fd)]
+            ours, theirs = socket.socketpair()
+        except OSError as exc:  # no descriptor left
+            for undo in made:
+                undo()
+            path.unlink(missing_ok=True)
+            self.given_up.append(functools.partial(told, ForkRefused(f"cannot make its sockets: {exc}")))
+            return
+        self.kept.add(ours)
+
+        def forked(outcome: tuple[int, int] | ForkRefused) -> None:
+            self.kept.discard(ours)
+            if not isinstance(outcome, ForkRefused):
+                told((*outcome, slot, ours))
+                return
+            ours.close()
+            slot.close()
+            path.unlink(missing_ok=True)
+            if again and isinstance(outcome, (ZygoteStuck, ZygoteGone)):
+                self.fork_listening(request, path, told, again=False)
+            else:
+                told(outcome)
+
+        try:
+            self._ask(lambda current: current.fork(request, [theirs.fileno(), listener.fileno(), slot_fd], forked), forked)
+        finally:
+            theirs.close()
+            listener.close()
+            os.close(slot_fd)
+
+    def tell(self) -> None:
+        """Tell the askers what came of their requests: the answers read, the requests given up on."""
+        told = self.given_up + [answer for forking in self.all() for answer in forking.told()]
+        self.given_up = []
+        for tell in told:
+            tell()
+
+    def check(self) -> None:
+        """Give up on a current zygote that does not answer (see :meth:`.zygote.Zygote.overdue`)."""
+        if self.current is not None and (why := self.current.overdue()) is not None:
+            self._stuck(self.current, why)
+
+    def timeout(self) -> float:
+        """Seconds until there is something to tell, or a current zygote to look at again."""
+        if self.given_up or any(forking.answered for forking in self.all()):
+            return 0.0
+        return self.current.next_look() if self.current is not None else float("inf")
 
     def refusal(self, app: str, source: Source | None) -> dict[str, Any]:
         """The answer to a visitor of ``app``, not imported yet: see :mod:`.imports`."""
@@ -138,31 +201,34 @@ class Zygotes:
             forking.stop()
         self.imports.stop()
 
-    def _next(self, app: str, source: Source | None) -> Zygote:
-        return self._ask(lambda current: current.next(app, source))
+    def _next(self, app: str, source: Source | None, told: Told[Zygote]) -> None:
+        self._ask(lambda current: current.next(app, source, told), told)
 
-    def _ask(self, ask: Callable[[Zygote], T]) -> T:
-        """``ask`` the current zygote; one that died is replaced and asked again; one that
-        does not answer is replaced, and the caller asks again (:class:`.zygote.ZygoteStuck`)."""
-        for attempt in range(2):
+    def _ask(self, ask: Callable[[Zygote], None], told: Told[Any]) -> None:
+        """``ask`` the current zygote, started if there is none. One that cannot be asked (its
+        line broke, or is full) is replaced, and the asker told (see :meth:`tell`)."""
+        try:
             if self.current is None:
                 self.start()
-            assert self.current is not None
-            try:
-                return ask(self.current)
-            except ZygoteStuck as exc:
-                self._stuck(self.current, str(exc))
-                raise
-            except ZygoteGone as exc:
-                if attempt:
-                    raise
-                self._gone(self.current, str(exc))
-        raise AssertionError("unreachable")
+        except OSError as exc:  # no zygote could be started: no process to be had now
+            self.given_up.append(functools.partial(told, ForkRefused(f"no zygote could be started: {exc}")))
+            return
+        current = self.current
+        assert current is not None
+        try:
+            ask(current)
+        except ZygoteStuck as exc:
+            self.given_up.append(functools.partial(told, exc))
+            self._stuck(current, str(exc))
+        except ZygoteGone as exc:
+            self.given_up.append(functools.partial(told, exc))
+            self._gone(current, str(exc))
 
     def _stuck(self, stuck: Zygote, why: str) -> None:
         """The current zygote does not answer: a new one forks from now on. The stuck one is not
         killed, which would end its processes: it is kept with the older ones, its spares too."""
         logger.error("fork-server: its zygote is stuck (%s): it keeps its processes, a new one forks from now on", why)
+        self.given_up += stuck.told() + stuck.abandon(ZygoteStuck(why))
         self.older.append(stuck)
         self._start_again()
 
@@ -177,6 +243,7 @@ class Zygotes:
             logger.log(level, "fork-server: an older zygote ended (%s): its processes end with it, and the zygotes forked from it", why)
         self.selector.unregister(gone.line)
         self.pending_ends += gone.exits()
+        self.given_up += gone.told() + gone.abandon(ZygoteGone(why))
         if reaped:
             gone.close()
         else:
