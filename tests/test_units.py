@@ -51,6 +51,7 @@ from htagweb.forkserver.loader import AppLoader
 from htagweb.forkserver.pressure import WINDOW, CpuPressure
 from htagweb.forkserver.spares import Spares
 from htagweb.forkserver.zygote import PACKET, SPARE, ForkRefused, Zygote, ZygoteStuck, serve
+from htagweb.forkserver.zygotes import IN_FLIGHT, Zygotes
 from htagweb.pages import compact
 from htagweb.runtime import Runtime
 from htagweb.sessions import Session
@@ -908,3 +909,50 @@ def test_an_upgrade_of_htagweb_is_a_new_code_generation(tmp_path, monkeypatch):
     assert generation.code_generation([]) == before
     (package / "forkserver" / "messages.py").write_text((package / "forkserver" / "messages.py").read_text() + "\n# 1.1\n")
     assert generation.code_generation([]) != before
+
+
+def test_a_burst_of_forks_waits_its_turn_instead_of_filling_the_zygotes_line(tmp_path):
+    """A thousand users at once, the spares spent: sent all at once, their requests filled the
+    zygote's line (some 270 fit), which read as a zygote that does not read it, and the rest of
+    the burst was refused. At most IN_FLIGHT are sent; each answer lets the next one in."""
+    runtime = Runtime(tmp_path / "rt")
+    selector = selectors.DefaultSelector()
+    zygotes = Zygotes(
+        runtime, Config(), AppLoader({}, runtime), selector, resource.getrlimit(resource.RLIMIT_NOFILE),
+        inherited=list, stopping=lambda: False, on_current_gone=lambda: None, on_gone=lambda: None,
+    )  # fmt: skip
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    zygotes.current = Zygote(os.getpid(), ours)  # this process: it runs, and answers when the test says
+    theirs.setblocking(False)
+    told: list[object] = []
+
+    def received() -> int:
+        count = 0
+        while True:
+            try:
+                _, handed, _, _ = socket.recv_fds(theirs, PACKET, 3)
+            except BlockingIOError:
+                return count
+            for fd in handed:
+                os.close(fd)
+            count += 1
+
+    try:
+        for n in range(300):
+            zygotes.fork_listening(SPARE, runtime.users_dir / f"{n}.sock", told.append)
+        zygotes.tell()
+        assert received() == IN_FLIGHT and len(zygotes.waiting_room) == 300 - IN_FLIGHT and not told
+        theirs.send(b'error {"error": "no memory"}')
+        select.select([ours], [], [], 5)
+        assert zygotes.ends() == []
+        zygotes.tell()
+        [refused] = told
+        assert isinstance(refused, ForkRefused) and str(refused) == "no memory"
+        assert received() == 1 and len(zygotes.waiting_room) == 300 - IN_FLIGHT - 1
+        assert zygotes.current.overdue() is None and not zygotes.given_up
+    finally:
+        for kept in zygotes.kept:
+            kept.close()
+        zygotes.current.close()
+        theirs.close()
+        selector.close()

@@ -529,7 +529,7 @@ class ForkServer:
             path = self.runtime.user_socket_path(key)
             try:
                 os.rename(forking.path, path)
-            except FileNotFoundError:  # refused already, its answer not told yet
+            except FileNotFoundError:  # still waiting its turn (see Zygotes.fork_listening), or refused already
                 continue
             del self.forking[forking.key]
             forking.key, forking.path = key, path

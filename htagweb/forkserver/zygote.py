@@ -128,7 +128,6 @@ class Asked(Generic[T]):
     #: what its answer and the descriptors it hands back come to (raises ForkRefused)
     parse: Callable[[bytes, list[int]], T]
     told: Told[T]
-    at: float
 
     def answer(self, data: bytes, handed: list[int]) -> Callable[[], None]:
         """What to tell once the answer came."""
@@ -158,6 +157,8 @@ class Zygote:
         self._exits: list[tuple[int, int]] = []
         #: requests sent, in order: a zygote answers them in that order
         self.asked: collections.deque[Asked[Any]] = collections.deque()
+        #: since when the oldest of them waits: sent, or the one before it answered
+        self.since = 0.0
         #: answers read, to be told (see :meth:`told`)
         self.answered: list[Callable[[], None]] = []
         #: answers given up on (see :class:`ZygoteStuck`): those that still come are late
@@ -186,12 +187,12 @@ class Zygote:
     def fork(self, request: bytes, fds: Sequence[int], told: Told[tuple[int, int]]) -> None:
         """Ask for a child on ``request`` (:data:`SPARE`, or :func:`user_request`): ``told``
         gets its (pid, pidfd), or the refusal."""
-        self._ask(request, fds, Asked(_forked, told, time.monotonic()))
+        self._ask(request, fds, Asked(_forked, told))
 
     def next(self, app: str, source: Source | None, told: Told[Zygote]) -> None:
         """Ask for the next zygote, forked to import ``app``: it says when it did (see :meth:`exits`)."""
         request = b"import " + json.dumps({"app": app, "source": source}).encode()
-        self._ask(request, (), Asked(functools.partial(_next_zygote, app), told, time.monotonic()))
+        self._ask(request, (), Asked(functools.partial(_next_zygote, app), told))
 
     def _ask(self, request: bytes, fds: Sequence[int], asked: Asked[Any]) -> None:
         try:
@@ -200,14 +201,16 @@ class Zygote:
             raise ZygoteStuck("it has not read its line for long") from None
         except OSError as exc:
             raise ZygoteGone(f"its line broke: {exc}") from exc
+        if not self.asked:
+            self.since = time.monotonic()
         self.asked.append(asked)
 
     def overdue(self) -> str | None:
         """Why its oldest request is given up on, if it is: the zygote is stopped (SIGSTOP, a
-        debugger), or has not answered within :data:`ANSWER_WAIT`."""
+        debugger), or has not answered it within :data:`ANSWER_WAIT` of answering the one before."""
         if not self.asked:
             return None
-        waited = time.monotonic() - self.asked[0].at
+        waited = time.monotonic() - self.since
         if waited >= ANSWER_WAIT:
             return f"no answer within {ANSWER_WAIT:g}s"
         if waited >= LOOK_AFTER and stopped(self.pid):
@@ -218,7 +221,7 @@ class Zygote:
         """Seconds until :meth:`overdue` may say otherwise (inf: nothing is asked)."""
         if not self.asked:
             return float("inf")
-        waited = time.monotonic() - self.asked[0].at
+        waited = time.monotonic() - self.since
         return max(0.0, LOOK_AFTER - waited if waited < LOOK_AFTER else min(LOOK_AFTER, ANSWER_WAIT - waited))
 
     def abandon(self, why: ForkRefused) -> list[Callable[[], None]]:
@@ -251,6 +254,7 @@ class Zygote:
                 self._late(data, _descriptors(ancillary))
             elif self.asked:
                 self.answered.append(self.asked.popleft().answer(data, _descriptors(ancillary)))
+                self.since = time.monotonic()
             else:  # the end of its import
                 self.importing = None
                 self.imported = None if data == b"ok" else json.loads(data.partition(b" ")[2])

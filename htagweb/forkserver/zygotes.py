@@ -15,6 +15,7 @@ fork-server's loop (:meth:`Zygotes.tell`), its answer or why there is none.
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import os
@@ -37,6 +38,10 @@ from .messages import Source
 from .zygote import ForkRefused, Told, Zygote, ZygoteGone, ZygoteStuck
 
 logger = logging.getLogger("htagweb")
+
+#: processes asked of a zygote at most before it answers one (its line holds some 270 requests:
+#: a full one would read as a zygote that does not read it); the others wait their turn here
+IN_FLIGHT = 32
 
 
 class Zygotes:
@@ -76,6 +81,8 @@ class Zygotes:
         self.given_up: list[Callable[[], None]] = []
         #: the fork-server's ends of the control lines of processes asked for: a zygote started meanwhile closes them
         self.kept: set[socket.socket] = set()
+        #: processes to ask for once the current zygote has fewer than IN_FLIGHT under way
+        self.waiting_room: collections.deque[Callable[[], None]] = collections.deque()
 
     def start(self) -> None:
         """Fork the zygote: a copy of the fork-server as it is now, warm, that will only fork."""
@@ -93,12 +100,21 @@ class Zygotes:
         for app in self.loader.named():  # imported in next zygotes, one after the other (see take_import)
             self.imports.queue.setdefault(app, None)
 
-    def fork_listening(self, request: bytes, path: Path, told: Told[Listening], again: bool = True) -> None:
+    def fork_listening(self, request: bytes, path: Path, told: Told[Listening]) -> None:
         """Ask the current zygote for a process on ``request``, listening at ``path``: ``told``
-        gets it, or the refusal (then all that was made for it goes). What the process takes
-        (its end of its control line, its listening socket, its slot's file) is closed here once
-        handed over. A zygote stuck or gone may still hold those: the next one is asked once
-        more with new ones."""
+        gets it, or the refusal (then all that was made for it goes). Asked in turn if
+        :data:`IN_FLIGHT` are under way."""
+        self.waiting_room.append(functools.partial(self._fork_listening, request, path, told))
+        self._let_in()
+
+    def _let_in(self) -> None:
+        while self.waiting_room and (self.current is None or len(self.current.asked) < IN_FLIGHT):
+            self.waiting_room.popleft()()
+
+    def _fork_listening(self, request: bytes, path: Path, told: Told[Listening], again: bool = True) -> None:
+        """See :meth:`fork_listening`. What the process takes (its end of its control line, its
+        listening socket, its slot's file) is closed here once handed over. A zygote stuck or
+        gone may still hold those: the next one is asked once more with new ones."""
         made: list[Callable[[], None]] = []
         try:
             listener = listen(path)
@@ -122,8 +138,8 @@ class Zygotes:
             ours.close()
             slot.close()
             path.unlink(missing_ok=True)
-            if again and isinstance(outcome, (ZygoteStuck, ZygoteGone)):
-                self.fork_listening(request, path, told, again=False)
+            if again and isinstance(outcome, (ZygoteStuck, ZygoteGone)):  # first in the waiting room
+                self.waiting_room.appendleft(functools.partial(self._fork_listening, request, path, told, again=False))
             else:
                 told(outcome)
 
@@ -140,6 +156,7 @@ class Zygotes:
         self.given_up = []
         for tell in told:
             tell()
+        self._let_in()
 
     def check(self) -> None:
         """Give up on a current zygote that does not answer (see :meth:`.zygote.Zygote.overdue`)."""
