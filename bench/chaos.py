@@ -76,7 +76,8 @@ class Tally:
     cut_idle: int = 0
     page_failures: int = 0
     kills: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
-    recoveries: list[float] = field(default_factory=list)
+    #: (fault, seconds until a new user was served after it)
+    recoveries: list[tuple[str, float]] = field(default_factory=list)
     #: user processes still stopped at the end, by what happened once resumed
     left_stopped: Counter[str] = field(default_factory=Counter)
     #: the sessions of users still clicking (those told to reload start a new one): their labels
@@ -241,7 +242,7 @@ async def chaos(srv: ServerProcess, until: float, every: float, tally: Tally) ->
         if kind.startswith(("fork-server", "zygote", "deploy")):
             start = time.monotonic()
             await page(srv.url, tally)
-            tally.recoveries.append(time.monotonic() - start)
+            tally.recoveries.append((kind, time.monotonic() - start))
     await asyncio.gather(*stopped)
 
 
@@ -288,7 +289,10 @@ def main() -> None:
             pass
         tracebacks = srv.log.split("Traceback (most recent call last):")[1:]
         shutil.rmtree(workdir, ignore_errors=True)
-    recoveries = ", ".join(f"{r:.2f}" for r in tally.recoveries) or "-"
+    by_fault: dict[str, list[str]] = {}
+    for kind, seconds in tally.recoveries:
+        by_fault.setdefault(kind, []).append(f"{seconds:.2f}")
+    recoveries = "; ".join(f"{kind} {', '.join(seconds)}" for kind, seconds in by_fault.items()) or "-"
     print(f"users {args.users}, {args.seconds:g} s, a kill every {args.every:g} s: {tally.kills}")
     print(f"clicks answered right: {tally.right}")
     print(f"clicks lost without the user being told: {tally.lost_silently}")
