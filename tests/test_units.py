@@ -783,6 +783,19 @@ def test_imports_run_one_at_a_time_in_order_tell_failures_and_abort_the_late(tmp
     assert forked[-1].app == "e" and imports.next is forked[-1]
 
 
+def holding(kind: type, waiting: list[Reply]) -> Callable[[Line, messages.Request, Reply], None]:
+    """A fork-server's handler that holds the replies to requests of ``kind`` in ``waiting``
+    and answers the others at once, with their counter."""
+
+    def handle(line: Line, request: messages.Request, reply: Reply) -> None:
+        if isinstance(request, kind):
+            waiting.append(reply)
+        else:
+            reply.set({"ok": True, "counter": getattr(request, "counter", None)})
+
+    return handle
+
+
 def test_lines_answer_in_the_order_of_the_requests_and_drop_a_garbled_or_closed_line():
     """A reply set later (a status that waits for an end) holds back those after it on the
     same line, not another line's; a bad request is answered as such; a line that closes
@@ -790,14 +803,7 @@ def test_lines_answer_in_the_order_of_the_requests_and_drop_a_garbled_or_closed_
     selector = selectors.DefaultSelector()
     waiting: list[Reply] = []
     dropped: list[Line] = []
-
-    def handle(line: Line, request: messages.Request, reply: Reply) -> None:
-        if isinstance(request, messages.Status):
-            waiting.append(reply)
-        else:
-            reply.set({"ok": True, "counter": getattr(request, "counter", None)})
-
-    lines = Lines(selector, handle, dropped.append)
+    lines = Lines(selector, holding(messages.Status, waiting), dropped.append)
     ours, theirs = socket.socketpair()
     other, other_theirs = socket.socketpair()
     lines.add(ours)
@@ -839,14 +845,7 @@ def test_lines_send_a_reply_to_a_request_with_an_id_once_it_is_set():
     goes out after those before it."""
     selector = selectors.DefaultSelector()
     waiting: list[Reply] = []
-
-    def handle(line: Line, request: messages.Request, reply: Reply) -> None:
-        if isinstance(request, messages.Ensure):
-            waiting.append(reply)
-        else:
-            reply.set({"ok": True, "counter": getattr(request, "counter", None)})
-
-    lines = Lines(selector, handle, lambda line: None)
+    lines = Lines(selector, holding(messages.Ensure, waiting), lambda line: None)
     ours, theirs = socket.socketpair()
     lines.add(ours)
     ensure, count = messages.encode(messages.Ensure("k", "a:App", "l"), 1), messages.encode(messages.Count("b"), 2)
