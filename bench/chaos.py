@@ -228,16 +228,19 @@ async def chaos(srv: ServerProcess, until: float, every: float, tally: Tally) ->
         victims["deploy"] = [master]
         kind = random.choice([kind for kind, found in victims.items() if found])
         victim = random.choice(victims[kind])
-        if kind == "zygote stopped":
-            victim.suspend()
-            stopped.append(asyncio.create_task(resume_later(victim)))
-        elif kind == "user stopped":
-            victim.suspend()
-        elif kind == "deploy":
-            (srv.workdir / "srv.py").touch()  # new code: a new generation, a new fork-server
-            victim.send_signal(signal.SIGHUP)
-        else:
-            victim.kill()
+        try:
+            if kind == "zygote stopped":
+                victim.suspend()
+                stopped.append(asyncio.create_task(resume_later(victim)))
+            elif kind == "user stopped":
+                victim.suspend()
+            elif kind == "deploy":
+                (srv.workdir / "srv.py").touch()  # new code: a new generation, a new fork-server
+                victim.send_signal(signal.SIGHUP)
+            else:
+                victim.kill()
+        except psutil.NoSuchProcess:  # it ended since it was listed (a fault before took it along)
+            continue
         tally.kills[kind] += 1
         if kind.startswith(("fork-server", "zygote", "deploy")):
             start = time.monotonic()
