@@ -5,7 +5,8 @@
 Each user loads the page, opens its WebSocket and clicks, checking each answer's
 count. Every ``--every`` seconds one of these is SIGKILLed at random: a user
 process, a worker, the fork-server, its zygote; or the zygote is stopped (SIGSTOP)
-for :data:`STOPPED_FOR` seconds, longer than the fork-server waits for its answer;
+or frozen (the cgroup freezer: it reads as running; as root only) for
+:data:`STOPPED_FOR` seconds, longer than the fork-server waits for its answer;
 or a user process is stopped for good (SIGSTOP, as a debugger
 would: the server ends it once a click waited ``timeout_interaction``, here
 :data:`TIMEOUT_INTERACTION`); or new code is deployed (the app's file touched, then
@@ -19,7 +20,7 @@ Reported:
   sees only the connection drop, and htag's client reconnects), and whether the click in
   flight, if any, was done: one not yet read by the worker is gone with it;
 - users told to reload (htag's error overlay or a close reason), who then do;
-- after the fork-server or its zygote was killed or stopped, or a deploy, the time until a new user got a page again;
+- after the fork-server or its zygote was killed, stopped or frozen, or a deploy, the time until a new user got a page again;
 - user processes left stopped at the end: none under a live fork-server; one stopped when its
   fork-server was killed keeps the SIGTERM of its death signal pending, and must end once resumed;
 - processes and sockets left after the server's stop (must be 0);
@@ -47,6 +48,8 @@ import psutil
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from cgroups import Freezer, cgroup, unavailable  # noqa: E402
 from servers import COUNTER_APP, ServerProcess, http_client, ws_connect  # noqa: E402
 
 from htagweb import manage  # noqa: E402
@@ -63,7 +66,7 @@ COUNT = re.compile(r"Count: (\d+)")
 STOPPED_FOR = 4.0
 
 
-KINDS = ("user", "worker", "fork-server", "zygote", "zygote stopped", "user stopped", "deploy")
+KINDS = ("user", "worker", "fork-server", "zygote", "zygote stopped", "zygote frozen", "user stopped", "deploy")
 
 
 @dataclass
@@ -209,9 +212,15 @@ async def resume_later(process: psutil.Process) -> None:
         pass
 
 
-async def chaos(srv: ServerProcess, until: float, every: float, tally: Tally) -> None:
+async def thaw_later(freezer: Freezer) -> None:
+    await asyncio.sleep(STOPPED_FOR)
+    freezer.thaw()
+
+
+async def chaos(srv: ServerProcess, until: float, every: float, tally: Tally, freezer: Freezer | None) -> None:
     master = psutil.Process(srv.proc.pid)
     stopped: list[asyncio.Task[None]] = []
+    thawed: asyncio.Task[None] | None = None
     while time.monotonic() < until - every:
         await asyncio.sleep(every)
         processes = srv.processes()
@@ -222,6 +231,8 @@ async def chaos(srv: ServerProcess, until: float, every: float, tally: Tally) ->
             "zygote": [p for p in processes if title(p).startswith("htagweb zygote")],
         }
         victims["zygote stopped"] = victims["zygote"]
+        frozen_now = thawed is not None and not thawed.done()
+        victims["zygote frozen"] = victims["zygote"] if freezer is not None and not frozen_now else []
         # stopped only while users still click: the server ends a stopped process once a click waited for it
         late = time.monotonic() > until - TIMEOUT_INTERACTION - 1
         victims["user stopped"] = [] if late else [p for p in clicking(srv, tally.sessions) if not is_stopped(p)]
@@ -232,6 +243,11 @@ async def chaos(srv: ServerProcess, until: float, every: float, tally: Tally) ->
             if kind == "zygote stopped":
                 victim.suspend()
                 stopped.append(asyncio.create_task(resume_later(victim)))
+            elif kind == "zygote frozen":
+                assert freezer is not None
+                freezer.freeze(victim.pid)
+                thawed = asyncio.create_task(thaw_later(freezer))
+                stopped.append(thawed)
             elif kind == "user stopped":
                 victim.suspend()
             elif kind == "deploy":
@@ -244,15 +260,16 @@ async def chaos(srv: ServerProcess, until: float, every: float, tally: Tally) ->
         tally.kills[kind] += 1
         if kind.startswith(("fork-server", "zygote", "deploy")):
             start = time.monotonic()
-            await page(srv.url, tally)
+            cookie, _ = await page(srv.url, tally)
+            tally.sessions.discard(session_of(cookie)[:SESSION_LABEL])  # a newcomer who clicks nothing: not one to stop
             tally.recoveries.append((kind, time.monotonic() - start))
     await asyncio.gather(*stopped)
 
 
-async def scenario(srv: ServerProcess, users: int, seconds: float, every: float) -> Tally:
+async def scenario(srv: ServerProcess, users: int, seconds: float, every: float, freezer: Freezer | None) -> Tally:
     tally = Tally()
     until = time.monotonic() + seconds
-    await asyncio.gather(chaos(srv, until, every, tally), *(user(srv.url, until, tally) for _ in range(users)))
+    await asyncio.gather(chaos(srv, until, every, tally, freezer), *(user(srv.url, until, tally) for _ in range(users)))
     await asyncio.sleep(TIMEOUT_INTERACTION + 1)  # a process stopped last has had a click waiting since
     server_pids = {process.pid for process in srv.processes()}
     for process in srv.processes():
@@ -274,24 +291,34 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--every", type=float, default=2, help="seconds between two kills")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--spares", type=int, help="the server's spare_processes (default: its own): few, and new users need forks")
     args = parser.parse_args()
     random.seed(args.seed)
     workdir = Path(tempfile.mkdtemp(prefix="hwc-"))
-    srv = ServerProcess(SOURCE, workdir)
-    try:
-        srv.start("-w", "4", "--graceful-timeout", "5", gunicorn=True)
-        tally = asyncio.run(scenario(srv, args.users, args.seconds, args.every))
-        srv.halt(signal.SIGTERM, group=False)  # raises if a process or a socket is left
-        left = "0 processes, 0 sockets"
-    except AssertionError as exc:
-        left = f"LEFT: {exc}\n--- the server's log, its end ---\n" + "\n".join(srv.log.splitlines()[-80:])
-    finally:
+    source = SOURCE if args.spares is None else SOURCE.replace("(App, ", f"(App, spare_processes={args.spares}, ")
+    srv = ServerProcess(source, workdir)
+    with contextlib.ExitStack() as frozen:  # its cgroup goes once the server stopped
+        cannot_freeze = unavailable("freezer")
+        freezer = None if cannot_freeze else Freezer(*frozen.enter_context(cgroup("freezer")))
+        if cannot_freeze:
+            print(f"the zygote is not frozen among the faults: {cannot_freeze}")
         try:
-            srv.stop()
-        except AssertionError:  # told above already
-            pass
-        tracebacks = srv.log.split("Traceback (most recent call last):")[1:]
-        shutil.rmtree(workdir, ignore_errors=True)
+            srv.start("-w", "4", "--graceful-timeout", "5", gunicorn=True)
+            tally = asyncio.run(scenario(srv, args.users, args.seconds, args.every, freezer))
+            srv.halt(signal.SIGTERM, group=False)  # raises if a process or a socket is left
+            left = "0 processes, 0 sockets"
+        except AssertionError as exc:
+            left = f"LEFT: {exc}\n--- the server's log, its end ---\n" + "\n".join(srv.log.splitlines()[-80:])
+        finally:
+            if freezer is not None:
+                freezer.thaw()
+            try:
+                srv.stop()
+            except AssertionError:  # told above already
+                pass
+            tracebacks = srv.log.split("Traceback (most recent call last):")[1:]
+            given_up = Counter(re.findall(r"its zygote is stuck \((it is stopped|no answer within)", srv.log))
+            shutil.rmtree(workdir, ignore_errors=True)
     by_fault: dict[str, list[str]] = {}
     for kind, seconds in tally.recoveries:
         by_fault.setdefault(kind, []).append(f"{seconds:.2f}")
@@ -309,6 +336,7 @@ def main() -> None:
     print(f"user processes left stopped at the end (must be 0 but for orphans that end once resumed): {dict(tally.left_stopped) or 0}")
     print(f"left after stop: {left}")
     # a fault the server handles is logged in a line or two; a traceback is one it did not expect
+    print(f"zygotes given up by the fork-server: {given_up['it is stopped']} stopped, {given_up['no answer within']} not answering")
     print(f"tracebacks in the server's log (must be 0): {len(tracebacks)}")
     for traceback in tracebacks[:3]:
         print("Traceback (most recent call last):" + "\n".join(traceback.splitlines()[:40]))

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cgroups import Freezer, cgroup, move, unavailable
 from serverprocess import ROOT, ServerProcess
 
 __all__ = ["ROOT", "ServerProcess"]
@@ -80,7 +79,7 @@ def pids_limit():
 
         def limit(pid: int, most: int | str) -> None:
             (group / "pids.max").write_text(str(most))
-            _move(group, pid)
+            move(group, pid)
 
         try:
             yield limit
@@ -88,27 +87,9 @@ def pids_limit():
             (group / "pids.max").write_text("max")
 
 
-class Freezer:
-    """A process frozen by the cgroup freezer (``docker pause``, ``systemctl freeze``): it
-    neither runs nor reads as stopped in ``/proc`` (D under cgroup v1, S under v2)."""
-
-    def __init__(self, root: Path, group: Path) -> None:
-        self.state, self.frozen, self.thawed = (
-            (group / "freezer.state", "FROZEN", "THAWED") if root.name == "freezer" else (group / "cgroup.freeze", "1", "0")
-        )
-        self.group = group
-
-    def freeze(self, pid: int) -> None:
-        _move(self.group, pid)
-        self.state.write_text(self.frozen)
-
-    def thaw(self) -> None:
-        self.state.write_text(self.thawed)
-
-
 @pytest.fixture
 def freezer():
-    """A :class:`Freezer`, thawed at teardown. Ask for it before ``server`` (see ``pids_limit``)."""
+    """A :class:`cgroups.Freezer`, thawed at teardown. Ask for it before ``server`` (see ``pids_limit``)."""
     with _cgroup("freezer") as (root, group):
         frozen = Freezer(root, group)
         try:
@@ -119,40 +100,9 @@ def freezer():
 
 @contextlib.contextmanager
 def _cgroup(controller: str) -> Iterator[tuple[Path, Path]]:
-    """(root, group): a cgroup of its own under ``controller``'s hierarchy (cgroup v1) or the
-    unified one (v2); at its end, once what was moved there ended, it goes."""
-    root = _root(controller)
-    if root is None or not os.access(root, os.W_OK):
-        pytest.skip(f"no writable cgroup {controller} controller on this machine (tests run as root in CI)")
-    group = root / f"htagweb-test-{uuid.uuid4().hex[:8]}"
-    group.mkdir()
-    try:
-        yield root, group
-    finally:
-        deadline = time.monotonic() + 20
-        while (group / "cgroup.procs").read_text().split() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for left in (group / "cgroup.procs").read_text().split():  # the server's stop already failed the test
-            try:
-                (root / "cgroup.procs").write_text(left)
-            except OSError:
-                pass
-        group.rmdir()
-
-
-def _move(group: Path, pid: int) -> None:
-    if str(pid) not in (group / "cgroup.procs").read_text().split():
-        (group / "cgroup.procs").write_text(str(pid))
-
-
-def _root(controller: str) -> Path | None:
-    """Where ``controller`` is: its own hierarchy (cgroup v1) or the unified one (v2, where the
-    freezer is built in)."""
-    if Path(f"/sys/fs/cgroup/{controller}/cgroup.procs").exists():
-        return Path(f"/sys/fs/cgroup/{controller}")
-    unified = Path("/sys/fs/cgroup")
-    try:
-        controllers = (unified / "cgroup.controllers").read_text().split()
-    except OSError:
-        return None
-    return unified if controller in controllers or controller == "freezer" else None
+    """See :func:`cgroups.cgroup`; the test is skipped where none can be made (tests run as root in CI)."""
+    why = unavailable(controller)
+    if why is not None:
+        pytest.skip(why)
+    with cgroup(controller) as made:
+        yield made
