@@ -503,23 +503,23 @@ class ForkServer:
     def _forked(self, forking: Forking, outcome: Listening | ForkRefused) -> None:
         """The zygote forked a user's process, or none could be had: the requests for it are answered."""
         del self.forking[forking.key]
-        child = None
         if isinstance(outcome, ForkRefused):
             self.counters["fork_failures"] += 1
             logger.warning("fork-server: no process could be had for session %s, app %s: %s", forking.label, forking.app, outcome)
-            answers = [messages.error(503, "The server cannot start a session now: try again in a moment.")]
-        else:
-            pid, pidfd, slot, control = outcome
-            self.spares.arriving(control)
-            key, app, label = forking.key, forking.app, forking.label
-            child = UserChild(pid, slot, self.runtime.users_dir, pidfd=pidfd, key=key, app=app, label=label, socket=forking.path)
-            self.users.add(child)
-            answers = [{"ok": True, "pid": pid, "spawned": True}, {"ok": True, "pid": pid, "spawned": False}]
-        for n, (line, reply) in enumerate(forking.waiting):
-            reply.set(answers[min(n, len(answers) - 1)])
+            refusal = messages.error(503, "The server cannot start a session now: try again in a moment.")
+            for line, reply in forking.waiting:
+                reply.set(refusal)
+                self.lines.flush(line)
+            return
+        pid, pidfd, slot, control = outcome
+        self.spares.arriving(control)
+        key, app, label = forking.key, forking.app, forking.label
+        child = UserChild(pid, slot, self.runtime.users_dir, pidfd=pidfd, key=key, app=app, label=label, socket=forking.path)
+        self.users.add(child)
+        for n, (line, reply) in enumerate(forking.waiting):  # the first asked for it; the others found it
+            reply.set({"ok": True, "pid": pid, "spawned": n == 0})
             self.lines.flush(line)
-        if child is not None:
-            logger.info("user process spawned: %s", child)
+        logger.info("user process spawned: %s", child)
 
     def _rotate_forking(self, old: str, new: str) -> int:
         """A session's id changed while its process is asked for: it answers to the new id only."""

@@ -67,10 +67,8 @@ class Spares:
         self.refilling = False
         #: a spare is asked of the zygote, not forked yet
         self.asked = False
-        #: how many times the pool was emptied: a spare asked before is not for it
-        self.emptied = 0
-        #: apps imported since the pool was last emptied: a spare asked before lacks them
-        self.required: set[str] = set()
+        #: how many times the pool was emptied, or an app imported: a spare asked before is not for it
+        self.renewed = 0
 
     def __len__(self) -> int:
         return len(self.spares)
@@ -125,10 +123,10 @@ class Spares:
         path = self.runtime.users_dir / f".spare-{os.urandom(8).hex()}.sock"
         self.asked = True
         self.forked_at = time.monotonic()
-        emptied = self.emptied
-        self._fork(SPARE, path, lambda outcome: self._forked(outcome, path, frozenset(apps), emptied))
+        renewed = self.renewed
+        self._fork(SPARE, path, lambda outcome: self._forked(outcome, path, frozenset(apps), renewed))
 
-    def _forked(self, outcome: Listening | ForkRefused, path: Path, apps: frozenset[str], emptied: int) -> None:
+    def _forked(self, outcome: Listening | ForkRefused, path: Path, apps: frozenset[str], renewed: int) -> None:
         self.asked = False
         if isinstance(outcome, ForkRefused):  # tried again later; users keep being served by a fork each
             if not self.refused_at:
@@ -141,7 +139,7 @@ class Spares:
         pid, pidfd, slot, ours = outcome
         spare = SpareChild(pid, slot, self.runtime.users_dir, pidfd=pidfd, control=ours, path=path, apps=apps)
         self.spares.append(spare)
-        if emptied != self.emptied or not self.required <= apps:  # emptied meanwhile, or an app was imported since
+        if renewed != self.renewed:  # emptied meanwhile, or asked of a zygote without the app imported since
             self.forget(spare)
             self.drop(spare)
 
@@ -214,7 +212,7 @@ class Spares:
 
     def drop_without(self, app: str) -> None:
         """Spares forked before ``app`` was imported cannot serve it: replaced."""
-        self.required.add(app)
+        self.renewed += 1
         for spare in [spare for spare in self.spares if app not in spare.apps]:
             self.forget(spare)
             self.drop(spare)
@@ -249,8 +247,7 @@ class Spares:
             spare.take_stack()
         self.spares.clear()
         self.rehearsed.clear()
-        self.emptied += 1
-        self.required.clear()
+        self.renewed += 1
 
 
 def _readiness(spare: SpareChild) -> int:

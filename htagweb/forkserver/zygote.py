@@ -305,26 +305,30 @@ class Zygote:
             self.pidfd = -1
 
 
-def _forked(answer: bytes, handed: list[int]) -> tuple[int, int]:
-    """(pid, pidfd) of the child a zygote forked."""
+def _pid(answer: bytes) -> int:
+    """The pid a ``pid N`` answer names; an ``error {json}`` answer raised as a refusal."""
     kind, _, rest = answer.partition(b" ")
     if kind != b"pid":
         raise ForkRefused(json.loads(rest)["error"])
+    return int(rest)
+
+
+def _forked(answer: bytes, handed: list[int]) -> tuple[int, int]:
+    """(pid, pidfd) of the child a zygote forked."""
+    pid = _pid(answer)
     if not handed:  # the kernel dropped it: this process has no descriptor left
-        raise ForkRefused(f"process {int(rest)} was forked, but its pidfd did not come: too many open files")
-    return int(rest), handed[0]
+        raise ForkRefused(f"process {pid} was forked, but its pidfd did not come: too many open files")
+    return pid, handed[0]
 
 
 def _next_zygote(app: str, answer: bytes, handed: list[int]) -> Zygote:
     """The next zygote a zygote forked to import ``app``."""
-    kind, _, rest = answer.partition(b" ")
-    if kind != b"pid":
-        raise ForkRefused(json.loads(rest)["error"])
+    pid = _pid(answer)
     if len(handed) < 2:  # the kernel dropped them: this process has no descriptor left
         for fd in handed:
             os.close(fd)
-        raise ForkRefused(f"zygote {int(rest)} was forked, but its line did not come: too many open files")
-    return Zygote(int(rest), socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, fileno=handed[1]), handed[0], app)
+        raise ForkRefused(f"zygote {pid} was forked, but its line did not come: too many open files")
+    return Zygote(pid, socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, fileno=handed[1]), handed[0], app)
 
 
 def serve(line: socket.socket, loader: AppLoader, config: Config, stacks: Path, parent: int, title: str) -> NoReturn:
