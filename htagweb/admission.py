@@ -9,6 +9,9 @@ so a flood of them could fill ``max_processes`` and lock real users out. Hence:
 - at the cap, a process whose page never went live (no WebSocket, SSE stream or event
   since it was served) is *provisional* and makes room first, then the least recently
   active idle process (:func:`make_room_from`); a 503 only when every process is busy.
+  A process given to a user a moment ago that has not answered them yet is *arriving*:
+  ending it would refuse that user in place of the new one, so it makes no room, and a new
+  user who finds only such processes (or processes still being forked) waits its turn.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 WINDOW = 60.0
+#: seconds a process given to a user is kept from making room while it has not answered them
+#: (a page whose front never connects, a worker killed meanwhile, must not hold a place for ever)
+ARRIVAL_GRACE = 2.0
 
 
 def address_group(address: str) -> str:
@@ -64,11 +70,12 @@ class Candidate:
     key: str
     live: bool  # its page opened a WebSocket or SSE stream, or sent an event
     busy: bool  # a handler is running
+    arriving: bool  # given to its user under ARRIVAL_GRACE ago, and has not answered them yet
     last_activity: float  # monotonic time of its last exchange
 
 
 def make_room_from(candidates: Iterable[Candidate]) -> Candidate | None:
     """The process that gives way to a new user: provisional ones first, then live ones,
-    each the least recently active first; never a busy one. None: all are busy."""
-    idle = [c for c in candidates if not c.busy]
+    each the least recently active first; never a busy or an arriving one. None: all are."""
+    idle = [c for c in candidates if not c.busy and not c.arriving]
     return min(idle, key=lambda c: (c.live, c.last_activity), default=None)

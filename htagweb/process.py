@@ -35,7 +35,7 @@ from .ends import Exit
 from .host import HtagHost
 from .merging import merge_memory
 from .sessions import Session
-from .slot import SETTLE_DELAY, SETTLE_LIMIT, Watchdog
+from .slot import ARRIVING, SETTLE_DELAY, SETTLE_LIMIT, Watchdog
 
 logger = logging.getLogger("htagweb")
 
@@ -207,6 +207,8 @@ class UserProcess:
         async def send(message: Message) -> None:
             if settling and self.control is not None and message["type"] in ("websocket.send", "http.response.body"):
                 self.settle_after(SETTLE_DELAY)
+            if self.watchdog.stage == ARRIVING:
+                self.watchdog.answered()
             self.watchdog.touch()
             changed, deleted = session.changes()
             if changed or deleted or session.rotated:

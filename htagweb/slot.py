@@ -3,8 +3,9 @@
 The user process writes, the fork-server reads, neither waits for the other: no
 message, no lock, no system call. The fork-server learns from it whether a
 handler hangs (``busy_since``), how long the process has been idle (``active``,
-for ``ps`` and evictions), whether it is on its way out (``state``) and whether
-its page ever went live (``live``: a page that never did is evicted first). Each slot is a
+for ``ps`` and evictions), whether it is on its way out (``state``) and how far its
+user got (``stage``: a process that has not answered its user yet is not evicted, one whose
+page never went live is evicted first). Each slot is a
 shared mapping of a memory file the fork-server makes and hands to the zygote, which maps
 it for the one process it forks; no other process inherits it.
 """
@@ -18,14 +19,16 @@ import time
 from types import TracebackType
 from typing import NamedTuple
 
-#: (monotonic start of the oldest running interaction or 0, monotonic time of the last exchange, state,
-#: whether the page went live: opened a WebSocket or SSE stream, or sent an event)
+#: (monotonic start of the oldest running interaction or 0, monotonic time of the last exchange, state, stage)
 SLOT = struct.Struct("<ddii")
-#: one float of it, written alone by the user process when only it changes, and where each is
-FLOAT = struct.Struct("<d")
-BUSY_SINCE_AT, ACTIVE_AT = 0, 8
+#: one field of it, written alone by the user process when only it changes, and where each is
+FLOAT, INT = struct.Struct("<d"), struct.Struct("<i")
+BUSY_SINCE_AT, ACTIVE_AT, STAGE_AT = 0, 8, 20
 #: a spare rehearsing (see rehearsal.py) is REHEARSING until its rehearsal is over
 RUNNING, EXITING, REHEARSING = 0, 1, 2
+#: how far its user got: nothing answered yet, a page answered (provisional), live (the page
+#: opened a WebSocket or SSE stream, or sent an event)
+ARRIVING, ANSWERED, LIVE = 0, 1, 2
 #: the name of a slot's memory file (``/memfd:htagweb-slot`` in /proc)
 SLOT_FILE = "htagweb-slot"
 #: seconds after which a new user's arrival counts as over even if no answer followed its page
@@ -38,8 +41,12 @@ class Reading(NamedTuple):
     busy_since: float
     active: float
     state: int
-    #: a page that never went live is provisional: the first to make room at max_processes
-    live: bool
+    stage: int
+
+    @property
+    def live(self) -> bool:
+        """Its page went live; one that never did is provisional: the first to make room at max_processes."""
+        return self.stage == LIVE
 
 
 def new_slot(state: int = RUNNING) -> mmap.mmap:
@@ -71,12 +78,11 @@ def open_slot(fd: int) -> mmap.mmap:
 def reset_slot(slot: mmap.mmap, state: int) -> None:
     """Written by the fork-server before the fork, and to a sleeping spare it wakes to rehearse
     (whose process has written nothing yet)."""
-    SLOT.pack_into(slot, 0, 0.0, time.monotonic(), state, 0)
+    SLOT.pack_into(slot, 0, 0.0, time.monotonic(), state, ARRIVING)
 
 
 def read_slot(slot: mmap.mmap) -> Reading:
-    busy_since, active, state, live = SLOT.unpack_from(slot)
-    return Reading(busy_since, active, state, bool(live))
+    return Reading(*SLOT.unpack_from(slot))
 
 
 class Watchdog:
@@ -92,11 +98,20 @@ class Watchdog:
         self._next = 0
         self.state = state
         self.last_activity = time.monotonic()
-        self.live = False
+        self.stage = ARRIVING
 
     @property
     def busy(self) -> bool:
         return bool(self._started)
+
+    @property
+    def live(self) -> bool:
+        return self.stage == LIVE
+
+    def answered(self) -> None:
+        """Its user's first answer is on its way: it may make room for another user from now on."""
+        self.stage = ANSWERED
+        INT.pack_into(self.slot, STAGE_AT, ANSWERED)
 
     def touch(self) -> None:
         """An exchange happened now (the inactivity timeout starts again)."""
@@ -109,7 +124,7 @@ class Watchdog:
 
     def went_live(self) -> None:
         """The page opened a WebSocket or SSE stream, or sent an event: no longer provisional."""
-        self.live = True
+        self.stage = LIVE
         self.touch()
         self.publish()
 
@@ -119,7 +134,7 @@ class Watchdog:
 
     def publish(self) -> None:
         """Write the whole slot (a spare's after its rehearsal: RUNNING again)."""
-        SLOT.pack_into(self.slot, 0, min(self._started.values(), default=0.0), self.last_activity, self.state, self.live)
+        SLOT.pack_into(self.slot, 0, min(self._started.values(), default=0.0), self.last_activity, self.state, self.stage)
 
     def _begin(self) -> int:
         token, self._next = self._next, self._next + 1

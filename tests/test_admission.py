@@ -23,11 +23,13 @@ def test_new_processes_per_address_in_a_sliding_minute():
     assert all(unlimited.admit("192.0.2.1", float(t)) for t in range(100))
 
 
-def test_provisional_first_then_least_recently_active_never_busy():
-    live_old = Candidate("live-old", live=True, busy=False, last_activity=10.0)
-    live_new = Candidate("live-new", live=True, busy=False, last_activity=50.0)
-    provisional = Candidate("provisional", live=False, busy=False, last_activity=40.0)
-    busy = Candidate("busy", live=False, busy=True, last_activity=1.0)
-    assert make_room_from([live_old, live_new, provisional, busy]) == provisional
-    assert make_room_from([live_new, live_old, busy]) == live_old
-    assert make_room_from([busy, Candidate("b2", True, True, 0.0)]) is None
+def test_provisional_first_then_least_recently_active_never_busy_nor_arriving():
+    live_old = Candidate("live-old", live=True, busy=False, arriving=False, last_activity=10.0)
+    live_new = Candidate("live-new", live=True, busy=False, arriving=False, last_activity=50.0)
+    provisional = Candidate("provisional", live=False, busy=False, arriving=False, last_activity=40.0)
+    busy = Candidate("busy", live=False, busy=True, arriving=False, last_activity=1.0)
+    # given to its user, not answered yet: the oldest and provisional, yet it stays
+    arriving = Candidate("arriving", live=False, busy=False, arriving=True, last_activity=0.5)
+    assert make_room_from([live_old, live_new, provisional, busy, arriving]) == provisional
+    assert make_room_from([live_new, live_old, busy, arriving]) == live_old
+    assert make_room_from([busy, arriving, Candidate("b2", True, True, False, 0.0)]) is None

@@ -217,6 +217,25 @@ def test_parano_key_exchanges_from_one_address_are_limited_too(server):
     run(scenario())
 
 
+def test_a_burst_of_new_users_at_the_cap_is_served_in_turn(server):
+    """More new users at once than max_processes: no process is busy, so none is refused.
+    A process given to a user is not ended to make room before it answered that user's
+    first page (see admission.py): the others wait their turn, and each gets its page
+    once a process before it has answered its own."""
+    cap, burst = 3, 12
+    srv = server(server_source("WebServerWS", max_processes=cap, spare_processes=0, new_processes_per_minute=0))
+
+    async def scenario() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=srv.url, verify=TLS) as http:
+            return await asyncio.gather(*(http.get("/", cookies={}) for _ in range(burst)))
+
+    pages = run(scenario())
+    refused = [page.text for page in pages if page.status_code != 200]
+    assert not refused, refused
+    assert [count(page.text) for page in pages] == [0] * burst
+    assert "all busy" not in srv.log
+
+
 def test_a_crowd_arriving_at_the_cap_gets_pages_or_clear_answers(server):
     """New users at max_processes make room from processes whose page never went live, the
     others' as much as a flood's (see admission.py): one whose process was taken between

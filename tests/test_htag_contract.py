@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 from htagweb.config import Config
 from htagweb.host import HtagHost
 from htagweb.sessions import Session
-from htagweb.slot import RUNNING, Watchdog, new_slot, read_slot
+from htagweb.slot import ARRIVING, RUNNING, Watchdog, new_slot, read_slot
 
 
 class Counter(Tag.App):
@@ -95,5 +95,5 @@ def test_watchdog_publishes_across_fork():
         interaction.__enter__()  # and never leaves it
         os._exit(0)
     os.waitpid(pid, 0)
-    busy_since, active, state, live = read_slot(slot)
-    assert 0 < busy_since <= time.monotonic() and active <= busy_since and state == RUNNING and not live
+    busy_since, active, state, stage = read_slot(slot)
+    assert 0 < busy_since <= time.monotonic() and active <= busy_since and state == RUNNING and stage == ARRIVING

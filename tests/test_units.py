@@ -55,7 +55,7 @@ from htagweb.forkserver.zygotes import IN_FLIGHT, Zygotes
 from htagweb.pages import compact
 from htagweb.runtime import Runtime
 from htagweb.sessions import Session
-from htagweb.slot import EXITING, REHEARSING, RUNNING, Watchdog, new_slot, read_slot, shared_slot
+from htagweb.slot import ANSWERED, ARRIVING, EXITING, LIVE, REHEARSING, RUNNING, Watchdog, new_slot, read_slot, shared_slot
 from htagweb.stores import MemoryStore, SQLiteStore
 
 text = st.text(max_size=200)
@@ -220,7 +220,7 @@ def test_watchdog_slot_says_the_oldest_running_interaction_and_the_last_exchange
     slot = new_slot(REHEARSING)
     watchdog = Watchdog(slot)
     watchdog.touch()
-    assert read_slot(slot) == (0.0, watchdog.last_activity, REHEARSING, False)  # a touch writes its field only
+    assert read_slot(slot) == (0.0, watchdog.last_activity, REHEARSING, ARRIVING)  # a touch writes its field only
     with watchdog.interaction():
         first = read_slot(slot).busy_since
         assert 0 < first <= time.monotonic()
@@ -230,8 +230,10 @@ def test_watchdog_slot_says_the_oldest_running_interaction_and_the_last_exchange
     assert read_slot(slot).busy_since > first  # the first ended: the second's clock runs
     second.__exit__(None, None, None)
     assert read_slot(slot).busy_since == 0.0 and not watchdog.busy
+    watchdog.answered()
+    assert read_slot(slot) == (0.0, watchdog.last_activity, REHEARSING, ANSWERED) and not read_slot(slot).live
     watchdog.went_live()
-    assert read_slot(slot) == (0.0, watchdog.last_activity, RUNNING, True)
+    assert read_slot(slot) == (0.0, watchdog.last_activity, RUNNING, LIVE) and read_slot(slot).live
     watchdog.exiting()
     assert read_slot(slot).state == EXITING
 

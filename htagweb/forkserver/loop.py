@@ -554,6 +554,9 @@ class ForkServer:
         if self.older.make_room(older):  # the front asks again in a moment
             return messages.error(503, "The server is making room for a new session: try again in a moment.", retry=True)
         victim = make_room_from(candidates)
+        if victim is None and (self.forking or any(candidate.arriving for candidate in candidates)):
+            # they make room once they have answered their users: the front asks again in a moment
+            return messages.error(503, "The server is starting other new sessions: try again in a moment.", retry=True)
         if victim is None:
             live = len(candidates) + others
             logger.warning("max_processes (%d) reached, all busy: refusing a new user process for session %s", live, label)

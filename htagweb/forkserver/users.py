@@ -14,11 +14,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ..admission import Candidate
+from ..admission import ARRIVAL_GRACE, Candidate
 from ..ends import End, describe, from_status
 from ..metrics import BY_END, KILLS
 from ..runtime import Runtime
-from ..slot import EXITING, read_slot
+from ..slot import ARRIVING, EXITING, REHEARSING, read_slot
 from .children import UserChild, resident_memory
 from .loader import AppLoader
 
@@ -75,11 +75,14 @@ class UserProcesses:
 
     def candidates(self) -> list[Candidate]:
         """The user processes that count towards max_processes (not those already ending)."""
-        candidates = []
+        candidates, now = [], time.monotonic()
         for child in self.by_pid.values():
             if child.end is None and self.by_key.get(child.key) is child:
                 reading = read_slot(child.slot)
-                candidates.append(Candidate(child.key, reading.live, reading.busy_since != 0, reading.active))
+                # a spare given while it rehearsed says how far its rehearsal got until it is over
+                unanswered = reading.stage == ARRIVING or reading.state == REHEARSING
+                arriving = unanswered and now - child.started < ARRIVAL_GRACE
+                candidates.append(Candidate(child.key, reading.live, reading.busy_since != 0, arriving, reading.active))
         return candidates
 
     def chosen(self, prefix: str, app: str | None) -> list[UserChild]:
