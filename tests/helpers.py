@@ -173,3 +173,15 @@ def forked_by(forkserver: psutil.Process) -> list[psutil.Process]:
         except (psutil.NoSuchProcess, AttributeError):  # gone meanwhile
             pass
     return processes
+
+
+def alive(pids) -> set[int]:
+    """Those of ``pids`` still running: neither gone nor zombies (each may go while it is looked at)."""
+    found = set()
+    for p in pids:
+        try:
+            if psutil.Process(p).status() != psutil.STATUS_ZOMBIE:
+                found.add(p)
+        except psutil.NoSuchProcess:
+            pass
+    return found

@@ -225,9 +225,12 @@ def test_a_burst_of_new_users_at_the_cap_is_served_in_turn(server):
     cap, burst = 3, 12
     srv = server(server_source("WebServerWS", max_processes=cap, spare_processes=0, new_processes_per_minute=0))
 
-    async def scenario() -> list[httpx.Response]:
+    async def newcomer() -> httpx.Response:
         async with httpx.AsyncClient(base_url=srv.url, verify=TLS) as http:
-            return await asyncio.gather(*(http.get("/", cookies={}) for _ in range(burst)))
+            return await http.get("/")
+
+    async def scenario() -> list[httpx.Response]:
+        return await asyncio.gather(*(newcomer() for _ in range(burst)))
 
     pages = run(scenario())
     refused = [page.text for page in pages if page.status_code != 200]

@@ -13,7 +13,7 @@ import time
 
 import psutil
 import pytest
-from helpers import User, click, count, pid
+from helpers import User, alive, click, count, pid
 
 from htagweb import manage
 
@@ -257,7 +257,7 @@ def test_max_processes_holds_across_code_generations(server):
                 page = await user.page()
                 assert page.status_code == 200 and "version two" in page.text
             wait_for(
-                lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in old_pids),
+                lambda: not alive(old_pids),
                 "the old code's processes were not ended to make room",
             )
             assert (await first.http.get("/_htagweb/health")).json()["user_processes"] == 2

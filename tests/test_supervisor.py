@@ -16,7 +16,7 @@ import time
 import psutil
 import pytest
 import websockets
-from helpers import User, click, count, forked_by, pid, server_source, title
+from helpers import User, alive, click, count, forked_by, pid, server_source, title
 
 from htagweb import manage
 
@@ -73,17 +73,6 @@ async def page_and_zygote(srv, user: User, forked: int) -> tuple[int, psutil.Pro
     wait_for(lambda: len(forked_by(forkserver)) >= forked, "no spares were forked")
     [zygote] = forkserver.children()
     return first, forkserver, zygote
-
-
-def alive(pids) -> set[int]:
-    found = set()
-    for p in pids:
-        try:
-            if psutil.Process(p).status() != psutil.STATUS_ZOMBIE:
-                found.add(p)
-        except psutil.NoSuchProcess:
-            pass
-    return found
 
 
 def test_user_processes_end_with_their_fork_server_and_users_are_told(server):

@@ -25,6 +25,7 @@ from typing import Any
 
 import psutil
 import pytest
+from helpers import alive
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -494,7 +495,7 @@ def test_the_zygote_forks_tells_each_end_and_imports_in_the_next_zygote(tmp_path
         ours.close()
         slot.close()
         following.stop()
-        assert not psutil.pid_exists(following.pid) or psutil.Process(following.pid).status() == psutil.STATUS_ZOMBIE
+        assert not alive([following.pid])
     finally:
         zygote.stop()
     assert not psutil.pid_exists(zygote.pid)
