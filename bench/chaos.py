@@ -1,6 +1,6 @@
 """Chaos: users clicking on ``gunicorn -w 4`` while processes are SIGKILLed or stopped.
 
-    python bench/chaos.py [--users 20] [--seconds 30] [--every 2]
+    python bench/chaos.py [--users 20] [--seconds 30] [--every 2] [--spares N] [--max-processes N]
 
 Each user loads the page, opens its WebSocket and clicks, checking each answer's
 count. Every ``--every`` seconds one of these is SIGKILLed at random: a user
@@ -292,10 +292,15 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=2, help="seconds between two kills")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--spares", type=int, help="the server's spare_processes (default: its own): few, and new users need forks")
+    parser.add_argument(
+        "--max-processes", type=int, help="the server's max_processes (default: its own): under --users, users make room for each other"
+    )
     args = parser.parse_args()
     random.seed(args.seed)
     workdir = Path(tempfile.mkdtemp(prefix="hwc-"))
-    source = SOURCE if args.spares is None else SOURCE.replace("(App, ", f"(App, spare_processes={args.spares}, ")
+    options = {"spare_processes": args.spares, "max_processes": args.max_processes}
+    given = "".join(f"{name}={value}, " for name, value in options.items() if value is not None)
+    source = SOURCE.replace("(App, ", f"(App, {given}")
     srv = ServerProcess(source, workdir)
     with contextlib.ExitStack() as frozen:  # its cgroup goes once the server stopped
         cannot_freeze = unavailable("freezer")

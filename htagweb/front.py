@@ -371,6 +371,11 @@ class _Exchange:
         await _first_of(relaying, gone)
 
     async def _relay_response(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The process' answer to the browser. An answer's start goes out with its body, so that
+        a process that dies in between is told as one that never answered (its body cannot be
+        cut short: the start said its length); an SSE stream's at once, its events come later."""
+        stream = self.endpoint.endpoint == "stream"
+        held: Message | None = None
         started = False
         while True:
             message = await self._read()
@@ -378,7 +383,13 @@ class _Exchange:
                 await self._died(scope, receive, send, started)
                 return
             if message["type"] == "http.response.start":
-                started = True
+                started = stream
+                if not stream:
+                    held = message
+                    continue
+            elif held is not None:
+                await send(held)
+                held = None
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body"):
                 return

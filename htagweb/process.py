@@ -207,8 +207,8 @@ class UserProcess:
         async def send(message: Message) -> None:
             if settling and self.control is not None and message["type"] in ("websocket.send", "http.response.body"):
                 self.settle_after(SETTLE_DELAY)
-            if self.watchdog.stage == ARRIVING:
-                self.watchdog.answered()
+            if self.watchdog.stage == ARRIVING and message["type"] != "http.response.start" and not message.get("more_body"):
+                self.watchdog.answered()  # its user has the whole of its first answer: it may make room now
             self.watchdog.touch()
             changed, deleted = session.changes()
             if changed or deleted or session.rotated:

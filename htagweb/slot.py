@@ -109,7 +109,7 @@ class Watchdog:
         return self.stage == LIVE
 
     def answered(self) -> None:
-        """Its user's first answer is on its way: it may make room for another user from now on."""
+        """Its user's first answer is sent whole: it may make room for another user from now on."""
         self.stage = ANSWERED
         INT.pack_into(self.slot, STAGE_AT, ANSWERED)
 

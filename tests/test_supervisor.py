@@ -12,11 +12,13 @@ import socket
 import struct
 import threading
 import time
+from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 import websockets
-from helpers import User, alive, click, count, forked_by, pid, server_source, title
+from helpers import TLS, User, alive, click, count, forked_by, pid, server_source, title
 
 from htagweb import manage
 
@@ -737,6 +739,62 @@ def test_a_process_that_dies_before_its_websocket_opens_is_told_not_a_bare_403(s
             assert answer.status_code == 502 and b"stopped unexpectedly" in answer.body and b"Reload" in answer.body
 
     run(scenario())
+
+
+#: a page that takes a moment to render and is larger than a socket's buffer: its process is
+#: still writing it when the test acts
+SLOW_BIG_PAGE = """
+import os, time
+from pathlib import Path
+from htag import Tag
+from htagweb import WebServerWS
+
+class App(Tag.App):
+    def init(self):
+        Path(__file__).with_name("rendering").write_text(str(os.getpid()))
+        time.sleep(1)
+        Tag.pre("x" * 4_000_000)
+
+app = WebServerWS(App, runtime_dir=RUNTIME_DIR, spare_processes=0)
+"""
+
+
+def test_a_process_that_dies_while_it_sends_a_page_is_told_not_a_cut_page(server):
+    """The process answered the page's start and died while it wrote the body (made room for
+    another user, crashed, killed). The browser gets a page that says why, not the start of a
+    200 cut short, and the front's log no traceback: the start goes out with the body."""
+    srv = server(SLOW_BIG_PAGE)
+    front = psutil.Process(srv.proc.pid)
+    rendering = srv.workdir / "rendering"
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=srv.url, verify=TLS, timeout=60) as http:
+            loading = asyncio.create_task(http.get("/"))
+            await asyncio.to_thread(wait_for, rendering.exists, "the page's process never rendered it")
+            front.suspend()  # it reads the page no more: the process blocks in the middle of its body
+            try:
+                process = psutil.Process(int(rendering.read_text()))
+                await asyncio.to_thread(wait_for, lambda: _writing(process), "the process never blocked on its page's body")
+                process.kill()
+            finally:
+                front.resume()
+            return await loading
+
+    page = run(scenario())
+    assert page.status_code == 502 and "stopped unexpectedly" in page.text and "Reload" in page.text, page.text[:300]
+    assert "Traceback" not in srv.log
+
+
+def _writing(process: psutil.Process) -> bool:
+    """Whether ``process`` sleeps in a write to a socket whose reader reads no more."""
+    try:
+        return process.status() == psutil.STATUS_SLEEPING and Path(f"/proc/{process.pid}/wchan").read_text() in WRITE_WAITS
+    except (psutil.Error, OSError):
+        return False
+
+
+#: where a process waits for room in a full Unix socket (/proc/PID/wchan)
+WRITE_WAITS = {"sock_alloc_send_pskb", "unix_stream_sendmsg", "sock_wait_for_wmem", "do_epoll_wait", "ep_poll"}
 
 
 def test_a_stopped_process_ends_with_its_killed_zygote(server):
