@@ -20,7 +20,8 @@ Reported:
   sees only the connection drop, and htag's client reconnects), and whether the click in
   flight, if any, was done: one not yet read by the worker is gone with it;
 - users told to reload (htag's error overlay or a close reason), who then do;
-- after the fork-server or its zygote was killed, stopped or frozen, or a deploy, the time until a new user got a page again;
+- after the fork-server or its zygote was killed, stopped or frozen, or a deploy, the time until a new user got a page again
+  (apart, those that came while a zygote stopped or frozen by an earlier fault was still so: its forks wait);
 - user processes left stopped at the end: none under a live fork-server; one stopped when its
   fork-server was killed keeps the SIGTERM of its death signal pending, and must end once resumed;
 - processes and sockets left after the server's stop (must be 0);
@@ -239,6 +240,8 @@ async def chaos(srv: ServerProcess, until: float, every: float, tally: Tally, fr
         victims["deploy"] = [master]
         kind = random.choice([kind for kind, found in victims.items() if found])
         victim = random.choice(victims[kind])
+        # a new user may wait for a zygote stopped or frozen by an earlier fault: told apart
+        overlapping = any(not task.done() for task in stopped)
         try:
             if kind == "zygote stopped":
                 victim.suspend()
@@ -262,7 +265,7 @@ async def chaos(srv: ServerProcess, until: float, every: float, tally: Tally, fr
             start = time.monotonic()
             cookie, _ = await page(srv.url, tally)
             tally.sessions.discard(session_of(cookie)[:SESSION_LABEL])  # a newcomer who clicks nothing: not one to stop
-            tally.recoveries.append((kind, time.monotonic() - start))
+            tally.recoveries.append((f"{kind} (a zygote stopped or frozen before)" if overlapping else kind, time.monotonic() - start))
     await asyncio.gather(*stopped)
 
 
