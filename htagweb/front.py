@@ -376,20 +376,19 @@ class _Exchange:
         cut short: the start said its length); an SSE stream's at once, its events come later."""
         stream = self.endpoint.endpoint == "stream"
         held: Message | None = None
-        started = False
+        stream_started = False
         while True:
             message = await self._read()
             if message is None:
-                await self._died(scope, receive, send, started)
+                await self._died(scope, receive, send, stream_started)
                 return
-            if message["type"] == "http.response.start":
-                started = stream
-                if not stream:
-                    held = message
-                    continue
-            elif held is not None:
+            if message["type"] == "http.response.start" and not stream:
+                held = message
+                continue
+            if held is not None:
                 await send(held)
                 held = None
+            stream_started = stream
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body"):
                 return
@@ -400,9 +399,9 @@ class _Exchange:
             pass
         await asyncio.sleep(0)  # a response just completed also reads as a disconnect: let the relay finish first
 
-    async def _died(self, scope: Scope, receive: Receive, send: Send, started: bool) -> None:
+    async def _died(self, scope: Scope, receive: Receive, send: Send, stream_started: bool) -> None:
         status, message, _ = await self._death_message()
-        if started:  # an SSE stream: tell htag's client in its own format, then end
+        if stream_started:  # tell htag's client in the stream's own format, then end
             chunk = f"data: {htag_error(message)}\n\n".encode()
             await send({"type": "http.response.body", "body": chunk, "more_body": False})
         elif self.endpoint.endpoint == "event":

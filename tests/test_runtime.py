@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import psutil
 import pytest
 import websockets
 from helpers import User, click, count, new_users_pids, pid, server_source
@@ -72,6 +73,26 @@ def test_sse_stream_and_background_post(server):
                 async for line in lines:
                     if line.startswith("data: ") and "Count: 1" in line:
                         break
+
+    run(scenario())
+
+
+def test_an_sse_stream_whose_process_dies_is_told_why_in_the_stream(server):
+    """A stream's start goes out at once (its events come later, see front.py): a process that
+    dies once it began is told in the stream's own format, which htag's client shows."""
+    srv = server(server_source("WebServerWS"))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            process = psutil.Process(pid((await user.page()).text))
+            async with user.http.stream("GET", "/stream") as stream:
+                assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
+                lines = stream.aiter_lines()
+                assert (await anext(lines)).startswith("data: ")
+                process.kill()
+                told = [line async for line in lines if line.startswith("data: ")]
+            assert len(told) == 1 and "stopped unexpectedly" in told[0], told
+        assert "Traceback" not in srv.log
 
     run(scenario())
 
