@@ -22,6 +22,7 @@ from typing import Any
 from . import bridge, forkserver
 from .appspec import AppSpec
 from .config import Config
+from .ends import End
 from .forkserver import messages
 from .generation import code_generation
 from .runtime import Runtime, RuntimeDirError
@@ -33,6 +34,8 @@ Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 #: times a front asks for a user's process that ends before it can connect to it
 ENSURE_TRIES = 3
+#: the ends of a process just forked, before its front connected, after which another is asked for
+ASKED_ANEW = frozenset({End.EVICTED, End.RELOADED, End.LOST})
 #: seconds a page waits for its app's first import before it is told to come back (503)
 LOADING_WAIT = 5.0
 #: seconds between two asks while the app is being imported: the first, then doubled up to the last
@@ -45,6 +48,15 @@ class SpawnRefused(Exception):
         super().__init__(message)
         self.status = status
         self.traceback = traceback
+
+
+class EndedAtStart(Exception):
+    """The process just forked for a user ended before the front could connect to it, for
+    another reason than making room for a newcomer: it crashed at its start, most often."""
+
+    def __init__(self, end: End) -> None:
+        super().__init__(end.value)
+        self.end = end
 
 
 class ForkServerClient:
@@ -124,7 +136,11 @@ class ForkServerClient:
                 raise SpawnRefused(reply.get("status", 500), reply.get("error", "unknown error"), reply.get("traceback"))
             if (connection := await self.open(key)) is not None:
                 return connection, bool(reply.get("spawned"))
-            # it ended between the reply and now (it made room for another user, it crashed at its start): anew
+            # it ended between the reply and now: anew if it made room for another user (or its
+            # source changed), else told (it crashed at its start)
+            reason = (await self.status(key)).get("reason")
+            if reason is not None and End(reason) not in ASKED_ANEW:
+                raise EndedAtStart(End(reason))
         raise SpawnRefused(503, "The server is busy starting user sessions: try again in a moment.")
 
     async def status(self, key: str) -> dict[str, Any]:

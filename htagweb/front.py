@@ -21,7 +21,7 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from . import bridge
-from .client import ForkServerClient, SpawnRefused
+from .client import EndedAtStart, ForkServerClient, SpawnRefused
 from .config import Config
 from .ends import End
 from .origin import OriginPolicy
@@ -132,6 +132,10 @@ class HtagEndpoint:
             trace = exc.traceback if self.config.debug else None
             await self._refuse(scope, receive, send, exc.status, str(exc), trace)
             return
+        except EndedAtStart as exc:
+            status, message, _ = await death_words(self.client, exc.end, self.config)
+            await self._refuse(scope, receive, send, status, message)
+            return
         except OSError as exc:  # its death raced this request twice (ConnectionError is an OSError)
             logger.warning("the fork-server could not be reached (session %s, app %s): %s", label, self.app, exc)
             await self._refuse(scope, receive, send, 503, UNREACHABLE)
@@ -192,6 +196,12 @@ async def death_message(client: ForkServerClient, key: str, config: Config) -> t
         end = End(reply["reason"]) if reply.get("reason") else End.CRASHED
     except (OSError, ValueError, KeyError):
         end = End.LOST
+    return await death_words(client, end, config)
+
+
+async def death_words(client: ForkServerClient, end: End, config: Config) -> tuple[int, str, bool]:
+    """``end`` as an HTTP status and words for the user, and whether it is a normal end
+    (counted as a cut exchange otherwise)."""
     if end not in QUIET | {End.KILLED, End.EVICTED}:  # an eviction is said, not counted: the user did nothing wrong
         await client.count("bridge_errors")
     if end is End.INTERACTION_TIMEOUT:

@@ -5,6 +5,7 @@ what ``ps`` shows."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -21,6 +23,7 @@ import websockets
 from helpers import TLS, User, alive, click, count, forked_by, pid, server_source, title
 
 from htagweb import manage
+from htagweb.forkserver.imports import RETRY_AFTER
 
 
 def run(coro):
@@ -694,6 +697,84 @@ def test_an_app_whose_import_ends_the_process_is_told_as_such(server):
 
     run(scenario())
     srv.wait_log(r"ERROR.*cannot load htag app quits:App: its zygote ended while importing it \(exit code 3\)")
+
+
+@contextlib.contextmanager
+def busy_fork_server(srv, lines: int = 4) -> Iterator[None]:
+    """The fork-server kept busy by other workers' streams of stats requests, each of which reads
+    the zygotes' lines: a zygote's answer "pid N" and, right behind it, "exit N" for a process
+    that ended at once are read in one go before the loop tells anyone of the answer."""
+    busy = [_forkserver_line(srv) for _ in range(lines)]
+    stop = threading.Event()
+
+    def ask(line: socket.socket) -> None:
+        try:
+            while not stop.is_set():
+                line.sendall(b'{"op": "stats"}\n' * 1000)
+        except OSError:
+            pass
+
+    def read(line: socket.socket) -> None:
+        replies = line.makefile("rb")
+        try:
+            while replies.readline():
+                pass
+        except OSError:
+            pass
+
+    threads = [threading.Thread(target=job, args=(line,), daemon=True) for line in busy for job in (ask, read)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for line in busy:
+            line.shutdown(socket.SHUT_RDWR)
+        for thread in threads:
+            thread.join(20)
+        for line in busy:
+            line.close()
+
+
+def test_an_import_that_ends_its_process_while_the_fork_server_is_busy_is_told_as_such(server):
+    """The end of a next zygote whose import ended it at once, read with the answer that forked
+    it, was the end of no zygote the fork-server knew yet: dropped, it left the app "still
+    loading" for ever (seen in CI on a slow machine)."""
+    files = {"quits.py": "import os\nos._exit(3)\n"}
+    source = server_source("WebServerWS", spare_processes=1) + 'app.add_app("/quits", "quits:App")\n'
+    srv = server(source, files=files)
+    ended = r"ERROR.*cannot load htag app quits:App: its zygote ended while importing it \(exit code 3\)"
+    srv.wait_log(ended)  # its first import, as the server started
+    time.sleep(RETRY_AFTER)  # then the next visit imports it again
+
+    async def scenario():
+        async with User(srv.url) as visitor:
+            return await visitor.page("/quits")
+
+    with busy_fork_server(srv):
+        answer = run(scenario())
+    assert answer.status_code == 500 and "could not be loaded" in answer.text
+    assert len(re.findall(ended, srv.log)) == 2
+
+
+def test_a_user_process_that_ends_at_once_while_the_fork_server_is_busy_is_told_and_forgotten(server):
+    """A development folder's app is imported in its user process: one whose import ends that
+    process ends it right after its fork. Its end, read with the answer that forked it, was
+    dropped: the fork-server counted a process that was gone, for ever."""
+    crashes = "import os\nos._exit(3)\nfrom htag import Tag\n\n\nclass App(Tag.App):\n    pass\n"
+    srv = server("", files={"quits.py": crashes}, command=["."])
+
+    async def scenario():
+        async with User(srv.url) as visitor:
+            return [await visitor.page("/quits") for _ in range(3)]
+
+    with busy_fork_server(srv):
+        answers = run(scenario())
+    assert [answer.status_code for answer in answers] == [502] * 3
+    assert all("The application stopped unexpectedly" in answer.text for answer in answers)
+    assert manage.users(srv.runtime_dir) == []
+    assert len(re.findall(r"user process crashed: .*app folder:file:quits, crashed \(exit code 3\)", srv.log)) == 3
 
 
 def test_a_signal_during_an_import_writes_into_none_of_its_files(server):

@@ -30,7 +30,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from htagweb import bridge, generation
-from htagweb.client import ENSURE_TRIES, ForkServerClient, SpawnRefused
+from htagweb.client import ENSURE_TRIES, EndedAtStart, ForkServerClient, SpawnRefused
 from htagweb.config import Config
 from htagweb.ends import End, Exit, from_status
 from htagweb.folder import resolve
@@ -401,17 +401,22 @@ def test_the_watchdogs_read_of_open_files_and_memory_matches_proc():
 
 
 def test_a_process_gone_before_the_front_connects_is_asked_for_again_then_refused_clearly(tmp_path):
+    """A process that made room for another user before its front connected is asked for
+    again, a few times; one that crashed at its start is told as such, not asked for again
+    (each would crash in turn, and the user would read that the server is busy)."""
     runtime = Runtime(tmp_path / "rt")
     runtime.users_dir.mkdir(parents=True, exist_ok=True)
     client = ForkServerClient(runtime, Config(), {})
     key = runtime.process_key("s" * 32, "app")
-    asked: list[object] = []
+    ensured: list[object] = []
     listener = socket.socket(socket.AF_UNIX)
 
-    async def ensure_then(appears_at: int) -> bool:
+    async def ensure_then(appears_at: int, gone: End = End.EVICTED) -> bool:
         async def request(message: object) -> dict:
-            asked.append(message)
-            if len(asked) == appears_at:  # the process that finally stays
+            if isinstance(message, messages.Status):
+                return {"ok": True, "alive": False, "reason": gone.value}
+            ensured.append(message)
+            if len(ensured) == appears_at:  # the process that finally stays
                 listener.bind(str(runtime.user_socket_path(key)))
                 listener.listen()
             return {"ok": True, "spawned": True}
@@ -424,9 +429,13 @@ def test_a_process_gone_before_the_front_connects_is_asked_for_again_then_refuse
     with pytest.raises(SpawnRefused) as refused:
         asyncio.run(ensure_then(appears_at=0))
     assert refused.value.status == 503 and "try again" in str(refused.value)
-    assert len(asked) == ENSURE_TRIES
-    asked.clear()
-    assert asyncio.run(ensure_then(appears_at=2)) and len(asked) == 2
+    assert len(ensured) == ENSURE_TRIES
+    ensured.clear()
+    with pytest.raises(EndedAtStart) as ended:
+        asyncio.run(ensure_then(appears_at=0, gone=End.CRASHED))
+    assert ended.value.end is End.CRASHED and len(ensured) == 1
+    ensured.clear()
+    assert asyncio.run(ensure_then(appears_at=2)) and len(ensured) == 2
     listener.close()
 
 
@@ -955,6 +964,42 @@ def test_a_burst_of_forks_waits_its_turn_instead_of_filling_the_zygotes_line(tmp
     finally:
         for kept in zygotes.kept:
             kept.close()
+        zygotes.current.close()
+        theirs.close()
+        selector.close()
+
+
+def test_a_process_that_ends_right_after_its_fork_is_taken_as_that_process(tmp_path):
+    """A zygote says "pid N" and, once N ended, "exit N". A fork-server busy elsewhere reads
+    both in one go: the answer must be told before the end is taken, else the end is that of
+    no process it knows, dropped, and N counted as alive for ever."""
+    runtime = Runtime(tmp_path / "rt")
+    selector = selectors.DefaultSelector()
+    zygotes = Zygotes(
+        runtime, Config(), AppLoader({}, runtime), selector, resource.getrlimit(resource.RLIMIT_NOFILE),
+        inherited=list, stopping=lambda: False, on_current_gone=lambda: None, on_gone=lambda: None,
+    )  # fmt: skip
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    zygotes.current = Zygote(os.getpid(), ours)  # this process: it answers as the test says
+    quick = subprocess.Popen([sys.executable, "-c", "pass"])
+    pidfd = os.pidfd_open(quick.pid)
+    told: list[object] = []
+    try:
+        zygotes.fork_listening(SPARE, runtime.users_dir / "quick.sock", told.append)
+        for fd in socket.recv_fds(theirs, PACKET, 3)[1]:
+            os.close(fd)
+        quick.wait()
+        socket.send_fds(theirs, [b"pid %d" % quick.pid], [pidfd])
+        theirs.send(b"exit %d 0" % quick.pid)
+        select.select([ours], [], [], 5)
+        assert zygotes.ends() == [(quick.pid, 0)] and len(told) == 1  # told before its end was taken
+        [(pid, child_pidfd, slot, control)] = told
+        assert pid == quick.pid
+        os.close(child_pidfd)
+        slot.close()
+        control.close()
+    finally:
+        os.close(pidfd)
         zygotes.current.close()
         theirs.close()
         selector.close()

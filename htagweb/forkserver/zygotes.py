@@ -151,12 +151,16 @@ class Zygotes:
             os.close(slot_fd)
 
     def tell(self) -> None:
+        """Tell the askers what came of their requests, and let in those waiting their turn."""
+        self._tell_answers()
+        self._let_in()
+
+    def _tell_answers(self) -> None:
         """Tell the askers what came of their requests: the answers read, the requests given up on."""
         told = self.given_up + [answer for forking in self.all() for answer in forking.told()]
         self.given_up = []
         for tell in told:
             tell()
-        self._let_in()
 
     def check(self) -> None:
         """Give up on a current zygote that does not answer (see :meth:`.zygote.Zygote.overdue`)."""
@@ -194,12 +198,17 @@ class Zygotes:
         found = self.pending_ends + [end for forking in self.all() for end in forking.exits()] + ended_children()
         while found:
             self.pending_ends = []
+            others = []
             for pid, status in found:
                 gone = next((forking for forking in self.all() if forking.pid == pid), None)
                 if gone is not None:
                     self._gone(gone, describe(status), reaped=True)  # its children's ends told: pending
-                elif not self.imports.ended(pid, status):
-                    ended.append((pid, status))
+                else:
+                    others.append((pid, status))
+            # a process may end right after its fork: the answer that tells of it, read in the
+            # same go, is told first, so that its end is taken as that process'
+            self._tell_answers()
+            ended += [(pid, status) for pid, status in others if not self.imports.ended(pid, status)]
             found = self.pending_ends
         return ended
 
