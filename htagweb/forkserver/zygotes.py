@@ -10,7 +10,9 @@ the current one stops answering (:class:`.zygote.ZygoteStuck`): that one is kept
 older ones, and its processes with it.
 
 Nothing waits for a zygote: what is asked of it is told to the asker in a later turn of the
-fork-server's loop (:meth:`Zygotes.tell`), its answer or why there is none.
+fork-server's loop (:meth:`Zygotes.tell`), its answer or why there is none; or before the
+ends of children are taken (:meth:`Zygotes.ends`), as a process' end may be read in the
+same go as the answer that forked it.
 """
 
 from __future__ import annotations
