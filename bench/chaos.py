@@ -1,6 +1,6 @@
 """Chaos: users clicking on ``gunicorn -w 4`` while processes are SIGKILLed or stopped.
 
-    python bench/chaos.py [--users 20] [--seconds 30] [--every 2] [--spares N] [--max-processes N]
+    python bench/chaos.py [--users 20] [--seconds 30] [--every 2] [--spares N] [--max-processes N] [--busy]
 
 Each user loads the page, opens its WebSocket and clicks, checking each answer's
 count. Every ``--every`` seconds one of these is SIGKILLed at random: a user
@@ -11,7 +11,9 @@ or a user process is stopped for good (SIGSTOP, as a debugger
 would: the server ends it once a click waited ``timeout_interaction``, here
 :data:`TIMEOUT_INTERACTION`); or new code is deployed (the app's file touched, then
 HUP to gunicorn's master: new workers, a new fork-server, the users' processes kept).
-Reported:
+With ``--busy``, a process keeps every fork-server busy all along with a stream of stats
+requests (as from many workers), each of which reads the zygotes' lines: what the loop reads
+in one go piles up, as on a slow machine. Reported:
 
 - clicks answered right;
 - clicks lost without the user being told (must be 0): a wrong count in an answer,
@@ -34,10 +36,12 @@ import argparse
 import asyncio
 import contextlib
 import json
+import multiprocessing
 import random
 import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -269,6 +273,37 @@ async def chaos(srv: ServerProcess, until: float, every: float, tally: Tally, fr
     await asyncio.gather(*stopped)
 
 
+def keep_busy(runtime_dir: Path, until: float) -> None:
+    """Stats requests to each fork-server, in bursts, until ``until`` (a deploy starts a new one)."""
+    lines: dict[Path, socket.socket] = {}
+    answered = 0
+    while time.monotonic() < until:
+        for path in runtime_dir.glob("forkserver*.sock"):
+            if path not in lines:
+                try:
+                    lines[path] = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    lines[path].settimeout(10)
+                    lines[path].connect(str(path))
+                except OSError:  # gone meanwhile, or not yet listening
+                    lines.pop(path).close()
+                    continue
+            try:
+                lines[path].sendall(b'{"op": "stats"}\n' * 500)
+                replies = 0
+                while replies < 500:
+                    chunk = lines[path].recv(1 << 20)
+                    if not chunk:
+                        raise ConnectionError
+                    replies += chunk.count(b"\n")
+                answered += replies
+            except OSError:  # that fork-server ended (killed, or retired once its users left)
+                lines.pop(path).close()
+        time.sleep(0.001)
+    for line in lines.values():
+        line.close()
+    print(f"stats requests answered meanwhile (--busy): {answered}")
+
+
 async def scenario(srv: ServerProcess, users: int, seconds: float, every: float, freezer: Freezer | None) -> Tally:
     tally = Tally()
     until = time.monotonic() + seconds
@@ -298,6 +333,7 @@ def main() -> None:
     parser.add_argument(
         "--max-processes", type=int, help="the server's max_processes (default: its own): under --users, users make room for each other"
     )
+    parser.add_argument("--busy", action="store_true", help="keep every fork-server busy with stats requests all along")
     args = parser.parse_args()
     random.seed(args.seed)
     workdir = Path(tempfile.mkdtemp(prefix="hwc-"))
@@ -312,7 +348,12 @@ def main() -> None:
             print(f"the zygote is not frozen among the faults: {cannot_freeze}")
         try:
             srv.start("-w", "4", "--graceful-timeout", "5", gunicorn=True)
+            busy = multiprocessing.Process(target=keep_busy, args=(srv.runtime_dir, time.monotonic() + args.seconds))
+            if args.busy:
+                busy.start()
             tally = asyncio.run(scenario(srv, args.users, args.seconds, args.every, freezer))
+            if args.busy:
+                busy.join()
             srv.halt(signal.SIGTERM, group=False)  # raises if a process or a socket is left
             left = "0 processes, 0 sockets"
         except AssertionError as exc:
