@@ -20,7 +20,9 @@ in one go piles up, as on a slow machine. Reported:
   or a page state lost (seen again on the WebSocket's reconnection) with no error;
 - WebSockets cut without a word (a worker killed, or replaced by a deploy: the browser
   sees only the connection drop, and htag's client reconnects), and whether the click in
-  flight, if any, was done: one not yet read by the worker is gone with it;
+  flight, if any, was done: one not yet read by the worker is gone with it (these users are
+  not a browser: htagweb's addition to htag's client posts such a click again,
+  htagweb/js/resend_cut_events.js);
 - users told to reload (htag's error overlay or a close reason), who then do;
 - after the fork-server or its zygote was killed, stopped or frozen, or a deploy, the time until a new user got a page again
   (apart, those that came while a zygote stopped or frozen by an earlier fault was still so: its forks wait);

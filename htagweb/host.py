@@ -11,6 +11,7 @@ is checked by ``tests/test_htag_contract.py``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import json
 import logging
@@ -37,10 +38,15 @@ from .slot import Watchdog
 
 logger = logging.getLogger("htagweb")
 
+#: the ids of events run that are kept: htag's client posts again those a cut WebSocket left unanswered
+RECENT_EVENTS = 256
+#: the longest id kept (htag's client: some 11 characters)
+MAX_CALLBACK_ID = 64
 SSE_HEADERS = {"Cache-Control": "no-cache", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
 CLIENT_SCRIPT = f"<script>{CLIENT_JS}</script>"
-#: htag's client, with what we add to it (htagweb/js/: each file says why)
-CLIENT = CLIENT_SCRIPT + "".join(f"<script>{compact(script(name))}</script>" for name in ("wrapped_overlay.js", "keep_live_body.js"))
+#: what we add to htag's client (htagweb/js/: each file says why)
+ADDITIONS = ("wrapped_overlay.js", "keep_live_body.js", "resend_cut_events.js")
+CLIENT = CLIENT_SCRIPT + "".join(f"<script>{compact(script(name))}</script>" for name in ADDITIONS)
 # htag's client in pure-HTTP mode from the start: it starts no WebSocket (HTAG_EXT_INIT) and
 # posts every event for an answer in the response (htag's own cookie switch instead mocks
 # WebSocket and EventSource, which fail in turn, with errors in the console, at every load)
@@ -64,6 +70,8 @@ class HtagHost:
         self.broken = False
         #: events posted without waiting for their answer (it comes on the SSE stream), still running
         self.background: set[asyncio.Task[None]] = set()
+        #: the ids of the last events run, by any way: one posted again is answered, not run twice
+        self.ran: collections.OrderedDict[str, None] = collections.OrderedDict()
         #: parano pages number their events: delivered here in that order (crypto/PROTOCOL.md §7)
         self.order = PageOrder()
         logs.drop_htag_error_prints()  # this process hosts htag: its errors are logged, not also printed
@@ -120,11 +128,17 @@ class HtagHost:
         return self.instance
 
     def _track_events(self, instance: AppRunner) -> None:
-        """Every event handler runs as one interaction watched by the fork-server."""
+        """Every event handler runs as one interaction watched by the fork-server; the ids
+        of the last events run are kept (see :meth:`event`)."""
         handle_event = instance.handle_event
         watchdog = self.watchdog
+        ran = self.ran
 
         async def watched_handle_event(msg: dict[str, Any], ws: WebSocket | None) -> None:
+            if (callback_id := _callback_id(msg)) is not None:
+                ran[callback_id] = None
+                if len(ran) > RECENT_EVENTS:
+                    ran.popitem(last=False)
             with watchdog.interaction():
                 await handle_event(msg, ws)
 
@@ -166,14 +180,21 @@ class HtagHost:
                 raise ValueError("not a JSON object")
         except ValueError as exc:
             return PlainTextResponse(f"invalid htag event: {exc}", status_code=400)
+        callback_id = _callback_id(msg)
+        if callback_id in self.ran:
+            # sent again once its WebSocket was cut (htagweb/js/resend_cut_events.js), it had run: answered only
+            logger.info("an htag event of %s sent again once its WebSocket was cut: answered, not run twice", self.app_name)
+            run = instance.broadcast_updates(callback_id=callback_id)
+        else:
+            run = instance.handle_event(msg, None)
         token = current_request.set(request)
         try:
             # HTTP-only: answer in the response even before htag's client has noticed it has no SSE
             if msg.get("fallback") or self.config.http_only:
-                await instance.handle_event(msg, None)
+                await run
                 payloads, instance._fallback_queue = getattr(instance, "_fallback_queue", []), []
                 return JSONResponse({"status": "ok", "payloads": payloads})
-            self._in_background(instance.handle_event(msg, None))
+            self._in_background(run)
             return JSONResponse({"status": "ok"})
         finally:
             current_request.reset(token)
@@ -237,3 +258,11 @@ class HtagHost:
                 await asyncio.wait_for(result, grace)
         except Exception:
             logger.exception("on_destroy of %s failed", self.app_name)
+
+
+def _callback_id(msg: dict[str, Any]) -> str | None:
+    """The id htag's client gives each event (random, some 11 characters), by which it matches
+    the answer; None for a longer one, not kept (a client's own ids would hold its memory)."""
+    data = msg.get("data")
+    callback_id = data.get("callback_id") if isinstance(data, dict) else None
+    return callback_id if isinstance(callback_id, str) and len(callback_id) <= MAX_CALLBACK_ID else None

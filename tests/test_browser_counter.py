@@ -158,3 +158,68 @@ def test_session_shared_with_a_route_in_the_browser(server, browser: Browser):
         expect(page.locator("#seen")).to_have_text("route said: hello-from-route")  # state kept across navigation
     finally:
         context.close()
+
+
+class CuttingWire:
+    """Routes the page's htag WebSocket through the test, each way passed on, until the test
+    arms a cut: the next event the page sends is dropped (``lost``), or passed on and its
+    answer dropped (``answered``); then the connection is cut with ``code``, as when a
+    deploy replaces the worker (1012, 1001) or a network drops (1006)."""
+
+    def __init__(self, page: Page) -> None:
+        self.cut: str | None = None
+        self.code = 1006
+        page.route_web_socket(re.compile(r"/ws$"), self._take)
+
+    def arm(self, cut: str, code: int) -> None:
+        self.cut, self.code = cut, code
+
+    def _take(self, socket: WebSocketRoute) -> None:
+        server = socket.connect_to_server()
+
+        def cut_now() -> None:
+            self.cut = None
+            socket.close(code=self.code)
+            server.close()
+
+        def from_page(message: str | bytes) -> None:
+            if self.cut == "lost":
+                cut_now()
+                return
+            if self.cut == "answered":
+                self.cut = "answer"
+            server.send(message)
+
+        def from_server(message: str | bytes) -> None:
+            if self.cut == "answer":
+                cut_now()
+                return
+            socket.send(message)
+
+        socket.on_message(from_page)
+        server.on_message(from_server)
+
+
+@pytest.mark.parametrize("code", [1006, 1012, 1001])
+@pytest.mark.parametrize("cut", ["lost", "answered"])
+def test_a_click_whose_websocket_is_cut_counts_once(server, browser: Browser, cut, code):
+    """A click sent just as its WebSocket is cut (a deploy replaces the worker, a network
+    drops) must count once: htag's client drops a click sent on a socket that is then cut,
+    silently. Sent again over HTTP, it must not count twice when it had reached the app and
+    only its answer was lost."""
+    srv = server(server_source("WebServerWS"))
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        wire = CuttingWire(page)
+        page.goto(srv.url + "/")
+        page.wait_for_function("window.ws && window.ws.readyState === 1")
+        clicks(page, 1)
+        wire.arm(cut, code)
+        page.click("#inc")
+        expect(page.locator("#count")).to_have_text("Count: 2")
+        clicks(page, 1, start=2)
+        page.reload()
+        expect(page.locator("#count")).to_have_text("Count: 3")
+    finally:
+        context.close()

@@ -38,7 +38,16 @@ def test_tested_htag_range():
 
 @pytest.mark.parametrize(
     "name",
-    ["_render_page", "_handle_websocket", "_handle_sse", "handle_event", "_trigger_mount", "_trigger_unmount", "on_destroy"],
+    [
+        "_render_page",
+        "_handle_websocket",
+        "_handle_sse",
+        "handle_event",
+        "broadcast_updates",
+        "_trigger_mount",
+        "_trigger_unmount",
+        "on_destroy",
+    ],
 )
 def test_runner_methods_exist(name):
     assert callable(getattr(AppRunner, name))
@@ -74,6 +83,23 @@ def test_page_websocket_and_event_through_the_runner():
     event = {"id": "inc", "event": "click", "data": {"callback_id": "c2"}, "fallback": True}
     response = client.post("/event", content=json.dumps(event), headers={"X-HTAG-TOKEN": csrf})
     assert "Count: 2" in json.loads(response.json()["payloads"][-1])["updates"]["count"]
+
+
+def test_an_event_sent_again_is_answered_not_run_twice():
+    """An event whose WebSocket was cut after it reached the app comes again over HTTP
+    (htagweb/js/resend_cut_events.js): answered with its id, the click counted once."""
+    client, host = host_client()
+    csrf = re.search(r'HTAG_CSRF = "([0-9a-f]{32})"', client.get("/").text).group(1)
+    with client.websocket_connect("/ws") as ws:
+        ws.receive_text()
+        ws.send_text(json.dumps({"id": "inc", "event": "click", "data": {"callback_id": "c1"}}))
+        assert "Count: 1" in json.loads(ws.receive_text())["updates"]["count"]
+    again = {"id": "inc", "event": "click", "data": {"callback_id": "c1"}, "fallback": True}
+    [answer] = client.post("/event", content=json.dumps(again), headers={"X-HTAG-TOKEN": csrf}).json()["payloads"]
+    assert json.loads(answer)["callback_id"] == "c1" and "Count: 1" in client.get("/").text
+    other = {**again, "data": {"callback_id": "c2"}}
+    [answer] = client.post("/event", content=json.dumps(other), headers={"X-HTAG-TOKEN": csrf}).json()["payloads"]
+    assert "Count: 2" in json.loads(answer)["updates"]["count"]
 
 
 def test_http_only_page_starts_htag_client_in_pure_http_mode():

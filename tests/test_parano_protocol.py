@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import time
 
 import httpx
@@ -34,7 +35,8 @@ async def connected(url: str) -> ParanoUser:
 
 
 async def click_http(user: ParanoUser, tag_id: str = "inc") -> int:
-    body = json.dumps({"id": tag_id, "event": "click", "data": {"callback_id": "c"}, "fallback": True}).encode()
+    """A click posted, with a fresh id as htag's client gives each (an id seen before is answered, not run)."""
+    body = json.dumps({"id": tag_id, "event": "click", "data": {"callback_id": os.urandom(6).hex()}, "fallback": True}).encode()
     status, response = await user.request("POST", "/event", [["x-htag-token", user.csrf]], body)
     assert status == 200
     return count(json.loads(json.loads(response)["payloads"][-1])["updates"]["count"])

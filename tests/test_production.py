@@ -56,7 +56,7 @@ def test_every_worker_reaches_the_same_process_and_session(server, setup):
                 else:
                     response = await User(srv.url).http.post(
                         "/event",
-                        content=json.dumps({"id": "inc", "event": "click", "data": {"callback_id": "c"}, "fallback": True}),
+                        content=json.dumps({"id": "inc", "event": "click", "data": {"callback_id": f"c{n}"}, "fallback": True}),
                         headers={"X-HTAG-TOKEN": user.csrf, "Cookie": user.cookie_header},
                     )
                     assert count(json.loads(response.json()["payloads"][-1])["updates"]["count"]) == expected
