@@ -922,10 +922,9 @@ def test_an_upgrade_of_htagweb_is_a_new_code_generation(tmp_path, monkeypatch):
     assert generation.code_generation([]) != before
 
 
-def test_a_burst_of_forks_waits_its_turn_instead_of_filling_the_zygotes_line(tmp_path):
-    """A thousand users at once, the spares spent: sent all at once, their requests filled the
-    zygote's line (some 270 fit), which read as a zygote that does not read it, and the rest of
-    the burst was refused. At most IN_FLIGHT are sent; each answer lets the next one in."""
+def zygotes_answered_by_the_test(tmp_path: Path) -> tuple[Runtime, selectors.BaseSelector, Zygotes, socket.socket]:
+    """The fork-server's zygotes, the current one this process: the test answers on the line's
+    other end (returned last), as a zygote would."""
     runtime = Runtime(tmp_path / "rt")
     selector = selectors.DefaultSelector()
     zygotes = Zygotes(
@@ -933,7 +932,16 @@ def test_a_burst_of_forks_waits_its_turn_instead_of_filling_the_zygotes_line(tmp
         inherited=list, stopping=lambda: False, on_current_gone=lambda: None, on_gone=lambda: None,
     )  # fmt: skip
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    zygotes.current = Zygote(os.getpid(), ours)  # this process: it runs, and answers when the test says
+    zygotes.current = Zygote(os.getpid(), ours)
+    return runtime, selector, zygotes, theirs
+
+
+def test_a_burst_of_forks_waits_its_turn_instead_of_filling_the_zygotes_line(tmp_path):
+    """A thousand users at once, the spares spent: sent all at once, their requests filled the
+    zygote's line (some 270 fit), which read as a zygote that does not read it, and the rest of
+    the burst was refused. At most IN_FLIGHT are sent; each answer lets the next one in."""
+    runtime, selector, zygotes, theirs = zygotes_answered_by_the_test(tmp_path)
+    ours = zygotes.current.line
     theirs.setblocking(False)
     told: list[object] = []
 
@@ -973,14 +981,8 @@ def test_a_process_that_ends_right_after_its_fork_is_taken_as_that_process(tmp_p
     """A zygote says "pid N" and, once N ended, "exit N". A fork-server busy elsewhere reads
     both in one go: the answer must be told before the end is taken, else the end is that of
     no process it knows, dropped, and N counted as alive for ever."""
-    runtime = Runtime(tmp_path / "rt")
-    selector = selectors.DefaultSelector()
-    zygotes = Zygotes(
-        runtime, Config(), AppLoader({}, runtime), selector, resource.getrlimit(resource.RLIMIT_NOFILE),
-        inherited=list, stopping=lambda: False, on_current_gone=lambda: None, on_gone=lambda: None,
-    )  # fmt: skip
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    zygotes.current = Zygote(os.getpid(), ours)  # this process: it answers as the test says
+    runtime, selector, zygotes, theirs = zygotes_answered_by_the_test(tmp_path)
+    ours = zygotes.current.line
     quick = subprocess.Popen([sys.executable, "-c", "pass"])
     pidfd = os.pidfd_open(quick.pid)
     told: list[object] = []
