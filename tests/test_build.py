@@ -13,6 +13,8 @@ from pathlib import Path
 
 from conftest import ROOT
 
+from htagweb.host import ADDITIONS
+
 JS = ROOT / "htagweb" / "js"
 
 
@@ -51,5 +53,5 @@ def test_the_wheel_carries_the_bundle_built_from_the_lock_file(tmp_path):
         bundle = archive.read("htagweb/js/noble.min.js")
     assert bundle == (JS / "noble.min.js").read_bytes()  # the same pinned inputs, the same bytes (and SRI hash)
     assert b"htagwebNoble" in bundle and len(bundle) < 80_000
-    shipped = {f"htagweb/js/{name}" for name in ("parano.js", "keep_live_body.js", "wrapped_overlay.js", "noble.min.js")}
+    shipped = {f"htagweb/js/{name}" for name in ("parano.js", "noble.min.js", *ADDITIONS)}  # ADDITIONS: to htag's client
     assert {name for name in names if name.startswith("htagweb/js/")} == shipped
