@@ -139,8 +139,8 @@ class ForkServerClient:
             # it ended between the reply and now: anew if it made room for another user (or its
             # source changed), else told (it crashed at its start)
             reason = (await self.status(key)).get("reason")
-            if reason is not None and End(reason) not in ASKED_ANEW:
-                raise EndedAtStart(End(reason))
+            if reason is not None and (end := End(reason)) not in ASKED_ANEW:
+                raise EndedAtStart(end)
         raise SpawnRefused(503, "The server is busy starting user sessions: try again in a moment.")
 
     async def status(self, key: str) -> dict[str, Any]:
