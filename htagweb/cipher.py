@@ -48,7 +48,16 @@ class ParanoError(Exception):
     Refused before the ticket opens, it is answered in clear (``http_status``,
     ``ws_code``); afterwards the layer seals it for the client."""
 
-    HTTP_STATUS = {"malformed": 400, "ticket": 401, "expired": 401, "session": 403, "replay": 409, "order": 409, "integrity": 422}
+    HTTP_STATUS = {
+        "malformed": 400,
+        "ticket": 401,
+        "expired": 401,
+        "session": 403,
+        "replay": 409,
+        "order": 409,
+        "integrity": 422,
+        "unavailable": 503,
+    }
     WS_CODE = {"malformed": 4400, "ticket": 4401, "timeout": 4408}
 
     def __init__(self, code: str, reason: str) -> None:

@@ -16,33 +16,35 @@ from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
-from starlette.websockets import WebSocket
 
 from . import bridge
 from .client import EndedAtStart, ForkServerClient, SpawnRefused
 from .config import Config
 from .ends import End
 from .origin import OriginPolicy
-from .pages import error_page, htag_error, retry_later
+from .pages import error_page, htag_error, refuse_websocket
 from .runtime import Runtime
 from .sessions import (
     COOKIE_NAME,
     SCOPE_NEW,
     SCOPE_PARANO,
     SECURE_COOKIE_NAME,
+    STORE_DOWN,
     Session,
     make_rotation_signer,
     move,
     new_session_id,
     rotation_script,
 )
-from .stores import SessionStore
+from .stores import SessionStore, StoreUnavailable
 
 logger = logging.getLogger("htagweb")
 
 RELOAD = "Reload the page to start again."
+#: the app ran the user's action, but the session changes it made could not be written
+STORE_UNSAVED = "The session store is unavailable: the changes this action made to your session were not saved. Reload the page."
 #: a fork-server killed while a request waited for it, and the connection made afresh killed too
 UNREACHABLE = "The server cannot reach its process manager now: try again in a moment."
 
@@ -147,13 +149,31 @@ class HtagEndpoint:
         if parano and parano.get("page"):  # the page's events are delivered in its order (crypto/PROTOCOL.md §7)
             extra["order"] = {"page": parano["page"], "seq": parano.get("seq")}
         exchange = _Exchange(self, scope, session, key, connection)
+        told = _Told(send)
         try:
             if scope["type"] == "websocket":
-                await exchange.websocket(scope, receive, send, extra)
+                await exchange.websocket(scope, receive, told, extra)
             else:
-                await exchange.http(scope, receive, send, extra)
+                await exchange.http(scope, receive, told, extra)
+        except StoreUnavailable as exc:
+            unsaved = "the app's session changes were not saved: " if exchange.unsaved else ""
+            logger.warning("session store unavailable (session %s, app %s): %s%s", label, self.app, unsaved, exc)
+            await self._store_down(scope, receive, told, STORE_UNSAVED if unsaved else STORE_DOWN)
         finally:
             connection.close()
+
+    async def _store_down(self, scope: Scope, receive: Receive, told: _Told, message: str) -> None:
+        """The store failed mid-exchange (a click's session refresh, the app's session write):
+        the user reads so in htag's overlay, or a 503, by what the browser was told already."""
+        if told.ended:
+            return
+        if not told.started:
+            await self._refuse(scope, receive, told, 503, message)
+        elif scope["type"] == "websocket":
+            await told({"type": "websocket.send", "text": htag_error(message)})
+            await told({"type": "websocket.close", "code": 1013, "reason": message[:120]})
+        else:  # a stream
+            await told({"type": "http.response.body", "body": f"data: {htag_error(message)}\n\n".encode(), "more_body": False})
 
     async def _tell_gone(self, scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:
         """Say, in htag's error overlay, that the page's process is gone."""
@@ -174,11 +194,7 @@ class HtagEndpoint:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, message: str, trace: str | None = None) -> None:
         if scope["type"] == "websocket":
-            if "websocket.http.response" in scope.get("extensions", {}):  # the status and the reason reach the client
-                await WebSocket(scope, receive, send).send_denial_response(retry_later(PlainTextResponse(message, status)))
-                return
-            code = 1013 if status in (429, 503) else 4403 if status == 403 else 1011
-            await send({"type": "websocket.close", "code": code, "reason": message[:120]})  # a bare 403 for the client
+            await refuse_websocket(scope, receive, send, status, message)
             return
         response: Response
         if self.endpoint == "event":
@@ -255,6 +271,8 @@ class _Exchange:
         #: when the oldest request unanswered is looked at (see _stall_due), and the fork-server told
         self.stall_timer: asyncio.TimerHandle | None = None
         self.stall_told: asyncio.Task[None] | None = None
+        #: the app's session changes could not be written: the store failed
+        self.unsaved = False
 
     async def _open(self, scope: Scope, extra: dict[str, Any], first: bytes) -> None:
         """Send the scope and the first message in one write."""
@@ -267,7 +285,11 @@ class _Exchange:
 
     async def _apply_changes(self, body: bytes) -> None:
         data = json.loads(body)
-        version = await self.store.update(self.session.sid, dict(data["set"]), list(data["delete"]))
+        try:
+            version = await self.store.update(self.session.sid, dict(data["set"]), list(data["delete"]))
+        except StoreUnavailable:
+            self.unsaved = True
+            raise
         if version == self.known_version + 1:  # nobody else wrote meanwhile
             self.known_version = version
         if data.get("rotate"):
@@ -477,14 +499,33 @@ class _Exchange:
                 return "closed"
 
 
+class _Told:
+    """``send``, remembering whether the browser's answer started and ended."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = self.ended = False
+
+    async def __call__(self, message: Message) -> None:
+        kind = message["type"]
+        if kind in ("http.response.start", "websocket.accept"):
+            self.started = True
+        elif kind == "websocket.close" or (kind == "http.response.body" and not message.get("more_body")):
+            self.started = self.ended = True
+        await self.send(message)
+
+
 async def _first_of(main: asyncio.Task[Any], other: asyncio.Task[Any]) -> None:
     """Wait for either task; cancel and await both. ``main``'s failure is raised,
-    ``other``'s logged: no task is left running, no exception lost."""
+    ``other``'s logged (a store's failure raised, for the user to read): no task is left
+    running, no exception lost."""
     await asyncio.wait({main, other}, return_when=asyncio.FIRST_COMPLETED)
     main_done = main.done()
     for task in (main, other):
         task.cancel()
     results = await asyncio.gather(main, other, return_exceptions=True)
+    if isinstance(results[1], StoreUnavailable):  # for the user to read
+        raise results[1]
     if isinstance(results[1], ConnectionError | asyncio.IncompleteReadError):  # the other end went first
         logger.debug("bridge relay ended: %r", results[1])
     elif isinstance(results[1], Exception):

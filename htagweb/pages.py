@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import TYPE_CHECKING, TypeVar
 
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 if TYPE_CHECKING:
     from .cipher import IdentityKey
@@ -54,6 +56,16 @@ def retry_later(response: R) -> R:
     if response.status_code in (429, 503):
         response.headers["Retry-After"] = str(RETRY_AFTER)
     return response
+
+
+async def refuse_websocket(scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:
+    """Refuse a WebSocket not yet accepted: with an HTTP answer of ``status`` where the
+    server can send one, else a close whose code and reason say it (a bare 403 for the client)."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await WebSocket(scope, receive, send).send_denial_response(retry_later(PlainTextResponse(message, status)))
+        return
+    code = 1013 if status in (429, 503) else 4403 if status == 403 else 1011
+    await send({"type": "websocket.close", "code": code, "reason": message[:120]})
 
 
 def htag_error(message: str) -> str:

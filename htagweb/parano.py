@@ -39,7 +39,7 @@ from .cipher import (
 from .ordering import ORDER_HEADER
 from .pages import fallback_bundle
 from .sessions import SCOPE_PARANO, new_session_id, secret_signer
-from .stores import SessionStore
+from .stores import SessionStore, StoreUnavailable
 
 logger = logging.getLogger("htagweb")
 
@@ -156,7 +156,17 @@ class ParanoMiddleware:
 
     async def _refused(self, what: str, exc: ParanoError) -> None:
         logger.warning("parano: refused %s: %s", what, exc)
-        await self.on_rejection()
+        if exc.code != "unavailable":  # the server's fault, not the message's
+            await self.on_rejection()
+
+    async def _claim(self, sid: str, token: str, expires: float) -> bool:
+        """The store's claim (replays are refused by it); a store that fails refuses the
+        message for now, and its cause stays in the log."""
+        try:
+            return await self.store.claim(sid, token, expires)
+        except StoreUnavailable as exc:
+            logger.warning("session store unavailable: %s", exc)
+            raise ParanoError("unavailable", "the session store is unavailable: try again in a moment") from None
 
     async def _clear_error(self, what: str, exc: ParanoError, scope: Scope, receive: Receive, send: Send) -> None:
         """A refusal before any key is known: in clear, and the page will not trust it (§6)."""
@@ -169,7 +179,7 @@ class ParanoMiddleware:
         try:
             body = await _read_body(receive, MAX_HELLO)
             # a replay is refused first, for a hash and a store write: not even the point is checked
-            if not await self.store.claim(HELLO_CLAIMS, hashlib.sha256(body).hexdigest(), time.time() + self.ticket_lifetime):
+            if not await self._claim(HELLO_CLAIMS, hashlib.sha256(body).hexdigest(), time.time() + self.ticket_lifetime):
                 raise ParanoError("replay", "this key exchange was seen before")
             server_hello, _ = key_exchange(ClientHello.parse(body), self.identity, self.sealer, self.ticket_lifetime)
         except ParanoError as exc:
@@ -237,7 +247,7 @@ class ParanoMiddleware:
             if ticket.expired():
                 raise ParanoError("expired", "the keys of this page expired")
             plaintext = channel.open(opening.box)
-            if not await self.store.claim(ticket.kx_id.hex(), opening.channel_id.hex(), ticket.expires):
+            if not await self._claim(ticket.kx_id.hex(), opening.channel_id.hex(), ticket.expires):
                 raise ParanoError("replay", "channel already used")
             head_bytes, _, body = plaintext.partition(b"\n")
             head = _request_head(head_bytes)

@@ -21,7 +21,8 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .stores import Items, SessionStore
+from .pages import error_page, refuse_websocket
+from .stores import Items, SessionStore, StoreUnavailable
 
 logger = logging.getLogger("htagweb")
 
@@ -38,6 +39,8 @@ ROTATION_HEADER = "x-htagweb-rotation"
 ROTATION_TICKET_AGE = 60
 #: a cookie older than this part of the maximum age is sent again on the next response (rolling expiry)
 RENEW_FRACTION = 1 / 14
+#: what a user reads when the session store cannot be read or written (a 503)
+STORE_DOWN = "The session store is unavailable: try again in a moment."
 
 
 def new_session_id() -> str:
@@ -270,29 +273,50 @@ class SessionMiddleware:
         if sid is None:
             sid = new_session_id()
         generation = self.store.generation()  # read first: a write meanwhile changes it
-        version, items = (0, {}) if is_new else await self.store.load(sid)  # a new id has nothing stored
+        try:
+            version, items = (0, {}) if is_new else await self.store.load(sid)  # a new id has nothing stored
+        except StoreUnavailable as exc:
+            await _refused_by_store(scope, receive, send, sid, exc)
+            return
         session = Session(sid, version, items)
         session.generation = generation
         scope["session"] = session
         scope[SCOPE_NEW] = is_new
         renew = not is_new and age > self.store.max_age * RENEW_FRACTION
+        refused = False  # the store failed as the answer started: the user reads so instead
 
         async def send_wrapper(message: Message) -> None:
+            nonlocal refused
+            if refused:
+                return
             if message["type"] == "http.response.start":
-                if session.rotated:  # by a route
-                    await self.rotate(session, sid)
-                await save(self.store, session)
+                try:
+                    await self._saved(session, sid, renew)
+                except StoreUnavailable as exc:
+                    refused = True
+                    await _refused_by_store(scope, receive, send, sid, exc)
+                    return
                 headers = MutableHeaders(scope=message)
                 headers.add_vary_header("Cookie")
                 if not self.parano and ((is_new and session.used) or renew or session.sid != sid):
-                    if renew:
-                        await self.store.touch(session.sid)
                     headers.append("Set-Cookie", self.cookie(session.sid, connection))
             elif message["type"] == "websocket.close":
-                await save(self.store, session)
+                try:
+                    await save(self.store, session)
+                except StoreUnavailable as exc:  # the socket closes anyway
+                    logger.warning("session %s: its changes were not saved: %s", sid[:8], exc)
             await send(message)
 
         await self.app(scope, receive, send_wrapper)
+
+    async def _saved(self, session: Session, sid: str, renew: bool) -> None:
+        """Before an answer starts: a rotation by a route applied, the changes written, a
+        renewed cookie's session kept as long."""
+        if session.rotated:
+            await self.rotate(session, sid)
+        await save(self.store, session)
+        if renew and not self.parano:
+            await self.store.touch(session.sid)
 
     async def rotate(self, session: Session, old: str) -> None:
         """Apply ``session.rotate()``: its data and user processes move from ``old`` to ``session.sid``."""
@@ -327,3 +351,13 @@ class SessionMiddleware:
         name = SECURE_COOKIE_NAME if secure else COOKIE_NAME
         flags = f"; Path=/; Max-Age={int(self.store.max_age)}; HttpOnly; SameSite={self.samesite}"
         return f"{name}={value}{flags}" + ("; Secure" if secure else "")
+
+
+async def _refused_by_store(scope: Scope, receive: Receive, send: Send, sid: str, exc: StoreUnavailable) -> None:
+    """A request the session store failed: refused with a 503, which the next one may not
+    get; one line in the log, naming the cause, not the session's data."""
+    logger.warning("session store unavailable (session %s): %s", sid[:8], exc)
+    if scope["type"] == "websocket":
+        await refuse_websocket(scope, receive, send, 503, STORE_DOWN)
+    else:
+        await error_page(503, STORE_DOWN)(scope, receive, send)

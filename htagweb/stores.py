@@ -10,6 +10,7 @@ fresh session data.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import mmap
 import os
 import secrets
@@ -17,7 +18,7 @@ import sqlite3
 import struct
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,11 +28,25 @@ T = TypeVar("T")
 GENERATION = struct.Struct("<Q")
 #: seconds a query of the SQLite store waits for another process' lock
 LOCK_WAIT = 10.0
+#: seconds the Redis store waits for its server (a URL's own ``socket_timeout`` wins)
+REDIS_WAIT = 5.0
+
+
+class StoreUnavailable(Exception):
+    """The store could not be read or written: its server down or hung, its file locked
+    or damaged. Raised instead of the backend's own error, so that the front refuses
+    the request with a 503 its user can read and logs one line, not a traceback; the
+    next request tries the store again. A store of one's own raises it the same way."""
+
+
+def _unavailable(cause: BaseException) -> StoreUnavailable:
+    return StoreUnavailable(f"{type(cause).__name__}: {cause}")
 
 
 class SessionStore(ABC):
     """What htagweb needs from a session store. Used by the front only: user
-    processes never see the store, only their own session's data."""
+    processes never see the store, only their own session's data. A store that cannot
+    be reached raises :class:`StoreUnavailable`."""
 
     max_age: float = 14 * 24 * 3600
     #: seconds between two purges of expired claims (parano mode claims one per channel)
@@ -147,7 +162,13 @@ class SQLiteStore(SessionStore):
     async def _run(self, query: Callable[..., T], *args: Any) -> T:
         if self._executor is None or self._pid != os.getpid():
             self._executor, self._conn, self._pid = ThreadPoolExecutor(1, thread_name_prefix="htagweb-sqlite"), None, os.getpid()
-        return await asyncio.get_running_loop().run_in_executor(self._executor, query, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, query, *args)
+        except sqlite3.DatabaseError as exc:
+            # locked past LOCK_WAIT, a disk full or failing, a damaged file; not a fault of ours
+            if type(exc) not in (sqlite3.OperationalError, sqlite3.DatabaseError):
+                raise
+            raise _unavailable(exc) from exc
 
     def generation(self) -> int:
         if self._generation is None or self._generation_pid != os.getpid():
@@ -284,20 +305,34 @@ class RedisStore(SessionStore):
         import redis.asyncio
 
         if self._client is None or self._pid != os.getpid():  # never share a connection pool across fork
-            self._client, self._pid = redis.asyncio.Redis.from_url(self.url, decode_responses=True), os.getpid()
+            self._client = redis.asyncio.Redis.from_url(
+                self.url, decode_responses=True, socket_timeout=REDIS_WAIT, socket_connect_timeout=REDIS_WAIT
+            )
+            self._pid = os.getpid()
         return self._client
 
+    @contextlib.asynccontextmanager
+    async def _reached(self) -> AsyncIterator[Any]:
+        """The client; Redis' errors (down, hung, out of memory, read-only) as StoreUnavailable."""
+        from redis.exceptions import RedisError
+
+        try:
+            yield self.client
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
     async def load(self, sid: str) -> tuple[int, Items]:
-        async with self.client.pipeline(transaction=True) as pipe:
+        async with self._reached() as client, client.pipeline(transaction=True) as pipe:
             version, items = await pipe.get(self.prefix + "v:" + sid).hgetall(self.prefix + "s:" + sid).execute()
         return int(version or 0), items
 
     async def version(self, sid: str) -> int:
-        return int(await self.client.get(self.prefix + "v:" + sid) or 0)
+        async with self._reached() as client:
+            return int(await client.get(self.prefix + "v:" + sid) or 0)
 
     async def update(self, sid: str, set_items: Items, delete: list[str]) -> int:
         items_key, version_key, ttl = self.prefix + "s:" + sid, self.prefix + "v:" + sid, int(self.max_age)
-        async with self.client.pipeline(transaction=True) as pipe:
+        async with self._reached() as client, client.pipeline(transaction=True) as pipe:
             if set_items:
                 pipe.hset(items_key, mapping=set_items)
             if delete:
@@ -308,14 +343,16 @@ class RedisStore(SessionStore):
 
     async def claim(self, sid: str, token: str, expires: float) -> bool:
         ttl = max(1, int(expires - time.time()))
-        return bool(await self.client.set(self.prefix + "c:" + sid + ":" + token, "1", nx=True, ex=ttl))
+        async with self._reached() as client:
+            return bool(await client.set(self.prefix + "c:" + sid + ":" + token, "1", nx=True, ex=ttl))
 
     async def delete(self, sid: str) -> None:
-        await self.client.delete(self.prefix + "s:" + sid, self.prefix + "v:" + sid)
+        async with self._reached() as client:
+            await client.delete(self.prefix + "s:" + sid, self.prefix + "v:" + sid)
 
     async def touch(self, sid: str) -> None:
         ttl = int(self.max_age)
-        async with self.client.pipeline(transaction=True) as pipe:
+        async with self._reached() as client, client.pipeline(transaction=True) as pipe:
             await pipe.expire(self.prefix + "s:" + sid, ttl).expire(self.prefix + "v:" + sid, ttl).execute()
 
     async def close(self) -> None:

@@ -47,25 +47,46 @@ def server(tmp_path: Path):
     assert not errors, "\n".join(errors)
 
 
-@pytest.fixture
-def redis_url():
-    """A real redis-server on a private Unix socket, stopped at teardown."""
-    folder = Path(tempfile.mkdtemp(prefix="hwr-"))
-    sock = folder / "redis.sock"
-    proc = subprocess.Popen(
-        ["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
+class RedisServer:
+    """A real redis-server on a private Unix socket, which a test may stop and start again."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="hwr-"))
+        self.socket = self.folder / "redis.sock"
+        self.url = f"unix://{self.socket}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = ["redis-server", "--port", "0", "--unixsocket", str(self.socket), "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen([*command, "--dir", str(self.folder)], stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
-        while not sock.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
+        while not self.socket.exists():
+            assert self.proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
             time.sleep(0.05)
-        yield f"unix://{sock}"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()  # as a crash: no goodbye to its clients
+            self.proc.wait(10)
+            self.proc = None
+        self.socket.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A started :class:`RedisServer`, stopped and removed at teardown."""
+    redis = RedisServer()
+    try:
+        redis.start()
+        yield redis
     finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(folder, ignore_errors=True)
+        redis.stop()
+        shutil.rmtree(redis.folder, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
 
 
 @pytest.fixture

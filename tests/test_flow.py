@@ -128,11 +128,54 @@ def test_a_locked_database_does_not_stop_the_worker(server):
     run(scenario())
 
 
-def _hold_write_lock(path: Path, holding: threading.Event, answered: threading.Event) -> None:
+def test_a_database_locked_past_the_store_wait_is_told_to_its_users(server):
+    """Another process holds the SQLite write lock past the store's wait (a backup, a stuck
+    tool): a route's write is refused with a 503 its user can read, not a 500 and a
+    traceback; a click that writes the session is told its change was not saved; a click
+    that does not is answered; once the lock is gone, writes go through."""
+    from htagweb.front import STORE_UNSAVED
+    from htagweb.sessions import STORE_DOWN
+    from htagweb.stores import LOCK_WAIT
+
+    routes = "app.add_route('/set', set_value)\napp.add_route('/get', get_values)\n"
+    srv = server(APP + "\napp = WebServerWS(App, runtime_dir=RUNTIME_DIR)\n" + routes)
+    database = srv.runtime_dir / "sessions.sqlite3"
+
+    async def scenario():
+        async with User(srv.url) as user:
+            await user.page()
+            await user.http.get("/set", params={"v": "before"})
+            async with user.ws() as ws:
+                await ws.recv()
+                answered, holding = threading.Event(), threading.Event()
+                lock = threading.Thread(target=_hold_write_lock, args=(database, holding, answered, LOCK_WAIT + 30))
+                lock.start()
+                try:
+                    await asyncio.to_thread(holding.wait, 20)
+                    assert count((await click(ws, "inc"))["updates"]["count"]) == 1
+                    refused, unsaved = await asyncio.gather(
+                        user.http.get("/set", params={"v": "locked out"}), click(ws, "session", value="unsaved", callback_id="w")
+                    )
+                    assert refused.status_code == 503 and STORE_DOWN in refused.text and refused.headers["retry-after"]
+                    assert unsaved["action"] == "error" and unsaved["traceback"] == STORE_UNSAVED
+                    await ws.wait_closed()
+                    assert ws.close_code == 1013
+                finally:
+                    answered.set()
+                    await asyncio.to_thread(lock.join, 20)
+            assert (await user.http.get("/get")).json() == {"from_route": "before"}
+            assert (await user.http.get("/set", params={"v": "after"})).text == "ok"
+            assert (await user.http.get("/get")).json() == {"from_route": "after"}
+
+    run(scenario())
+    assert srv.log.count("database is locked") == 2 and "session changes were not saved" in srv.log and "Traceback" not in srv.log
+
+
+def _hold_write_lock(path: Path, holding: threading.Event, answered: threading.Event, most: float = 15) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("BEGIN IMMEDIATE")
     holding.set()
-    answered.wait(15)
+    answered.wait(most)
     conn.execute("ROLLBACK")
     conn.close()
 

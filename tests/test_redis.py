@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import os
+import signal
 
 import httpx
+import pytest
+import websockets
 from helpers import User, click, server_source
 from paranoclient import ParanoUser
 
@@ -90,3 +95,75 @@ def test_every_store_forgets_a_rotated_id_and_keeps_an_active_session(redis_url,
         await ttl_store.close()
 
     run(touched())
+
+
+STORE_DOWN = "The session store is unavailable"
+
+
+def test_a_session_store_gone_is_told_to_users_and_served_again_once_back(server, redis_server):
+    """redis-server killed, then frozen (a hung machine), then started again: every user
+    whose request needs the store is told so, nothing is logged as a crash, and once the
+    store is back users are served without a restart."""
+    srv = server(server_source("WebServerWS", session_store=redis_server.url + "?socket_timeout=0.5&socket_connect_timeout=0.5"))
+
+    async def refused_socket(user):
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+            async with user.ws():
+                pass
+        assert refused.value.response.status_code == 503 and STORE_DOWN in refused.value.response.body.decode()
+
+    async def scenario():
+        async with User(srv.url) as known, User(srv.url) as clicking, User(srv.url) as newcomer:
+            assert "Count: 0" in (await known.page()).text
+            assert "Count: 0" in (await clicking.page()).text
+            await known.http.get("/set", params={"v": "kept"})
+            async with clicking.ws() as ws:
+                await ws.recv()
+                assert "Count: 1" in json.dumps(await click(ws, "inc", callback_id="one"))
+                redis_server.stop()
+                answer = await click(ws, "inc", callback_id="two")
+                assert answer["action"] == "error" and STORE_DOWN in answer["traceback"]
+            page = await known.page()  # its session cannot be read
+            assert page.status_code == 503 and STORE_DOWN in page.text and page.headers["retry-after"]
+            assert (await known.http.get("/get")).status_code == 503
+            assert "Count: 0" in (await newcomer.page()).text  # nothing stored to read yet
+            await refused_socket(newcomer)  # its session is read: a route may have written to it since
+            assert (await newcomer.post_event("inc")).status_code == 503  # htag's fallback: its overlay tells the status
+            redis_server.start()
+            os.kill(redis_server.proc.pid, signal.SIGSTOP)
+            try:
+                page = await known.page()
+                assert page.status_code == 503 and STORE_DOWN in page.text
+            finally:
+                os.kill(redis_server.proc.pid, signal.SIGCONT)
+            assert "Count: 0" in (await known.page()).text  # back, empty: as a new session
+            assert (await known.http.get("/set", params={"v": "again"})).text == "ok"
+            assert (await known.http.get("/get")).json() == {"from_route": "again"}
+
+    run(scenario())
+    assert srv.log.count(STORE_DOWN) == 0 and srv.log.count("session store unavailable") >= 5 and "Traceback" not in srv.log
+
+
+def test_a_session_store_gone_is_told_inside_parano_channels(server, redis_server):
+    """Parano mode claims every channel in the store (a replay is refused by it): with the
+    store gone, a channel is refused sealed, as `unavailable`, and a key exchange in clear
+    with a 503; none of it counts as a rejected message. Once back, the page goes on."""
+    srv = server(server_source("WebServerWS", session_store=redis_server.url, parano=True, metrics=True))
+
+    async def scenario():
+        async with ParanoUser(srv.url) as user:
+            assert "Count: 0" in await user.connect()
+            redis_server.stop()
+            channel, message = user.prepare("GET", "/")
+            error = user.answer_head(channel, await user.send_http(message))["error"]
+            assert error == {"code": "unavailable", "reason": "the session store is unavailable: try again in a moment"}
+            hello = await user.http.post("/_htagweb/kx", content=user.last_hello)
+            assert hello.status_code == 503 and hello.json()["error"] == "unavailable"
+            metrics = (await user.http.get("/_htagweb/metrics")).text
+            redis_server.start()
+            assert "Count: 0" in await user.page()
+        return metrics
+
+    metrics = run(scenario())
+    assert "htagweb_parano_rejections_total 0" in metrics
+    assert srv.log.count("session store unavailable") == 2 and "Traceback" not in srv.log

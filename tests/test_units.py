@@ -57,7 +57,7 @@ from htagweb.pages import compact
 from htagweb.runtime import Runtime
 from htagweb.sessions import Session
 from htagweb.slot import ANSWERED, ARRIVING, EXITING, LIVE, REHEARSING, RUNNING, Watchdog, new_slot, read_slot, shared_slot
-from htagweb.stores import MemoryStore, SQLiteStore
+from htagweb.stores import MemoryStore, SQLiteStore, StoreUnavailable
 
 text = st.text(max_size=200)
 raw = st.binary(max_size=200)
@@ -295,6 +295,27 @@ def test_a_sqlite_store_opened_while_another_connection_writes_waits_for_it(tmp_
         writer.close()
         asyncio.run(store.close())
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_a_damaged_sqlite_file_is_told_as_a_store_unavailable_and_a_fault_of_ours_is_not(tmp_path):
+    """A store's failure is raised as StoreUnavailable, naming its cause (the front tells the
+    user, logs one line); a query of ours that breaks a constraint stays the bug it is."""
+    damaged = tmp_path / "damaged.sqlite3"
+    damaged.write_bytes(b"not a database, a disk that failed" * 200)
+    store = SQLiteStore(damaged)
+    with pytest.raises(StoreUnavailable, match="DatabaseError: file is not a database"):
+        asyncio.run(store.load("s"))
+    asyncio.run(store.close())
+
+    store = SQLiteStore(tmp_path / "s.sqlite3")
+
+    def broken(sid: str) -> None:
+        store.conn.execute("INSERT INTO claims VALUES (?, 't', 0)", (sid,))
+        store.conn.execute("INSERT INTO claims VALUES (?, 't', 0)", (sid,))
+
+    with pytest.raises(sqlite3.IntegrityError):
+        asyncio.run(store._run(broken, "s"))
+    asyncio.run(store.close())
 
 
 def test_folder_urls_stay_inside_the_root(tmp_path):

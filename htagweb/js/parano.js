@@ -438,6 +438,7 @@
     replay: "The server refused a message it had already received (a replay).",
     integrity: "A message failed its integrity check: it was altered, replayed, reordered or lost on the way.",
     order: "An event of this page arrived out of order, or never arrived.",
+    unavailable: "The server cannot check this page's messages now (its session store is unavailable): try again in a moment.",
     malformed: "A message could not be read.",
     refused: "The server closed the connection.",
     identity: "The server could not prove its identity.",
