@@ -95,16 +95,17 @@ class HtagHost:
         if endpoint == "ws":
             await self.websocket(WebSocket(scope, self._checked(receive, send, order), send))
             return
+        request = Request(scope, receive)
         if order and endpoint == "page":
             self.order.register(order["page"])
         elif order and order.get("seq") is not None:
-            refusal = await self.order.admit(order["page"], order["seq"])
+            ran = _sent_callback_id(await request.body()) in self.ran  # the body is kept for the handler
+            refusal = await self.order.admit(order["page"], order["seq"], ran)
             if refusal is not None:
                 logger.warning("refused an htag event: %s", refusal)
                 payload = {"status": "error", "payloads": [htag_error(refusal)]}
                 await JSONResponse(payload, status_code=409, headers={ORDER_HEADER: "order"})(scope, receive, send)
                 return
-        request = Request(scope, receive)
         handler = {"page": self.page, "stream": self.stream, "event": self.event}[endpoint]
         response = await handler(request)
         await response(scope, receive, send)
@@ -258,6 +259,15 @@ class HtagHost:
                 await asyncio.wait_for(result, grace)
         except Exception:
             logger.exception("on_destroy of %s failed", self.app_name)
+
+
+def _sent_callback_id(body: bytes) -> str | None:
+    """The callback id of an event's body, if it reads as one (the handler says why not)."""
+    try:
+        msg = json.loads(body)
+    except ValueError:
+        return None
+    return _callback_id(msg) if isinstance(msg, dict) else None
 
 
 def _callback_id(msg: dict[str, Any]) -> str | None:

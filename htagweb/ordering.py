@@ -41,15 +41,19 @@ class PageOrder:
             while len(self.pages) > MAX_PAGES:
                 self.pages.popitem(last=False)
 
-    async def admit(self, page: str, seq: int) -> str | None:
+    async def admit(self, page: str, seq: int, ran: bool = False) -> str | None:
         """Wait for event ``seq`` of ``page`` to be next; None when it is delivered,
-        else why it is refused."""
+        else why it is refused. ``ran``: the process ran an event of this one's callback
+        id; a number delivered before is then an event sent again once its WebSocket was
+        cut (crypto/PROTOCOL.md §7), admitted to be answered, not run."""
         state = self.pages.get(page)
         if state is None:
             return "this page is not known here (it was loaded before this process started): reload it"
         self.pages.move_to_end(page)
         deadline = time.monotonic() + self.wait
         async with state.changed:
+            if ran and state.missing is None and seq <= state.delivered:
+                return None
             while state.missing is None and seq > state.delivered + 1:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

@@ -202,12 +202,14 @@ class CuttingWire:
 
 @pytest.mark.parametrize("code", [1006, 1012, 1001])
 @pytest.mark.parametrize("cut", ["lost", "answered"])
-def test_a_click_whose_websocket_is_cut_counts_once(server, browser: Browser, cut, code):
+@pytest.mark.parametrize("mode", ["plain", "parano"])
+def test_a_click_whose_websocket_is_cut_counts_once(server, browser: Browser, mode, cut, code):
     """A click sent just as its WebSocket is cut (a deploy replaces the worker, a network
     drops) must count once: htag's client drops a click sent on a socket that is then cut,
     silently. Sent again over HTTP, it must not count twice when it had reached the app and
-    only its answer was lost."""
-    srv = server(server_source("WebServerWS"))
+    only its answer was lost. In parano mode it is sent again under the number it had on
+    the socket: the page's events stay in order, none missing."""
+    srv = server(server_source("WebServerWS", parano=mode == "parano"))
     context = browser.new_context()
     try:
         page = context.new_page()

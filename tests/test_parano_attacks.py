@@ -18,7 +18,7 @@ import httpx
 import pytest
 import websockets
 from helpers import APP, TLS
-from paranoclient import ParanoUser
+from paranoclient import ParanoUser, head
 
 from htagweb.stores import MemoryStore, SQLiteStore
 
@@ -163,6 +163,38 @@ def test_dropped_event_is_noticed(server):
             assert status != 200 and "order" in body.decode()
             _, body = await user.request("GET", "/get")
             assert "from_app" not in json.loads(body)
+
+    run(scenario())
+
+
+def test_an_event_number_used_again_is_answered_only_for_the_event_that_ran(server):
+    """A page sends an event again under its number once its WebSocket was cut (crypto/
+    PROTOCOL.md §7). That number, delivered before, is admitted only for the callback id
+    that ran, and then answered without running; another event under it is refused."""
+    srv = server(secret_app())
+
+    async def numbered(user: ParanoUser, seq: int, callback_id: str, value: str) -> tuple[int, bytes]:
+        body = json.dumps({"id": "session", "event": "click", "data": {"callback_id": callback_id, "value": value}, "fallback": True})
+        fields = {"page": user.page_id, "session": user.credential, "seq": seq}
+        channel = user.channel(b"H")
+        message = channel.open_message(head("POST", "/counter/event", [["x-htag-token", user.csrf]], body.encode(), **fields))
+        return user.answer(channel, await user.send_http(message))
+
+    async def from_app(user: ParanoUser) -> str:
+        return json.loads((await user.request("GET", "/get"))[1])["from_app"]
+
+    async def scenario():
+        async with ParanoUser(srv.url) as user:
+            await user.connect("/counter")
+            assert (await numbered(user, 1, "ran", "first"))[0] == 200
+            status, body = await numbered(user, 1, "other", "forged")  # another event under a number delivered
+            assert status == 409 and "event 1 of this page was delivered already" in body.decode()
+            assert await from_app(user) == "first"
+            status, body = await numbered(user, 1, "ran", "sent again")  # the same event: answered
+            assert status == 200 and json.loads(body)["status"] == "ok"
+            assert await from_app(user) == "first"  # not run again
+            assert (await numbered(user, 2, "next", "second"))[0] == 200  # the page goes on
+            assert await from_app(user) == "second"
 
     run(scenario())
 

@@ -53,6 +53,7 @@ from htagweb.forkserver.pressure import WINDOW, CpuPressure
 from htagweb.forkserver.spares import Spares
 from htagweb.forkserver.zygote import PACKET, SPARE, ForkRefused, Zygote, ZygoteStuck, serve
 from htagweb.forkserver.zygotes import IN_FLIGHT, Zygotes
+from htagweb.ordering import PageOrder
 from htagweb.pages import compact
 from htagweb.runtime import Runtime
 from htagweb.sessions import Session
@@ -316,6 +317,21 @@ def test_a_damaged_sqlite_file_is_told_as_a_store_unavailable_and_a_fault_of_our
     with pytest.raises(sqlite3.IntegrityError):
         asyncio.run(store._run(broken, "s"))
     asyncio.run(store.close())
+
+
+def test_a_page_order_admits_a_number_delivered_before_only_for_an_event_that_ran():
+    order = PageOrder(wait=0.05)
+    order.register("p")
+
+    async def scenario():
+        assert await order.admit("p", 1) is None
+        assert await order.admit("p", 1) == "event 1 of this page was delivered already (a replay)"
+        assert await order.admit("p", 1, ran=True) is None  # sent again once its WebSocket was cut
+        assert await order.admit("p", 2) is None  # the order goes on from where it was
+        assert "event 3 of this page never arrived" in await order.admit("p", 4)
+        assert "never arrived" in await order.admit("p", 2, ran=True)  # a page whose event was lost stays over
+
+    asyncio.run(scenario())
 
 
 def test_folder_urls_stay_inside_the_root(tmp_path):

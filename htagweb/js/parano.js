@@ -314,8 +314,10 @@
     var request = new Request(input, init);
     var path = ours(request.url);
     if (path === null) return realFetch(input, init);
-    // numbered now, in the order htag calls: the server delivers events in this order (§7)
-    var seq = request.method === "POST" && path.split("?")[0] === eventPath ? ++events : 0;
+    // numbered now, in the order htag calls: the server delivers events in this order (§7);
+    // one sent again once its WebSocket was cut keeps the number it had there
+    var event = request.method === "POST" && path.split("?")[0] === eventPath;
+    var seq = event ? sentOnSocket(init && init.body) || ++events : 0;
     return (async function () {
       var headers = [];
       request.headers.forEach(function (value, name) { headers.push([name, value]); });
@@ -387,8 +389,27 @@
   ParanoWebSocket.prototype = Object.create(Emitter.prototype);
   ParanoWebSocket.prototype.send = function (text) {
     if (this.readyState !== 1) throw new DOMException("WebSocket is not open", "InvalidStateError");
-    this._send(String(text), ++events);
+    var seq = ++events, id = callbackId(text);
+    if (id) {
+      onSocket.set(id, seq);
+      if (onSocket.size > SOCKET_EVENTS_KEPT) onSocket.delete(onSocket.keys().next().value);
+    }
+    this._send(String(text), seq);
   };
+  // the numbers of the last events sent on a WebSocket, by htag's callback id: one sent again
+  // over HTTP once its socket was cut (resend_cut_events.js) keeps its number (§7)
+  var onSocket = new Map(), SOCKET_EVENTS_KEPT = 256;
+  function callbackId(text) {
+    try {
+      var data = JSON.parse(text).data;
+      return data && typeof data.callback_id === "string" ? data.callback_id : null;
+    } catch (e) { return null; }
+  }
+  function sentOnSocket(body) {
+    var id = typeof body === "string" ? callbackId(body) : null, seq = id && onSocket.get(id);
+    if (seq) onSocket.delete(id);
+    return seq || 0;
+  }
   ParanoWebSocket.prototype.close = function (code, reason) { this.readyState = 2; this._real.close(code, reason); };
   ["CONNECTING", "OPEN", "CLOSING", "CLOSED"].forEach(function (name, i) { ParanoWebSocket[name] = i; ParanoWebSocket.prototype[name] = i; });
   function serverPathOfSocket(url) {
@@ -446,6 +467,7 @@
   };
   function fail(error) {
     var failure = error instanceof ParanoFailure ? error : new ParanoFailure("malformed", String(error));
+    onSocket.clear();  // the refusal stands: no event of a socket is sent again under its number
     var box = document.getElementById("htagweb-parano-failure");
     if (!box) {
       box = document.createElement("div");

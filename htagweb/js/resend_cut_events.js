@@ -5,31 +5,31 @@
 // replace the message). Once the socket is cut, those still unanswered go back in htag's
 // queue, which its fallback sends over HTTP at once. An event that had reached the app, its
 // answer lost, is not run twice: the app's process answers it without running it again
-// (htagweb/host.py).
+// (htagweb/host.py). In parano mode it keeps the number it had on the socket (parano.js).
 (function () {
-  var unanswered = {};
+  var unanswered = new Map();  // in the order sent
   var transport = window.htag_transport;
   window.htag_transport = function (payload) {
     var id = payload && payload.data && payload.data.callback_id;
-    if (id && !window.use_fallback && window.ws && window.ws.readyState === WebSocket.OPEN) unanswered[id] = payload;
+    if (id && !window.use_fallback && window.ws && window.ws.readyState === WebSocket.OPEN) unanswered.set(id, payload);
     return transport(payload);
   };
   var apply = handle_payload;
   handle_payload = function (data, source) {
     // an answer; else an error without one: the server's word on the process' end
-    if (data && data.callback_id) delete unanswered[data.callback_id];
-    else if (data && data.action === "error") unanswered = {};
+    if (data && data.callback_id) unanswered.delete(data.callback_id);
+    else if (data && data.action === "error") unanswered.clear();
     return apply(data, source);
   };
   var fall = fallback;
   fallback = function () {
-    for (var id in unanswered) if (window._htag_callbacks[id]) window._htag_queue.push(unanswered[id]);
-    unanswered = {};
+    unanswered.forEach(function (payload, id) { if (window._htag_callbacks[id]) window._htag_queue.push(payload); });
+    unanswered.clear();
     return fall();
   };
   // htag falls back at once on an abnormal close only: on a normal one (1000, 1001), an
   // event left unanswered is sent again now, not at the user's next one
   if (window.ws) window.ws.addEventListener("close", function () {
-    if (Object.keys(unanswered).length) fallback();
+    if (unanswered.size) fallback();
   });
 })();
