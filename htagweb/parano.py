@@ -432,6 +432,8 @@ class _SealedWebSocket:
         self.outer_send = send
         self.connected = False
         self.closed = False
+        #: the browser went: nothing more is sent
+        self.gone = False
         self.sid = inner[SCOPE_PARANO]["sid"]
 
     async def run(self) -> None:
@@ -442,10 +444,20 @@ class _SealedWebSocket:
             logger.exception("parano: the WebSocket %s failed", self.inner["path"])
             await self.send({"type": "websocket.close", "code": 1011, "reason": "the application failed"})
         if not self.closed:
-            await self.outer_send({"type": "websocket.close", "code": 1000})
+            await self._outer({"type": "websocket.close", "code": 1000})
 
     async def _seal(self, plaintext: bytes) -> None:
-        await self.outer_send({"type": "websocket.send", "bytes": self.channel.seal(plaintext)})
+        await self._outer({"type": "websocket.send", "bytes": self.channel.seal(plaintext)})
+
+    async def _outer(self, message: Message) -> None:
+        """To the browser; one gone (uvicorn's ClientDisconnected) is no fault: what the app
+        sends until it reads the disconnect goes nowhere."""
+        if self.gone:
+            return
+        try:
+            await self.outer_send(message)
+        except OSError:
+            self.gone = True
 
     async def receive(self) -> Message:
         if not self.connected:
@@ -468,7 +480,7 @@ class _SealedWebSocket:
             if not self.closed:
                 self.closed = True
                 await self._seal(_error_control(error))
-                await self.outer_send({"type": "websocket.close", "code": 1000})
+                await self._outer({"type": "websocket.close", "code": 1000})
             return {"type": "websocket.disconnect", "code": 1000}
         return {"type": "websocket.receive", "text": text, "htagweb.seq": seq}
 
@@ -490,7 +502,7 @@ class _SealedWebSocket:
         else:
             control = {"close": 4403, "reason": "the application refused this WebSocket"}
         await self._seal(control_plaintext(control))
-        await self.outer_send({"type": "websocket.close", "code": 1000})
+        await self._outer({"type": "websocket.close", "code": 1000})
 
 
 class _EventStream:

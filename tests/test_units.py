@@ -334,6 +334,38 @@ def test_a_page_order_admits_a_number_delivered_before_only_for_an_event_that_ra
     asyncio.run(scenario())
 
 
+def test_a_parano_websocket_whose_browser_is_gone_ends_quietly(caplog):
+    """The browser left while the app sends (a network drops, a tab closes): uvicorn raises
+    ClientDisconnected on the send. That is no fault: seen in a browser test as an ERROR and
+    a traceback in the log, a line for every such drop."""
+    from types import SimpleNamespace
+
+    from uvicorn.protocols.utils import ClientDisconnected
+
+    from htagweb.parano import _SealedWebSocket
+    from htagweb.sessions import SCOPE_PARANO
+
+    sent: list[bytes] = []
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": "the app's state"})
+        await send({"type": "websocket.send", "text": "more"})
+
+    async def outer_send(message):
+        if sent:
+            raise ClientDisconnected()
+        sent.append(message["bytes"])
+
+    layer = SimpleNamespace(app=app)
+    channel = SimpleNamespace(seal=lambda plaintext: plaintext)
+    inner = {"type": "websocket", "path": "/ws", SCOPE_PARANO: {"sid": "s"}}
+    with caplog.at_level("DEBUG", logger="htagweb"):
+        asyncio.run(_SealedWebSocket(layer, channel, inner, None, outer_send).run())  # type: ignore[arg-type]
+    assert len(sent) == 1 and not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+
+
 def test_folder_urls_stay_inside_the_root(tmp_path):
     root = tmp_path / "root"
     (root / "sub").mkdir(parents=True)

@@ -11,7 +11,8 @@
   var transport = window.htag_transport;
   window.htag_transport = function (payload) {
     var id = payload && payload.data && payload.data.callback_id;
-    if (id && !window.use_fallback && window.ws && window.ws.readyState === WebSocket.OPEN) unanswered.set(id, payload);
+    // sent now, or queued by htag until its socket opens, then sent
+    if (id && !window.use_fallback && window.ws && window.ws.readyState <= WebSocket.OPEN) unanswered.set(id, payload);
     return transport(payload);
   };
   var apply = handle_payload;
@@ -23,7 +24,8 @@
   };
   var fall = fallback;
   fallback = function () {
-    unanswered.forEach(function (payload, id) { if (window._htag_callbacks[id]) window._htag_queue.push(payload); });
+    var queue = window._htag_queue;  // htag sends again what it still holds there
+    unanswered.forEach(function (payload, id) { if (window._htag_callbacks[id] && queue.indexOf(payload) < 0) queue.push(payload); });
     unanswered.clear();
     return fall();
   };
