@@ -16,7 +16,7 @@ from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from . import bridge
@@ -24,7 +24,7 @@ from .client import EndedAtStart, ForkServerClient, SpawnRefused
 from .config import Config
 from .ends import End
 from .origin import OriginPolicy
-from .pages import error_page, htag_error, refuse_websocket
+from .pages import error_page, htag_error, htag_refusal, refuse_websocket
 from .runtime import Runtime
 from .sessions import (
     COOKIE_NAME,
@@ -102,7 +102,7 @@ class HtagEndpoint:
             if self.endpoint == "page" and self.bootstrap is not None:
                 await self.bootstrap(scope, receive, send)
             else:
-                await self._refuse(scope, receive, send, 403, "This server accepts only encrypted (parano) exchanges.")
+                await _forbid(scope, receive, send, "This server accepts only encrypted (parano) exchanges.")
             return
         if parano is None and self.endpoint in ("ws", "stream") and not self.origins.allows(scope):
             # a parano channel authenticates itself; a plain one is refused to another site's page
@@ -120,9 +120,11 @@ class HtagEndpoint:
             # a new session has no process yet: no connection to try
             connection = None if self.recheck or scope[SCOPE_NEW] else await self.client.open(key)
             if connection is None and self.endpoint != "page":
-                # the page's process is gone: a fresh one would silently show another state, unless its end was a normal one
+                # the page's process is gone: a fresh one would silently show another state, unless its end was
+                # a normal one and the page reconnects (a fresh app's first message is its whole state); a click
+                # posted over HTTP cannot run in a fresh app (its page's token is the old one's): told whatever the end
                 status, message, quiet = await death_message(self.client, key, self.config)
-                if not quiet:
+                if not quiet or self.endpoint == "event":
                     await self._tell_gone(scope, receive, send, status, message)
                     return
             spawned = False
@@ -190,18 +192,28 @@ class HtagEndpoint:
         kind = "WebSocket" if scope["type"] == "websocket" else "request"
         client = scope.get("client") or ("?",)
         logger.warning("refused a cross-origin %s to %s from %s: Origin %r", kind, scope["path"], client[0], origin[:100])
-        await self._refuse(scope, receive, send, 403, "Refused: this page is not allowed to connect to this application.")
+        await _forbid(scope, receive, send, "Refused: this page is not allowed to connect to this application.")
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, message: str, trace: str | None = None) -> None:
+        """Tell the user's page why its request cannot be served: a page of ``status``, a
+        refused WebSocket, or an event's answer that htag's client shows in its overlay."""
         if scope["type"] == "websocket":
             await refuse_websocket(scope, receive, send, status, message)
             return
         response: Response
         if self.endpoint == "event":
-            response = JSONResponse({"status": "error", "payloads": [htag_error(message)]}, status_code=status)
+            response = htag_refusal(message)
         else:
             response = error_page(status, message, trace)
         await response(scope, receive, send)
+
+
+async def _forbid(scope: Scope, receive: Receive, send: Send, message: str) -> None:
+    """A 403 for a request no user's page sends (plaintext to a parano app, another site's page)."""
+    if scope["type"] == "websocket":
+        await refuse_websocket(scope, receive, send, 403, message)
+    else:
+        await error_page(403, message)(scope, receive, send)
 
 
 async def death_message(client: ForkServerClient, key: str, config: Config) -> tuple[int, str, bool]:
@@ -437,7 +449,7 @@ class _Exchange:
             chunk = f"data: {htag_error(message)}\n\n".encode()
             await send({"type": "http.response.body", "body": chunk, "more_body": False})
         elif self.endpoint.endpoint == "event":
-            await JSONResponse({"status": "error", "payloads": [htag_error(message)]})(scope, receive, send)
+            await htag_refusal(message)(scope, receive, send)
         else:
             await error_page(status, message)(scope, receive, send)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import TYPE_CHECKING, TypeVar
 
-from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
@@ -71,6 +71,12 @@ async def refuse_websocket(scope: Scope, receive: Receive, send: Send, status: i
 def htag_error(message: str) -> str:
     """A payload htag's client shows in its error overlay."""
     return json.dumps({"action": "error", "traceback": message, "callback_id": None, "result": None})
+
+
+def htag_refusal(message: str) -> JSONResponse:
+    """The answer to an htag event that is refused: htag's client shows the words of a 200
+    only (of any other answer, its status code), so the refusal is said in its body."""
+    return JSONResponse({"status": "error", "payloads": [htag_error(message)]})
 
 
 def script(name: str) -> str:

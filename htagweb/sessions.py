@@ -21,7 +21,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .pages import error_page, refuse_websocket
+from .pages import error_page, htag_refusal, refuse_websocket
 from .stores import Items, SessionStore, StoreUnavailable
 
 logger = logging.getLogger("htagweb")
@@ -359,5 +359,7 @@ async def _refused_by_store(scope: Scope, receive: Receive, send: Send, sid: str
     logger.warning("session store unavailable (session %s): %s", sid[:8], exc)
     if scope["type"] == "websocket":
         await refuse_websocket(scope, receive, send, 503, STORE_DOWN)
+    elif any(name == b"x-htag-token" for name, _ in scope["headers"]):  # an htag event: for its overlay
+        await htag_refusal(STORE_DOWN)(scope, receive, send)
     else:
         await error_page(503, STORE_DOWN)(scope, receive, send)

@@ -173,3 +173,28 @@ def test_the_timeout_message_fits_in_htags_overlay(server, browser: Browser):
         assert width[0] <= width[1], f"the message overflows its box: {width}"
     finally:
         context.close()
+
+
+@pytest.mark.parametrize("factory", ["WebServer", "WebServerWS"])
+def test_a_click_after_the_session_expired_tells_the_user_in_words(server, browser: Browser, factory):
+    """A tab left open past ``timeout_inactivity``: a WebSocket page reconnects and gets a
+    fresh app, but a click posted over HTTP (htag's pure-HTTP mode, or its fallback) cannot:
+    its page belongs to the ended app. The user must read why and what to do, and no process
+    must be made for a click that cannot run."""
+    srv = server(server_source(factory, timeout_inactivity=1))
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(srv.url + "/")
+        expect(page.locator("#count")).to_have_text("Count: 0")
+        if factory == "WebServerWS":
+            page.evaluate("() => fallback()")  # htag's own fallback: SSE and event POSTs, as behind a proxy without WebSocket
+        srv.wait_log(r"user process expired")
+        page.click("#inc")
+        trace = page.locator("htag-error #trace")
+        expect(trace).to_have_text("This session ended after a time without activity. Reload the page to start again.")
+        page.reload()
+        expect(page.locator("#count")).to_have_text("Count: 0")
+    finally:
+        context.close()
+    assert srv.log.count("user process spawned") == 2  # the first page and the reload
