@@ -175,13 +175,14 @@ def test_the_timeout_message_fits_in_htags_overlay(server, browser: Browser):
         context.close()
 
 
+@pytest.mark.parametrize("parano", [False, True], ids=["plain", "parano"])
 @pytest.mark.parametrize("factory", ["WebServer", "WebServerWS"])
-def test_a_click_after_the_session_expired_tells_the_user_in_words(server, browser: Browser, factory):
+def test_a_click_after_the_session_expired_tells_the_user_in_words(server, browser: Browser, factory, parano):
     """A tab left open past ``timeout_inactivity``: a WebSocket page reconnects and gets a
     fresh app, but a click posted over HTTP (htag's pure-HTTP mode, or its fallback) cannot:
     its page belongs to the ended app. The user must read why and what to do, and no process
     must be made for a click that cannot run."""
-    srv = server(server_source(factory, timeout_inactivity=1))
+    srv = server(server_source(factory, timeout_inactivity=1, parano=parano))
     context = browser.new_context()
     try:
         page = context.new_page()
