@@ -5,8 +5,8 @@ In parano mode each htag event carries its page's event number (crypto/PROTOCOL.
 channel of its own and may reach any worker. The user process is where a page's
 events converge, so the order is checked here, end to end: event ``n`` waits for
 ``n-1`` (two POSTs in flight may arrive swapped), a missing one ends the page, a
-number seen before (a replay) is refused, unless it is the event the process ran under
-that number, sent again once its WebSocket was cut: then it is answered, not run.
+number seen before (a replay) is refused, unless the process ran an event of its callback
+id: an event sent again once its WebSocket was cut, answered, not run.
 """
 
 from __future__ import annotations
