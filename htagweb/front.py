@@ -24,7 +24,7 @@ from .client import EndedAtStart, ForkServerClient, SpawnRefused
 from .config import Config
 from .ends import End
 from .origin import OriginPolicy
-from .pages import error_page, htag_error, htag_refusal, refuse_websocket
+from .pages import error_page, htag_error, htag_refusal, refuse
 from .runtime import Runtime
 from .sessions import (
     COOKIE_NAME,
@@ -102,7 +102,7 @@ class HtagEndpoint:
             if self.endpoint == "page" and self.bootstrap is not None:
                 await self.bootstrap(scope, receive, send)
             else:
-                await _forbid(scope, receive, send, "This server accepts only encrypted (parano) exchanges.")
+                await refuse(scope, receive, send, 403, "This server accepts only encrypted (parano) exchanges.")
             return
         if parano is None and self.endpoint in ("ws", "stream") and not self.origins.allows(scope):
             # a parano channel authenticates itself; a plain one is refused to another site's page
@@ -192,28 +192,17 @@ class HtagEndpoint:
         kind = "WebSocket" if scope["type"] == "websocket" else "request"
         client = scope.get("client") or ("?",)
         logger.warning("refused a cross-origin %s to %s from %s: Origin %r", kind, scope["path"], client[0], origin[:100])
-        await _forbid(scope, receive, send, "Refused: this page is not allowed to connect to this application.")
+        await refuse(scope, receive, send, 403, "Refused: this page is not allowed to connect to this application.")
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, message: str, trace: str | None = None) -> None:
         """Tell the user's page why its request cannot be served: a page of ``status``, a
-        refused WebSocket, or an event's answer that htag's client shows in its overlay."""
-        if scope["type"] == "websocket":
-            await refuse_websocket(scope, receive, send, status, message)
-            return
-        response: Response
-        if self.endpoint == "event":
-            response = htag_refusal(message)
+        refused WebSocket, or an event's answer that htag's client shows in its overlay.
+        (A request no user's page sends, plaintext to a parano app or another site's page,
+        gets :func:`.pages.refuse` itself: its status, never the overlay's 200.)"""
+        if self.endpoint == "event" and scope["type"] == "http":
+            await htag_refusal(message)(scope, receive, send)
         else:
-            response = error_page(status, message, trace)
-        await response(scope, receive, send)
-
-
-async def _forbid(scope: Scope, receive: Receive, send: Send, message: str) -> None:
-    """A 403 for a request no user's page sends (plaintext to a parano app, another site's page)."""
-    if scope["type"] == "websocket":
-        await refuse_websocket(scope, receive, send, 403, message)
-    else:
-        await error_page(403, message)(scope, receive, send)
+            await refuse(scope, receive, send, status, message, trace)
 
 
 async def death_message(client: ForkServerClient, key: str, config: Config) -> tuple[int, str, bool]:

@@ -58,14 +58,17 @@ def retry_later(response: R) -> R:
     return response
 
 
-async def refuse_websocket(scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:
-    """Refuse a WebSocket not yet accepted: with an HTTP answer of ``status`` where the
-    server can send one, else a close whose code and reason say it (a bare 403 for the client)."""
-    if "websocket.http.response" in scope.get("extensions", {}):
+async def refuse(scope: Scope, receive: Receive, send: Send, status: int, message: str, traceback: str | None = None) -> None:
+    """Refuse a request with the page of ``status``; a WebSocket not yet accepted with an HTTP
+    answer of ``status`` where the server can send one, else a close whose code and reason
+    say it (a bare 403 for the client)."""
+    if scope["type"] != "websocket":
+        await error_page(status, message, traceback)(scope, receive, send)
+    elif "websocket.http.response" in scope.get("extensions", {}):
         await WebSocket(scope, receive, send).send_denial_response(retry_later(PlainTextResponse(message, status)))
-        return
-    code = 1013 if status in (429, 503) else 4403 if status == 403 else 1011
-    await send({"type": "websocket.close", "code": code, "reason": message[:120]})
+    else:
+        code = 1013 if status in (429, 503) else 4403 if status == 403 else 1011
+        await send({"type": "websocket.close", "code": code, "reason": message[:120]})
 
 
 def htag_error(message: str) -> str:

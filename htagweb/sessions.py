@@ -21,7 +21,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .pages import error_page, htag_refusal, refuse_websocket
+from .pages import htag_refusal, refuse
 from .stores import Items, SessionStore, StoreUnavailable
 
 logger = logging.getLogger("htagweb")
@@ -357,9 +357,7 @@ async def _refused_by_store(scope: Scope, receive: Receive, send: Send, sid: str
     """A request the session store failed: refused with a 503, which the next one may not
     get; one line in the log, naming the cause, not the session's data."""
     logger.warning("session store unavailable (session %s): %s", sid[:8], exc)
-    if scope["type"] == "websocket":
-        await refuse_websocket(scope, receive, send, 503, STORE_DOWN)
-    elif any(name == b"x-htag-token" for name, _ in scope["headers"]):  # an htag event: for its overlay
+    if scope["type"] == "http" and any(name == b"x-htag-token" for name, _ in scope["headers"]):  # an htag event: for its overlay
         await htag_refusal(STORE_DOWN)(scope, receive, send)
     else:
-        await error_page(503, STORE_DOWN)(scope, receive, send)
+        await refuse(scope, receive, send, 503, STORE_DOWN)
