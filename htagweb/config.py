@@ -74,6 +74,15 @@ class Config:
     #: new user processes one client address may cause per minute (an IPv6 client counts by its /64;
     #: the address is the socket's, or X-Forwarded-For's last with trust_proxy_headers); 0: no limit
     new_processes_per_minute: int = 60
+    #: seconds a client has to send a request's head (its line and headers) once it connected or began
+    #: it: 408 beyond, and a connection that sent nothing is closed (0: no limit). Under app.run(),
+    #: ``python -m htagweb``, ``uvicorn --http htagweb.connections:HTTPProtocol`` or gunicorn's
+    #: ``-k htagweb.workers.UvicornWorker`` (htagweb/connections.py)
+    timeout_request_head: float = 10.0
+    #: open connections (WebSockets included) one client address may hold (an IPv6 client counts by its
+    #: /64): 429 beyond; not applied with trust_proxy_headers (every connection is the proxy's: limit
+    #: there); 0: no limit. Served as timeout_request_head is
+    max_connections_per_address: int = 256
     #: let Linux keep once the memory pages user processes hold alike (KSM, where root runs it): an idle
     #: user about 1 MB instead of 5; costs ksmd's scanning, and opens a timing side channel between
     #: processes (crypto/THREAT_MODEL.md): off unless asked

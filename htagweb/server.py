@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import resource
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -18,11 +19,13 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 
 from . import logs
 from .appspec import AppSpec
 from .client import ForkServerClient
 from .config import Config
+from .connections import ConnectionLimits
 from .front import HtagEndpoint
 from .observe import Observability
 from .pages import bootstrap_page
@@ -64,6 +67,9 @@ class WebServer(Starlette):
         self.store = make_store(config.session_store, self.runtime.sqlite_path, config.session_max_age)
         self.apps: dict[str, AppSpec] = {}
         self.client = ForkServerClient(self.runtime, self.config, self.apps)
+        # behind a proxy every connection has the proxy's address: the proxy limits per client
+        per_address = 0 if config.trust_proxy_headers else config.max_connections_per_address
+        self.connection_limits = ConnectionLimits(per_address, config.timeout_request_head)
         signer = make_signer(self.runtime.secrets)
         layers = [
             Middleware(
@@ -111,6 +117,16 @@ class WebServer(Starlette):
             self.add_route("/_htagweb/metrics", observability.metrics)
         self._install(app)
 
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.connection_limits.in_force and scope["type"] != "lifespan":
+            self.connection_limits.in_force = True  # said once
+            logger.warning(
+                "this server's connections are not limited (timeout_request_head, max_connections_per_address): "
+                "serve it with app.run(), uvicorn --http htagweb.connections:HTTPProtocol, "
+                "or gunicorn -k htagweb.workers.UvicornWorker"
+            )
+        await super().__call__(scope, receive, send)
+
     def _identity(self, app: Any) -> str:
         """What names this server, for its default runtime directory and its fork-server."""
         return AppSpec.of(app).identity
@@ -145,6 +161,7 @@ class WebServer(Starlette):
         if self.identity:
             logger.info("parano mode: server identity fingerprint %s", self.identity.fingerprint)
         await self.client.start()
+        _open_files_up_to_the_hard_limit()
         try:
             yield
         finally:
@@ -157,6 +174,7 @@ class WebServer(Starlette):
 
         logs.configure()
         uvicorn_options.setdefault("proxy_headers", self.config.trust_proxy_headers)
+        uvicorn_options.setdefault("http", "htagweb.connections:HTTPProtocol")
         # an SSE stream never ends by itself: without a limit, a stop waits for every browser to leave
         uvicorn_options.setdefault("timeout_graceful_shutdown", max(1, int(self.config.shutdown_grace)))
         if self.config.parano:  # ciphertext does not compress: deflating it only costs time
@@ -169,6 +187,15 @@ class WebServerWS(WebServer):
     to SSE and then plain HTTP exactly as htag's client does."""
 
     http_only = False
+
+
+def _open_files_up_to_the_hard_limit() -> None:
+    """A worker holds a descriptor per client connection: the soft limit (often 1,024) would
+    let a few addresses at ``max_connections_per_address`` take them all. (User processes
+    have a limit of their own, ``max_open_files``.)"""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _share_uvicorn_logging() -> None:

@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"(?:Uvicorn running on|Listening at:) http://127\.0\.0\.1:(\d+)")
 
 
+#: htagweb's HTTP protocol, with its limits on connections (htagweb/connections.py)
+LIMITED = "htagweb.connections:HTTPProtocol"
+
 def marked_processes(marker: str) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter():
@@ -43,9 +46,13 @@ class ServerProcess:
     In ``source``, ``RUNTIME_DIR`` names a fresh private runtime directory.
     """
 
-    def __init__(self, source: str, workdir: Path, extra_files: dict[str, str] | None = None, python: str = sys.executable) -> None:
+    def __init__(
+        self, source: str, workdir: Path, extra_files: dict[str, str] | None = None, python: str = sys.executable, http: str = LIMITED
+    ) -> None:
         self.workdir = workdir
         self.python = python
+        #: uvicorn's --http: htagweb's protocol, as deployed (docs/deploy.md)
+        self.http = http
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="hw-"))  # short: Unix socket paths are limited
         self.runtime_dir.rmdir()  # htagweb creates it, private
         header = f"RUNTIME_DIR = {str(self.runtime_dir)!r}\n"
@@ -99,9 +106,10 @@ class ServerProcess:
         elif command is not None:
             cmd = [self.python, "-m", "htagweb", *command, "--port", "0"]
         elif gunicorn:
-            cmd = [self.python, "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker", "-b", "127.0.0.1:0", *uvicorn_args, "srv:app"]
+            cmd = [self.python, "-m", "gunicorn", "-k", "htagweb.workers.UvicornWorker", "-b", "127.0.0.1:0", *uvicorn_args, "srv:app"]
         else:
-            cmd = [self.python, "-m", "uvicorn", "srv:app", "--host", "127.0.0.1", "--port", "0", "--no-proxy-headers", *uvicorn_args]
+            cmd = [self.python, "-m", "uvicorn", "srv:app", "--host", "127.0.0.1", "--port", "0", "--no-proxy-headers"]
+            cmd += ["--http", self.http, *uvicorn_args]
         # a process group of its own, as a server started from a terminal: Ctrl-C signals the group
         with open(self.log_path, "a") as output:
             self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)

@@ -1,8 +1,10 @@
-"""The pure decisions of admission.py (the end-to-end behaviour is in test_floods.py)."""
+"""The pure decisions of admission.py and connections.py (end to end: test_floods.py, test_connections.py)."""
 
 from __future__ import annotations
 
+from htagweb import connections
 from htagweb.admission import Candidate, NewProcessLimit, address_group, make_room_from
+from htagweb.connections import ConnectionLimits
 
 
 def test_an_ipv6_client_counts_by_its_64_and_a_mapped_ipv4_as_itself():
@@ -33,3 +35,61 @@ def test_provisional_first_then_least_recently_active_never_busy_nor_arriving():
     assert make_room_from([live_old, live_new, provisional, busy, arriving]) == provisional
     assert make_room_from([live_new, live_old, busy, arriving]) == live_old
     assert make_room_from([busy, arriving, Candidate("b2", True, True, False, 0.0)]) is None
+
+
+class _Transport:
+    """What ConnectionLimits reads of a transport."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def test_connections_are_limited_per_address_and_released():
+    limits = ConnectionLimits(per_address=2, head_timeout=10)
+    first, second, third = _Transport(), _Transport(), _Transport()
+    assert limits.admit("10.0.0.1", first) and limits.admit("10.0.0.1", second)
+    assert not limits.admit("10.0.0.1", third)
+    assert limits.admit("10.0.0.2", third)  # another address has its own
+    limits.release("10.0.0.1", first)
+    assert limits.admit("10.0.0.1", _Transport())
+    assert not limits.admit("10.0.0.1", _Transport())
+    # a connection that ended under another protocol (a WebSocket) is never released: found closed
+    second.closed = True
+    assert limits.admit("10.0.0.1", _Transport())
+
+
+def test_an_ipv6_client_counts_by_its_64_and_no_limit_is_no_limit():
+    limits = ConnectionLimits(per_address=1, head_timeout=10)
+    assert limits.admit("2001:db8:1:2::1", _Transport())
+    assert not limits.admit("2001:db8:1:2::ffff", _Transport())
+    assert limits.admit("2001:db8:1:3::1", _Transport())
+    assert limits.admit("", _Transport()) and limits.admit("", _Transport())  # a Unix socket's peer
+    unlimited = ConnectionLimits(per_address=0, head_timeout=10)  # behind a proxy
+    assert all(unlimited.admit("10.0.0.1", _Transport()) for _ in range(1000))
+    assert not unlimited.open
+
+
+def test_addresses_gone_are_forgotten_at_the_next_sweep(monkeypatch):
+    limits = ConnectionLimits(per_address=5, head_timeout=10)
+    upgraded = _Transport()
+    assert limits.admit("10.0.0.1", upgraded)
+    upgraded.closed = True  # its WebSocket ended: no release
+    assert "10.0.0.1" in limits.open
+    monkeypatch.setattr(connections.time, "monotonic", lambda: limits.swept_at + connections.SWEEP_EVERY)
+    assert limits.admit("10.0.0.2", _Transport())
+    assert set(limits.open) == {"10.0.0.2"}
+
+
+def test_an_address_refused_is_said_once_until_it_holds_fewer(caplog):
+    limits = ConnectionLimits(per_address=1, head_timeout=10)
+    held = _Transport()
+    limits.admit("10.0.0.1", held)
+    for _ in range(5):
+        assert not limits.admit("10.0.0.1", _Transport())
+    limits.release("10.0.0.1", held)
+    assert limits.admit("10.0.0.1", _Transport())
+    assert not limits.admit("10.0.0.1", _Transport())
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["refused connections from 10.0.0.1"] * 2

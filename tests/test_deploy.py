@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import User, count, server_source
+from helpers import User, click, count, server_source
 
 SECRET = "the-same-secret-on-both-machines"
 CONFIG = """
@@ -41,6 +41,8 @@ http {{
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection $connection_upgrade;
             proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_buffering off;
             proxy_next_upstream error timeout http_502 http_503;
         }}
@@ -84,8 +86,8 @@ def nginx():
 
 
 def test_user_keeps_the_session_when_their_instance_stops(server, redis_url, nginx):
-    one = server(server_source("WebServerWS", session_store=redis_url, secret=SECRET))
-    two = server(server_source("WebServerWS", session_store=redis_url, secret=SECRET))
+    one = server(server_source("WebServerWS", session_store=redis_url, secret=SECRET, trust_proxy_headers=True))
+    two = server(server_source("WebServerWS", session_store=redis_url, secret=SECRET, trust_proxy_headers=True))
     url = nginx(one.port, two.port)
 
     async def scenario():
@@ -106,3 +108,31 @@ def test_user_keeps_the_session_when_their_instance_stops(server, redis_url, ngi
             assert "user process spawned" in other.log
 
     asyncio.run(scenario())
+
+
+def test_behind_nginx_the_connections_of_many_users_are_not_limited_as_one_address(server, redis_url, nginx):
+    """Behind a proxy every connection has the proxy's address: with trust_proxy_headers (as
+    docs/deploy.md says) the limit of connections per address is the proxy's to apply, and
+    many users through it each keep their WebSocket."""
+    options = {"session_store": redis_url, "secret": SECRET, "trust_proxy_headers": True, "max_connections_per_address": 2}
+    one = server(server_source("WebServerWS", **options))
+    url = nginx(one.port, one.port)
+
+    async def scenario():
+        users = [User(url) for _ in range(4)]
+        sockets = []
+        try:
+            for user in users:
+                assert count((await user.page()).text) == 0
+                sockets.append(await user.ws())
+                await sockets[-1].recv()
+            for ws in sockets:
+                assert count((await click(ws, "inc"))["updates"]["count"]) == 1
+        finally:
+            for ws in sockets:
+                await ws.close()
+            for user in users:
+                await user.http.aclose()
+
+    asyncio.run(scenario())
+    assert "refused connections" not in one.log

@@ -74,6 +74,7 @@ def test_index_lists_folders_apps_and_files_without_app(folder_server):
             assert "hello from sub" in (await user.page("/sub/hello")).text
 
     run(scenario())
+    assert "not limited" not in srv.log  # its connections are (tests/test_connections.py)
 
 
 def test_app_runs_and_new_code_runs_after_edit(folder_server):

@@ -1,0 +1,229 @@
+"""Limits on client connections before they reach the app.
+
+A connection costs a worker a descriptor from its accept on, whether or not a request
+ever comes. uvicorn waits for ever for a request's head: a client that opens
+connections and sends half a head on each (slowloris), or nothing, holds them, and one
+address could take every descriptor of a worker, so that no new user is served. An
+ASGI app never sees such connections, so the limits live in the HTTP protocol:
+
+- a request's head must arrive within ``timeout_request_head`` of the connection, or of
+  its first byte on a kept-alive connection: 408 beyond, and a connection that sent
+  nothing is closed without a word (a browser's preconnected socket);
+- one address may hold ``max_connections_per_address`` connections, WebSockets
+  included: 429 beyond, at once.
+
+:data:`HTTPProtocol` is uvicorn's own protocol (httptools where installed, as uvicorn's
+``auto``) with these limits, read from the htagweb app it serves: ``app.run()`` and
+``python -m htagweb`` use it, ``uvicorn --http htagweb.connections:HTTPProtocol`` and
+gunicorn's ``-k htagweb.workers.UvicornWorker`` choose it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from uvicorn.protocols.http.h11_impl import H11Protocol as _H11Protocol
+
+from .admission import address_group
+
+if TYPE_CHECKING:
+    from uvicorn.config import Config as UvicornConfig
+
+logger = logging.getLogger("htagweb")
+
+#: seconds between two looks for connections ended after an upgrade (their protocol is the WebSocket's)
+SWEEP_EVERY = 60.0
+#: seconds a refused connection is read (and what comes dropped) before it is closed: closed with
+#: bytes unread, it would be reset, and the client could lose the answer that says why
+LINGER = 2.0
+#: refused connections lingering at once, at most (each holds a descriptor); beyond, closed at once
+LINGERING = 32
+
+
+def _answer(status: str, text: str, *headers: str) -> bytes:
+    body = text.encode()
+    head = [f"HTTP/1.1 {status}", "content-type: text/plain; charset=utf-8", "connection: close", f"content-length: {len(body)}", *headers]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+TOO_MANY = _answer("429 Too Many Requests", "Too many connections from your address: close some and try again.\n", "retry-after: 10")
+TOO_SLOW = _answer("408 Request Timeout", "The request head was not received in time.\n")
+
+
+class ConnectionLimits:
+    """The open connections of each client address, and whether one more may open
+    (``per_address`` 0: any number, as behind a proxy, whose connections all have its address).
+
+    A connection is known by its transport. One that ends as HTTP is released; one that
+    became a WebSocket ends under another protocol, so each address' closed transports
+    are dropped when it connects again, and every address' every :data:`SWEEP_EVERY`."""
+
+    def __init__(self, per_address: int, head_timeout: float) -> None:
+        self.per_address = per_address
+        self.head_timeout = head_timeout
+        self.open: dict[str, set[asyncio.BaseTransport]] = {}
+        #: addresses refused since they last were under their limit (told once in the log)
+        self.refused: set[str] = set()
+        self.swept_at = time.monotonic()
+        #: refused connections being read before they close (see LINGER)
+        self.lingering = 0
+        #: the server's protocol applies these limits (else the app warns at its first request)
+        self.in_force = False
+
+    def admit(self, address: str, transport: asyncio.BaseTransport) -> bool:
+        """Count ``transport`` for ``address``, unless the address holds its limit."""
+        if not self.per_address or not address:
+            return True
+        now = time.monotonic()
+        if now - self.swept_at >= SWEEP_EVERY:
+            self.swept_at = now
+            for group in list(self.open):
+                self._prune(group)
+        group = address_group(address)
+        held = self._prune(group)
+        if len(held) >= self.per_address:
+            if group not in self.refused:
+                self.refused.add(group)
+                logger.warning(
+                    "refused connections from %s: it holds %d, max_connections_per_address (429, said once until it holds fewer)",
+                    group,
+                    len(held),
+                )
+            return False
+        self.refused.discard(group)
+        held.add(transport)
+        self.open[group] = held
+        return True
+
+    def release(self, address: str, transport: asyncio.BaseTransport) -> None:
+        group = address_group(address)
+        held = self.open.get(group)
+        if held is not None:
+            held.discard(transport)
+            if not held:
+                del self.open[group]
+
+    def _prune(self, group: str) -> set[asyncio.BaseTransport]:
+        held = {t for t in self.open.pop(group, ()) if not t.is_closing()}
+        if held:
+            self.open[group] = held
+        return held
+
+
+def limits_of(config: UvicornConfig) -> ConnectionLimits | None:
+    """The limits of the htagweb app uvicorn serves, under its middleware (None: not ours)."""
+    app: Any = config.loaded_app
+    for _ in range(8):
+        limits = getattr(app, "connection_limits", None)
+        if isinstance(limits, ConnectionLimits):
+            return limits
+        app = getattr(app, "app", None)
+    return None
+
+
+class _Limited(asyncio.Protocol):
+    """uvicorn's HTTP protocol (the class it is mixed into) with :class:`ConnectionLimits`.
+    Reads only what uvicorn's protocols have in common: ``config``, ``client``, ``transport``
+    and ``cycle`` (the request under way, a new one once a head is parsed)."""
+
+    config: UvicornConfig
+    client: tuple[str, int] | None
+    transport: asyncio.Transport
+    cycle: Any
+    limits: ConnectionLimits | None = None
+    head_timer: asyncio.TimerHandle | None = None
+    head_begun = False
+    head_cycle: Any = None
+    refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.limits = limits_of(self.config)
+        if self.limits is None:
+            return
+        self.limits.in_force = True
+        if not self.limits.admit(self._address, transport):
+            self._refuse(TOO_MANY)
+            return
+        self._await_head()
+
+    def _refuse(self, answer: bytes) -> None:
+        """``answer``, then the end of the connection: at once (its client may then read a
+        reset) when :data:`LINGERING` others linger, for their descriptors are what a
+        flood of refused connections would take."""
+        limits = self.limits
+        assert limits is not None
+        self.refused = True
+        self.transport.write(answer)
+        if limits.lingering >= LINGERING or not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        limits.lingering += 1
+        transport = self.transport
+
+        def close() -> None:
+            limits.lingering -= 1
+            transport.close()
+
+        asyncio.get_running_loop().call_later(LINGER, close)
+
+    def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return
+        if self.limits is not None and self.head_timer is None and (self.cycle is None or self.cycle.response_complete):
+            self._await_head()  # the next request of a kept-alive connection begins
+        self.head_begun = True
+        super().data_received(data)
+        if self.head_timer is not None and (self.cycle is not self.head_cycle or self.transport.get_protocol() is not self):
+            self.head_timer.cancel()  # a head came (a WebSocket's upgrade replaced this protocol)
+            self.head_timer = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+        if self.limits is not None:
+            self.limits.release(self._address, self.transport)
+
+    @property
+    def _address(self) -> str:
+        return self.client[0] if self.client else ""  # none: a Unix socket
+
+    def _await_head(self) -> None:
+        assert self.limits is not None
+        self.head_begun = False
+        self.head_cycle = self.cycle
+        if self.limits.head_timeout:
+            self.head_timer = asyncio.get_running_loop().call_later(self.limits.head_timeout, self._head_late)
+
+    def _head_late(self) -> None:
+        self.head_timer = None
+        if self.transport.is_closing():
+            return
+        if self.head_begun:
+            logger.debug("closed a connection from %s: its request head came too slowly (408)", self._address)
+            self._refuse(TOO_SLOW)
+        else:
+            self.transport.close()
+
+
+class H11Protocol(_Limited, _H11Protocol):
+    """uvicorn's h11 protocol, limited."""
+
+
+HTTPProtocol: type[asyncio.Protocol]
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _HttpToolsProtocol
+except ImportError:  # uvicorn without its "standard" extra: h11, as uvicorn's auto
+    HTTPProtocol = H11Protocol
+else:
+
+    class HttpToolsProtocol(_Limited, _HttpToolsProtocol):
+        """uvicorn's httptools protocol, limited."""
+
+    HTTPProtocol = HttpToolsProtocol

@@ -1,0 +1,156 @@
+"""Connections that never become requests: a client that opens connections and sends no
+request head, or half of one, held them for ever, and one address could take every
+descriptor of a worker, so that no new user was served (tests/test_units.py has the
+accounting alone)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import resource
+
+import httpx
+import psutil
+import pytest
+import websockets
+from helpers import TLS, User, click, count, server_source
+
+#: what a slow client sends: a request head it never finishes
+HALF_A_HEAD = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def read_all(reader: asyncio.StreamReader) -> bytes:
+    """What the server sends until it closes the connection."""
+    return await asyncio.wait_for(reader.read(), 30)
+
+
+@pytest.mark.parametrize("launch", ["uvicorn", "uvicorn-h11", "gunicorn", "app.run"])
+def test_a_request_head_not_sent_in_time_is_answered_408_and_the_connection_closed(server, launch):
+    options = {"timeout_request_head": 1.0}
+    if launch == "app.run":
+        source = server_source("WebServerWS", **options) + "\nif __name__ == '__main__':\n    app.run(port=0)\n"
+        srv = server(source, script="srv.py")
+    elif launch == "uvicorn-h11":  # where httptools is not installed
+        srv = server(server_source("WebServerWS", **options), "--http", "htagweb.connections:H11Protocol")
+    else:
+        srv = server(server_source("WebServerWS", **options), gunicorn=launch == "gunicorn")
+
+    async def scenario():
+        silent, silent_writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        writer.write(HALF_A_HEAD)
+        await writer.drain()
+        answer = await read_all(reader)
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"request head" in answer
+        kept, kept_writer = await asyncio.open_connection("127.0.0.1", srv.port)  # kept alive, then slow
+        kept_writer.write(b"GET /robots.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await kept.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(0.5)
+        kept_writer.write(HALF_A_HEAD)
+        assert b"HTTP/1.1 408 " in await read_all(kept)
+        kept_writer.close()
+        assert await read_all(silent) == b""  # nothing sent, nothing said (as a browser's preconnected socket)
+        writer.close()
+        silent_writer.close()
+        async with User(srv.url) as user:  # a request sent in time is served as ever
+            assert count((await user.page()).text) == 0
+
+    run(scenario())
+    assert "Traceback" not in srv.log
+    assert "not limited" not in srv.log
+
+
+def test_a_server_without_the_limits_says_so_once(server):
+    """Under uvicorn's own protocol (``uvicorn server:app``) nothing limits connections: the
+    operator reads how to serve with the limits."""
+    srv = server(server_source("WebServerWS"), "--http", "auto")
+
+    async def scenario():
+        async with User(srv.url) as user:
+            for _ in range(2):
+                assert count((await user.page()).text) == 0
+
+    run(scenario())
+    warning = r"WARNING.*connections are not limited.*uvicorn --http htagweb\.connections:HTTPProtocol, or gunicorn -k htagweb\.workers"
+    assert len(re.findall(warning, srv.log)) == 1
+
+
+def test_connections_held_open_by_one_address_leave_room_for_users(server):
+    """One address opens more connections than its worker has descriptors for, and sends
+    half a request head on each: a user from another address still gets the page and
+    clicks, and the connections beyond the address' limit are told why."""
+    srv = server(server_source("WebServerWS", max_connections_per_address=40, timeout_request_head=60.0))
+    worker = psutil.Process(srv.proc.pid)
+    limit = worker.rlimit(psutil.RLIMIT_NOFILE)
+    worker.rlimit(psutil.RLIMIT_NOFILE, (len(os.listdir(f"/proc/{worker.pid}/fd")) + 100, limit[1]))
+
+    async def attack(n: int) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+        connections = []
+        for _ in range(n):
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            writer.write(HALF_A_HEAD)
+            connections.append((reader, writer))  # a writer let go closes its connection
+        return connections
+
+    async def scenario():
+        held = await attack(300)
+        async with User(srv.url) as user:  # from another address
+            await user.http.aclose()
+            transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2", verify=TLS)
+            user.http = httpx.AsyncClient(base_url=srv.url, transport=transport, timeout=15)
+            assert count((await user.page()).text) == 0
+            ws_url = srv.url.replace("http://", "ws://") + "/ws"
+            async with websockets.connect(ws_url, additional_headers={"Cookie": user.cookie_header}, local_addr=("127.0.0.2", 0)) as ws:
+                await ws.recv()
+                assert count((await click(ws, "inc"))["updates"]["count"]) == 1
+        answers = await asyncio.gather(*(asyncio.wait_for(r.read(), 1) for r, _ in held), return_exceptions=True)
+        told = [a for a in answers if isinstance(a, bytes) and a.startswith(b"HTTP/1.1 429 ")]
+        # beyond the few refused connections read before they close, the others are closed at once and may be reset
+        reset = [a for a in answers if isinstance(a, ConnectionResetError) or a == b""]
+        waiting = [a for a in answers if isinstance(a, asyncio.TimeoutError)]
+        assert len(told) >= 32 and len(told) + len(reset) == 260 and len(waiting) == 40
+        assert b"Too many connections from your address" in told[0]
+
+    run(scenario())
+    assert srv.log.count("connections from 127.0.0.1") == 1  # said once, not once per connection
+    assert "Traceback" not in srv.log
+
+
+def test_a_websocket_outlives_the_head_timeout_and_once_closed_no_longer_counts(server):
+    """A WebSocket is a connection whose head came: no timeout cuts it. Once closed it no
+    longer counts towards its address' limit, though it ended under the WebSocket's
+    protocol, not the HTTP one that counted it."""
+    srv = server(server_source("WebServerWS", max_connections_per_address=3, timeout_request_head=1.0))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            assert count((await user.page()).text) == 0
+            for expected in range(1, 7):
+                async with user.ws() as ws:
+                    await ws.recv()
+                    if expected == 1:
+                        await asyncio.sleep(2)  # twice the head's time
+                    assert count((await click(ws, "inc"))["updates"]["count"]) == expected
+            assert count((await user.page()).text) == 6
+
+    run(scenario())
+    assert "refused connections" not in srv.log
+
+
+def test_a_worker_raises_its_soft_limit_of_open_files_to_the_hard_one(server):
+    """A worker holds a descriptor per connection: at a soft limit of 1,024, four addresses at
+    their limit of connections would take them all."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard <= 1024:
+        pytest.skip("this machine's hard limit of open files is the usual soft one")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))  # inherited by the server
+    try:
+        srv = server(server_source("WebServerWS"))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert psutil.Process(srv.proc.pid).rlimit(psutil.RLIMIT_NOFILE) == (hard, hard)
