@@ -15,7 +15,7 @@ import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import TLS  # noqa: E402  (one TLS context shared by every client)
-from serverprocess import ServerProcess  # noqa: E402
+from serverprocess import LIMITED, ServerProcess  # noqa: E402
 
 COUNTER_APP = """
 import logging
@@ -36,10 +36,13 @@ class App(Tag.App):
 
 
 class Server(ServerProcess):
-    """``uvicorn srv:app`` (no access log) serving the counter app followed by ``source``."""
+    """``uvicorn srv:app`` (no access log) serving the counter app followed by ``source``:
+    htagweb under its own HTTP protocol, as deployed; htag's ``WebApp`` (another ``python``,
+    whose virtualenv has no htagweb) under uvicorn's."""
 
-    def __init__(self, source: str, *uvicorn_args: str, python: str = sys.executable) -> None:
-        super().__init__(COUNTER_APP + source, Path(tempfile.mkdtemp(prefix="hwb-")), python=python)
+    def __init__(self, source: str, *uvicorn_args: str, python: str = sys.executable, http: str | None = None) -> None:
+        http = http or (LIMITED if python == sys.executable else "auto")
+        super().__init__(COUNTER_APP + source, Path(tempfile.mkdtemp(prefix="hwb-")), python=python, http=http)
         try:
             self.start("--no-access-log", *uvicorn_args)
         except BaseException:  # the error carries the server's log
