@@ -82,6 +82,7 @@ class ConnectionLimits:
             self.swept_at = now
             for group in list(self.open):
                 self._prune(group)
+            self.refused &= set(self.open)
         group = address_group(address)
         held = self._prune(group)
         if len(held) >= self.per_address:

@@ -73,14 +73,17 @@ def test_an_ipv6_client_counts_by_its_64_and_no_limit_is_no_limit():
 
 
 def test_addresses_gone_are_forgotten_at_the_next_sweep(monkeypatch):
-    limits = ConnectionLimits(per_address=5, head_timeout=10)
+    limits = ConnectionLimits(per_address=1, head_timeout=10)
     upgraded = _Transport()
     assert limits.admit("10.0.0.1", upgraded)
+    assert not limits.admit("10.0.0.1", _Transport())
+    assert limits.refused == {"10.0.0.1"}
     upgraded.closed = True  # its WebSocket ended: no release
     assert "10.0.0.1" in limits.open
     monkeypatch.setattr(connections.time, "monotonic", lambda: limits.swept_at + connections.SWEEP_EVERY)
     assert limits.admit("10.0.0.2", _Transport())
     assert set(limits.open) == {"10.0.0.2"}
+    assert not limits.refused
 
 
 def test_an_address_refused_is_said_once_until_it_holds_fewer(caplog):
