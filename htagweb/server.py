@@ -70,6 +70,8 @@ class WebServer(Starlette):
         # behind a proxy every connection has the proxy's address: the proxy limits per client
         per_address = 0 if config.trust_proxy_headers else config.max_connections_per_address
         self.connection_limits = ConnectionLimits(per_address, config.timeout_request_head)
+        #: told the operator that the server's protocol does not apply connection_limits
+        self.said_unlimited = False
         signer = make_signer(self.runtime.secrets)
         layers = [
             Middleware(
@@ -118,8 +120,8 @@ class WebServer(Starlette):
         self._install(app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.connection_limits.in_force and scope["type"] != "lifespan":
-            self.connection_limits.in_force = True  # said once
+        if not self.connection_limits.in_force and not self.said_unlimited and scope["type"] != "lifespan":
+            self.said_unlimited = True
             logger.warning(
                 "this server's connections are not limited (timeout_request_head, max_connections_per_address): "
                 "serve it with app.run(), uvicorn --http htagweb.connections:HTTPProtocol, "
