@@ -79,6 +79,9 @@ class Config:
     #: ``python -m htagweb``, ``uvicorn --http htagweb.connections:HTTPProtocol`` or gunicorn's
     #: ``-k htagweb.workers.UvicornWorker`` (htagweb/connections.py)
     timeout_request_head: float = 10.0
+    #: bytes a request's head (its line and headers, cookies included) may have: 431 beyond (0: no limit).
+    #: Served as timeout_request_head is (under uvicorn's h11 protocol, its own limit of 16 KiB comes first: 400)
+    max_request_head_size: int = 64 * 1024
     #: open connections (WebSockets included) one client address may hold (an IPv6 client counts by its
     #: /64): 429 beyond; not applied with trust_proxy_headers (every connection is the proxy's: limit
     #: there); 0: no limit. Served as timeout_request_head is

@@ -9,6 +9,8 @@ ASGI app never sees such connections, so the limits live in the HTTP protocol:
 - a request's head must arrive within ``timeout_request_head`` of the connection, or of
   its first byte on a kept-alive connection: 408 beyond, and a connection that sent
   nothing is closed without a word (a browser's preconnected socket);
+- a request's head may have ``max_request_head_size`` bytes: 431 beyond (uvicorn's
+  httptools protocol keeps however many header lines come);
 - one address may hold ``max_connections_per_address`` connections, WebSockets
   included: 429 beyond, at once.
 
@@ -51,6 +53,7 @@ def _answer(status: str, text: str, *headers: str) -> bytes:
 
 TOO_MANY = _answer("429 Too Many Requests", "Too many connections from your address: close some and try again.\n", "retry-after: 10")
 TOO_SLOW = _answer("408 Request Timeout", "The request head was not received in time.\n")
+TOO_LARGE = _answer("431 Request Header Fields Too Large", "The request head is too large.\n")
 
 
 class ConnectionLimits:
@@ -61,9 +64,10 @@ class ConnectionLimits:
     became a WebSocket ends under another protocol, so each address' closed transports
     are dropped when it connects again, and every address' every :data:`SWEEP_EVERY`."""
 
-    def __init__(self, per_address: int, head_timeout: float) -> None:
+    def __init__(self, per_address: int, head_timeout: float, head_size: int) -> None:
         self.per_address = per_address
         self.head_timeout = head_timeout
+        self.head_size = head_size
         self.open: dict[str, set[asyncio.BaseTransport]] = {}
         #: addresses refused since they last were under their limit (told once in the log)
         self.refused: set[str] = set()
@@ -135,8 +139,11 @@ class _Limited(asyncio.Protocol):
     transport: asyncio.Transport
     cycle: Any
     limits: ConnectionLimits | None = None
+    #: a request's head is awaited: since the connection, or the first byte of a kept-alive one's next request
+    awaiting_head = False
     head_timer: asyncio.TimerHandle | None = None
-    head_begun = False
+    #: bytes received since the head was awaited
+    head_size = 0
     head_cycle: Any = None
     refused = False
 
@@ -154,10 +161,14 @@ class _Limited(asyncio.Protocol):
     def _refuse(self, answer: bytes) -> None:
         """``answer``, then the end of the connection: at once (its client may then read a
         reset) when :data:`LINGERING` others linger, for their descriptors are what a
-        flood of refused connections would take."""
+        flood of refused connections would take. Behind an answer under way (a pipelined
+        head), no word: it would land inside that answer."""
         limits = self.limits
         assert limits is not None
         self.refused = True
+        if self._answering():
+            self.transport.close()
+            return
         self.transport.write(answer)
         if limits.lingering >= LINGERING or not self.transport.can_write_eof():
             self.transport.close()
@@ -175,19 +186,29 @@ class _Limited(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.refused:
             return
-        if self.limits is not None and self.head_timer is None and (self.cycle is None or self.cycle.response_complete):
-            self._await_head()  # the next request of a kept-alive connection begins
-        self.head_begun = True
+        if self.limits is None:
+            super().data_received(data)
+            return
+        if not self.awaiting_head and self._head_next():
+            self._await_head()  # the next request of a kept-alive connection (or a pipelined one) begins
+        counted = self.awaiting_head
         super().data_received(data)
-        if self.head_timer is not None and (self.cycle is not self.head_cycle or self.transport.get_protocol() is not self):
-            self.head_timer.cancel()  # a head came (a WebSocket's upgrade replaced this protocol)
-            self.head_timer = None
+        if not self.awaiting_head:
+            return
+        if self.cycle is not self.head_cycle or self.transport.get_protocol() is not self:
+            self._head_came()  # (a WebSocket's upgrade replaced this protocol)
+            return
+        self._arm_head_timer()
+        if counted:  # only bytes read while no head came: a head and its body may come in one read
+            self.head_size += len(data)
+            if self.limits.head_size and self.head_size > self.limits.head_size and not self.transport.is_closing():
+                logger.debug("closed a connection from %s: its request head passed %d bytes (431)", self._address, self.limits.head_size)
+                self._head_came()
+                self._refuse(TOO_LARGE)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
+        self._head_came()
         if self.limits is not None:
             self.limits.release(self._address, self.transport)
 
@@ -195,18 +216,38 @@ class _Limited(asyncio.Protocol):
     def _address(self) -> str:
         return self.client[0] if self.client else ""  # none: a Unix socket
 
+    def _head_next(self) -> bool:
+        """The next bytes are a request's head: no request yet, or the last one's body is in
+        (a pipelined head may then come while its answer is under way), or it was answered."""
+        return self.cycle is None or not self.cycle.more_body or self.cycle.response_complete
+
+    def _answering(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
     def _await_head(self) -> None:
-        assert self.limits is not None
-        self.head_begun = False
+        self.awaiting_head = True
+        self.head_size = 0
         self.head_cycle = self.cycle
-        if self.limits.head_timeout:
+        self._arm_head_timer()
+
+    def _arm_head_timer(self) -> None:
+        """A head's time runs while no answer is under way: a pipelined head waits for it."""
+        assert self.limits is not None
+        if self.head_timer is None and self.limits.head_timeout and not self._answering():
             self.head_timer = asyncio.get_running_loop().call_later(self.limits.head_timeout, self._head_late)
+
+    def _head_came(self) -> None:
+        self.awaiting_head = False
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
 
     def _head_late(self) -> None:
         self.head_timer = None
+        self.awaiting_head = False
         if self.transport.is_closing():
             return
-        if self.head_begun:
+        if self.head_size:
             logger.debug("closed a connection from %s: its request head came too slowly (408)", self._address)
             self._refuse(TOO_SLOW)
         else:

@@ -29,6 +29,14 @@ async def read_all(reader: asyncio.StreamReader) -> bytes:
     return await asyncio.wait_for(reader.read(), 30)
 
 
+async def until_closed(reader: asyncio.StreamReader) -> bytes:
+    """What the server sends until it closes the connection, or resets it (closed with bytes unread)."""
+    try:
+        return await read_all(reader)
+    except ConnectionResetError:
+        return b""
+
+
 @pytest.mark.parametrize("launch", ["uvicorn", "uvicorn-h11", "gunicorn", "app.run"])
 def test_a_request_head_not_sent_in_time_is_answered_408_and_the_connection_closed(server, launch):
     options = {"timeout_request_head": 1.0}
@@ -63,6 +71,69 @@ def test_a_request_head_not_sent_in_time_is_answered_408_and_the_connection_clos
     run(scenario())
     assert "Traceback" not in srv.log
     assert "not limited" not in srv.log
+
+
+def test_a_request_head_without_end_is_refused_431_before_it_fills_the_worker(server):
+    """uvicorn's httptools protocol (its h11 one stops at 16 KiB) keeps a request's headers
+    however many come: one connection streaming header lines grew a worker by 2 GB in 8 s
+    on this machine."""
+    srv = server(server_source("WebServerWS", timeout_request_head=60.0), "--http", "htagweb.connections:HttpToolsProtocol")
+    worker = psutil.Process(srv.proc.pid)
+    before = worker.memory_info().rss
+
+    async def scenario():
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        writer.write(HALF_A_HEAD)
+        answer = asyncio.create_task(read_all(reader))
+        line = b"X-Filler: " + b"a" * 8000 + b"\r\n"
+        sent = 0
+        try:
+            while sent < 256 * 1024 * 1024 and not answer.done():  # the worker grew by 256 MB before
+                writer.write(line * 16)
+                await writer.drain()
+                sent += len(line) * 16
+        except ConnectionError:  # the server closed: what it said is still to read
+            pass
+        writer.close()
+        assert (await answer).startswith(b"HTTP/1.1 431 ") and b"request head is too large" in await answer
+        async with User(srv.url) as user:  # other requests are served as ever
+            assert count((await user.page()).text) == 0
+
+    run(scenario())
+    assert worker.memory_info().rss - before < 32 * 1024 * 1024
+    assert "Traceback" not in srv.log
+
+
+def test_a_pipelined_head_without_end_behind_a_stream_ends_its_connection(server):
+    """A head pipelined behind a request whose answer is under way (an SSE stream, which
+    never ends) is limited too; no word is said inside the stream."""
+    srv = server(server_source("WebServerWS", timeout_request_head=60.0))
+    worker = psutil.Process(srv.proc.pid)
+    before = worker.memory_info().rss
+
+    async def scenario():
+        async with User(srv.url) as user:
+            assert count((await user.page()).text) == 0
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            writer.write(f"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {user.cookie_header}\r\n\r\n".encode())
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 ")  # the stream is under way
+            writer.write(HALF_A_HEAD)
+            rest = asyncio.create_task(until_closed(reader))
+            line = b"X-Filler: " + b"a" * 8000 + b"\r\n"
+            sent = 0
+            try:
+                while sent < 256 * 1024 * 1024 and not rest.done():
+                    writer.write(line * 16)
+                    await writer.drain()
+                    sent += len(line) * 16
+            except ConnectionError:
+                pass
+            writer.close()
+            assert b"HTTP/1.1" not in await rest
+
+    run(scenario())
+    assert worker.memory_info().rss - before < 32 * 1024 * 1024
+    assert "Traceback" not in srv.log
 
 
 def test_a_server_without_the_limits_says_so_once(server):
