@@ -144,6 +144,7 @@ class _Limited(asyncio.Protocol):
     head_timer: asyncio.TimerHandle | None = None
     #: bytes received since the head was awaited
     head_size = 0
+    #: the request under way when the head was awaited: another one means the head came
     head_cycle: Any = None
     refused = False
 
