@@ -82,6 +82,9 @@ class Config:
     #: bytes a request's head (its line and headers, cookies included) may have: 431 beyond (0: no limit).
     #: Served as timeout_request_head is (under uvicorn's h11 protocol, its own limit of 16 KiB comes first: 400)
     max_request_head_size: int = 64 * 1024
+    #: seconds a request's body may pause between two reads (while the app waits for it): the connection
+    #: is closed beyond, the app reading a disconnect (0: no limit). Served as timeout_request_head is
+    timeout_request_body: float = 30.0
     #: open connections (WebSockets included) one client address may hold (an IPv6 client counts by its
     #: /64): 429 beyond; not applied with trust_proxy_headers (every connection is the proxy's: limit
     #: there); 0: no limit. Served as timeout_request_head is

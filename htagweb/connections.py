@@ -11,6 +11,8 @@ ASGI app never sees such connections, so the limits live in the HTTP protocol:
   nothing is closed without a word (a browser's preconnected socket);
 - a request's head may have ``max_request_head_size`` bytes: 431 beyond (uvicorn's
   httptools protocol keeps however many header lines come);
+- a request's body may pause ``timeout_request_body`` between two reads: the connection
+  is closed beyond (the app reads a disconnect);
 - one address may hold ``max_connections_per_address`` connections, WebSockets
   included: 429 beyond, at once.
 
@@ -64,10 +66,11 @@ class ConnectionLimits:
     became a WebSocket ends under another protocol, so each address' closed transports
     are dropped when it connects again, and every address' every :data:`SWEEP_EVERY`."""
 
-    def __init__(self, per_address: int, head_timeout: float, head_size: int) -> None:
+    def __init__(self, per_address: int, head_timeout: float, head_size: int, body_timeout: float) -> None:
         self.per_address = per_address
         self.head_timeout = head_timeout
         self.head_size = head_size
+        self.body_timeout = body_timeout
         self.open: dict[str, set[asyncio.BaseTransport]] = {}
         #: addresses refused since they last were under their limit (told once in the log)
         self.refused: set[str] = set()
@@ -131,12 +134,14 @@ def limits_of(config: UvicornConfig) -> ConnectionLimits | None:
 
 class _Limited(asyncio.Protocol):
     """uvicorn's HTTP protocol (the class it is mixed into) with :class:`ConnectionLimits`.
-    Reads only what uvicorn's protocols have in common: ``config``, ``client``, ``transport``
-    and ``cycle`` (the request under way, a new one once a head is parsed)."""
+    Reads only what uvicorn's protocols have in common: ``config``, ``client``, ``transport``,
+    ``flow`` (its reading paused while the app does not read) and ``cycle`` (the request under
+    way, a new one once a head is parsed)."""
 
     config: UvicornConfig
     client: tuple[str, int] | None
     transport: asyncio.Transport
+    flow: Any
     cycle: Any
     limits: ConnectionLimits | None = None
     #: a request's head is awaited: since the connection, or the first byte of a kept-alive one's next request
@@ -146,6 +151,7 @@ class _Limited(asyncio.Protocol):
     head_size = 0
     #: the request under way when the head was awaited: another one means the head came
     head_cycle: Any = None
+    body_timer: asyncio.TimerHandle | None = None
     refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -194,22 +200,54 @@ class _Limited(asyncio.Protocol):
             self._await_head()  # the next request of a kept-alive connection (or a pipelined one) begins
         counted = self.awaiting_head
         super().data_received(data)
-        if not self.awaiting_head:
-            return
+        if self.awaiting_head:
+            self._head_read(len(data) if counted else 0)
+        if self.transport.get_protocol() is self and not self.refused:
+            self._watch_body()
+
+    def _head_read(self, size: int) -> None:
+        """After a read while a head was awaited: did it come, is it too late or too large?
+        ``size``: the bytes read, 0 when the head was awaited from within the read."""
+        assert self.limits is not None
         if self.cycle is not self.head_cycle or self.transport.get_protocol() is not self:
             self._head_came()  # (a WebSocket's upgrade replaced this protocol)
             return
         self._arm_head_timer()
-        if counted:  # only bytes read while no head came: a head and its body may come in one read
-            self.head_size += len(data)
-            if self.limits.head_size and self.head_size > self.limits.head_size and not self.transport.is_closing():
-                logger.debug("closed a connection from %s: its request head passed %d bytes (431)", self._address, self.limits.head_size)
-                self._head_came()
-                self._refuse(TOO_LARGE)
+        self.head_size += size  # only bytes read while no head came: a head and its body may come in one read
+        if self.limits.head_size and self.head_size > self.limits.head_size and not self.transport.is_closing():
+            logger.debug("closed a connection from %s: its request head passed %d bytes (431)", self._address, self.limits.head_size)
+            self._head_came()
+            self._refuse(TOO_LARGE)
+
+    def _watch_body(self) -> None:
+        """A request's body is being read: its next bytes have ``timeout_request_body`` to come."""
+        assert self.limits is not None
+        if self.body_timer is not None:
+            self.body_timer.cancel()
+            self.body_timer = None
+        if self.limits.body_timeout and self._reading_body():
+            self.body_timer = asyncio.get_running_loop().call_later(self.limits.body_timeout, self._body_late)
+
+    def _reading_body(self) -> bool:
+        return self.cycle is not None and self.cycle.more_body and not self.cycle.response_complete
+
+    def _body_late(self) -> None:
+        self.body_timer = None
+        if self.transport.is_closing() or not self._reading_body():
+            return
+        if self.flow.read_paused:  # the app does not read what came: not the client's doing
+            self._watch_body()
+            return
+        logger.debug("closed a connection from %s: its request body stopped coming", self._address)
+        self.refused = True
+        self.transport.close()  # the app reads a disconnect; an answer could land inside its own
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self._head_came()
+        if self.body_timer is not None:
+            self.body_timer.cancel()
+            self.body_timer = None
         if self.limits is not None:
             self.limits.release(self._address, self.transport)
 

@@ -69,7 +69,9 @@ class WebServer(Starlette):
         self.client = ForkServerClient(self.runtime, self.config, self.apps)
         # behind a proxy every connection has the proxy's address: the proxy limits per client
         per_address = 0 if config.trust_proxy_headers else config.max_connections_per_address
-        self.connection_limits = ConnectionLimits(per_address, config.timeout_request_head, config.max_request_head_size)
+        self.connection_limits = ConnectionLimits(
+            per_address, config.timeout_request_head, config.max_request_head_size, config.timeout_request_body
+        )
         #: told the operator that the server's protocol does not apply connection_limits
         self.said_unlimited = False
         signer = make_signer(self.runtime.secrets)
@@ -123,7 +125,8 @@ class WebServer(Starlette):
         if not self.connection_limits.in_force and not self.said_unlimited and scope["type"] != "lifespan":
             self.said_unlimited = True
             logger.warning(
-                "this server's connections are not limited (timeout_request_head, max_request_head_size, max_connections_per_address): "
+                "this server's connections are not limited (timeout_request_head and _body, max_request_head_size, "
+                "max_connections_per_address): "
                 "serve it with app.run(), uvicorn --http htagweb.connections:HTTPProtocol, "
                 "or gunicorn -k htagweb.workers.UvicornWorker"
             )

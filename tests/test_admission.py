@@ -48,7 +48,7 @@ class _Transport:
 
 
 def test_connections_are_limited_per_address_and_released():
-    limits = ConnectionLimits(per_address=2, head_timeout=10, head_size=65536)
+    limits = ConnectionLimits(per_address=2, head_timeout=10, head_size=65536, body_timeout=30)
     first, second, third = _Transport(), _Transport(), _Transport()
     assert limits.admit("10.0.0.1", first) and limits.admit("10.0.0.1", second)
     assert not limits.admit("10.0.0.1", third)
@@ -62,18 +62,18 @@ def test_connections_are_limited_per_address_and_released():
 
 
 def test_an_ipv6_client_counts_by_its_64_and_no_limit_is_no_limit():
-    limits = ConnectionLimits(per_address=1, head_timeout=10, head_size=65536)
+    limits = ConnectionLimits(per_address=1, head_timeout=10, head_size=65536, body_timeout=30)
     assert limits.admit("2001:db8:1:2::1", _Transport())
     assert not limits.admit("2001:db8:1:2::ffff", _Transport())
     assert limits.admit("2001:db8:1:3::1", _Transport())
     assert limits.admit("", _Transport()) and limits.admit("", _Transport())  # a Unix socket's peer
-    unlimited = ConnectionLimits(per_address=0, head_timeout=10, head_size=65536)  # behind a proxy
+    unlimited = ConnectionLimits(per_address=0, head_timeout=10, head_size=65536, body_timeout=30)  # behind a proxy
     assert all(unlimited.admit("10.0.0.1", _Transport()) for _ in range(1000))
     assert not unlimited.open
 
 
 def test_addresses_gone_are_forgotten_at_the_next_sweep(monkeypatch):
-    limits = ConnectionLimits(per_address=1, head_timeout=10, head_size=65536)
+    limits = ConnectionLimits(per_address=1, head_timeout=10, head_size=65536, body_timeout=30)
     upgraded = _Transport()
     assert limits.admit("10.0.0.1", upgraded)
     assert not limits.admit("10.0.0.1", _Transport())
@@ -87,7 +87,7 @@ def test_addresses_gone_are_forgotten_at_the_next_sweep(monkeypatch):
 
 
 def test_an_address_refused_is_said_once_until_it_holds_fewer(caplog):
-    limits = ConnectionLimits(per_address=1, head_timeout=10, head_size=65536)
+    limits = ConnectionLimits(per_address=1, head_timeout=10, head_size=65536, body_timeout=30)
     held = _Transport()
     limits.admit("10.0.0.1", held)
     for _ in range(5):

@@ -6,6 +6,7 @@ accounting alone)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import resource
@@ -133,6 +134,34 @@ def test_a_pipelined_head_without_end_behind_a_stream_ends_its_connection(server
 
     run(scenario())
     assert worker.memory_info().rss - before < 32 * 1024 * 1024
+    assert "Traceback" not in srv.log
+
+
+def test_a_request_body_that_stalls_ends_its_connection_and_one_that_flows_does_not(server):
+    """A head that came, then a body that stops: the connection was held for ever. One whose
+    bytes keep coming, however slowly, is read to its end."""
+    srv = server(server_source("WebServerWS", timeout_request_body=1.0))
+
+    async def scenario():
+        async with User(srv.url) as user:
+            assert count((await user.page()).text) == 0
+            head = f"POST /event HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {user.cookie_header}\r\nX-HTAG-TOKEN: {user.csrf}\r\n"
+            event = json.dumps({"id": "inc", "event": "click", "data": {"callback_id": "cb"}, "fallback": True}).encode()
+            stalled, stalled_writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            stalled_writer.write(f"{head}Content-Length: {len(event)}\r\n\r\n".encode() + event[:10])
+            flowing, flowing_writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            flowing_writer.write(f"{head}Content-Length: {len(event)}\r\n\r\n".encode())
+            for byte in range(len(event)):  # a byte every 0.05 s: longer than the timeout in all, never a pause as long
+                flowing_writer.write(event[byte : byte + 1])
+                await asyncio.sleep(0.05)
+            answer = await flowing.readuntil(b"\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            assert await until_closed(stalled) == b""  # closed, no answer
+            stalled_writer.close()
+            flowing_writer.close()
+            assert count((await user.page()).text) == 1  # the flowing click ran, the stalled one did not
+
+    run(scenario())
     assert "Traceback" not in srv.log
 
 
