@@ -30,7 +30,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flood_bench import HTAGWEB_SOURCE, newcomer  # noqa: E402
-from servers import Server  # noqa: E402
+from servers import LIMITED, Server  # noqa: E402
 
 HALF_A_HEAD = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n"
 
@@ -84,7 +84,7 @@ def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # this client's: room for its connections
     results = {}
-    for name, http in (("uvicorn's protocol", "auto"), ("htagweb's protocol", "htagweb.connections:HTTPProtocol")):
+    for name, http in (("uvicorn's protocol", "auto"), ("htagweb's protocol", LIMITED)):
         with Server(HTAGWEB_SOURCE.format(options=""), http=http) as server:
             assert server.proc is not None
             psutil.Process(server.proc.pid).rlimit(psutil.RLIMIT_NOFILE, (args.worker_files, args.worker_files))

@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("htagweb")
 
+#: :data:`HTTPProtocol` as uvicorn's ``--http`` and gunicorn's worker name it
+PROTOCOL_PATH = "htagweb.connections:HTTPProtocol"
+
 #: seconds between two looks for connections ended after an upgrade (their protocol is the WebSocket's)
 SWEEP_EVERY = 60.0
 #: seconds a refused connection is read (and what comes dropped) before it is closed: closed with
@@ -152,7 +155,10 @@ class _Limited(asyncio.Protocol):
     #: the request under way when the head was awaited: another one means the head came
     head_cycle: Any = None
     body_timer: asyncio.TimerHandle | None = None
-    refused = False
+    #: when the body under way last had bytes (the body timer looks at it when it fires)
+    body_read_at = 0.0
+    #: the limits ended the connection: what still comes (a lingering refusal's) is dropped
+    ended = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -172,7 +178,7 @@ class _Limited(asyncio.Protocol):
         head), no word: it would land inside that answer."""
         limits = self.limits
         assert limits is not None
-        self.refused = True
+        self.ended = True
         if self._answering():
             self.transport.close()
             return
@@ -191,7 +197,7 @@ class _Limited(asyncio.Protocol):
         asyncio.get_running_loop().call_later(LINGER, close)
 
     def data_received(self, data: bytes) -> None:
-        if self.refused:
+        if self.ended:
             return
         if self.limits is None:
             super().data_received(data)
@@ -202,7 +208,7 @@ class _Limited(asyncio.Protocol):
         super().data_received(data)
         if self.awaiting_head:
             self._head_read(len(data) if counted else 0)
-        if self.transport.get_protocol() is self and not self.refused:
+        if self.transport.get_protocol() is self and not self.ended and self._reading_body():
             self._watch_body()
 
     def _head_read(self, size: int) -> None:
@@ -220,13 +226,13 @@ class _Limited(asyncio.Protocol):
             self._refuse(TOO_LARGE)
 
     def _watch_body(self) -> None:
-        """A request's body is being read: its next bytes have ``timeout_request_body`` to come."""
+        """A request's body is being read: its next bytes have ``timeout_request_body`` to come.
+        A timer armed once, not one per read: a read costs a float (as the front's stall timer)."""
         assert self.limits is not None
-        if self.body_timer is not None:
-            self.body_timer.cancel()
-            self.body_timer = None
-        if self.limits.body_timeout and self._reading_body():
-            self.body_timer = asyncio.get_running_loop().call_later(self.limits.body_timeout, self._body_late)
+        loop = asyncio.get_running_loop()
+        self.body_read_at = loop.time()
+        if self.body_timer is None and self.limits.body_timeout:
+            self.body_timer = loop.call_later(self.limits.body_timeout, self._body_late)
 
     def _reading_body(self) -> bool:
         return self.cycle is not None and self.cycle.more_body and not self.cycle.response_complete
@@ -235,11 +241,16 @@ class _Limited(asyncio.Protocol):
         self.body_timer = None
         if self.transport.is_closing() or not self._reading_body():
             return
+        assert self.limits is not None
         if self.flow.read_paused:  # the app does not read what came: not the client's doing
             self._watch_body()
             return
+        left = self.body_read_at + self.limits.body_timeout - asyncio.get_running_loop().time()
+        if left > 0:  # bytes came since the timer was armed
+            self.body_timer = asyncio.get_running_loop().call_later(left, self._body_late)
+            return
         logger.debug("closed a connection from %s: its request body stopped coming", self._address)
-        self.refused = True
+        self.ended = True
         self.transport.close()  # the app reads a disconnect; an answer could land inside its own
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -25,7 +25,7 @@ from . import logs
 from .appspec import AppSpec
 from .client import ForkServerClient
 from .config import Config
-from .connections import ConnectionLimits
+from .connections import PROTOCOL_PATH, ConnectionLimits
 from .front import HtagEndpoint
 from .observe import Observability
 from .pages import bootstrap_page
@@ -127,8 +127,8 @@ class WebServer(Starlette):
             logger.warning(
                 "this server's connections are not limited (timeout_request_head and _body, max_request_head_size, "
                 "max_connections_per_address): "
-                "serve it with app.run(), uvicorn --http htagweb.connections:HTTPProtocol, "
-                "or gunicorn -k htagweb.workers.UvicornWorker"
+                "serve it with app.run(), uvicorn --http %s, or gunicorn -k htagweb.workers.UvicornWorker",
+                PROTOCOL_PATH,
             )
         await super().__call__(scope, receive, send)
 
@@ -179,7 +179,7 @@ class WebServer(Starlette):
 
         logs.configure()
         uvicorn_options.setdefault("proxy_headers", self.config.trust_proxy_headers)
-        uvicorn_options.setdefault("http", "htagweb.connections:HTTPProtocol")
+        uvicorn_options.setdefault("http", PROTOCOL_PATH)
         # an SSE stream never ends by itself: without a limit, a stop waits for every browser to leave
         uvicorn_options.setdefault("timeout_graceful_shutdown", max(1, int(self.config.shutdown_grace)))
         if self.config.parano:  # ciphertext does not compress: deflating it only costs time

@@ -9,6 +9,8 @@ from typing import Any
 
 from uvicorn.workers import UvicornWorker as _UvicornWorker
 
+from .connections import PROTOCOL_PATH
+
 
 class UvicornWorker(_UvicornWorker):
-    CONFIG_KWARGS: dict[str, Any] = {**_UvicornWorker.CONFIG_KWARGS, "http": "htagweb.connections:HTTPProtocol"}
+    CONFIG_KWARGS: dict[str, Any] = {**_UvicornWorker.CONFIG_KWARGS, "http": PROTOCOL_PATH}

@@ -22,12 +22,14 @@ from pathlib import Path
 
 import psutil
 
+from htagweb.connections import PROTOCOL_PATH
+
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"(?:Uvicorn running on|Listening at:) http://127\.0\.0\.1:(\d+)")
 
 
-#: htagweb's HTTP protocol, with its limits on connections (htagweb/connections.py)
-LIMITED = "htagweb.connections:HTTPProtocol"
+#: htagweb's HTTP protocol, with its limits on connections
+LIMITED = PROTOCOL_PATH
 
 def marked_processes(marker: str) -> list[psutil.Process]:
     found = []

@@ -30,6 +30,21 @@ async def read_all(reader: asyncio.StreamReader) -> bytes:
     return await asyncio.wait_for(reader.read(), 30)
 
 
+async def send_header_lines(writer: asyncio.StreamWriter, until: asyncio.Task[bytes]) -> None:
+    """Header lines, 128 kB at a time, until ``until`` (what the server sends) is done, or 256 MB
+    (the worker grew by as much before)."""
+    lines = (b"X-Filler: " + b"a" * 8000 + b"\r\n") * 16
+    sent = 0
+    try:
+        while sent < 256 * 1024 * 1024 and not until.done():
+            writer.write(lines)
+            await writer.drain()
+            sent += len(lines)
+    except ConnectionError:  # the server closed: what it said is still to read
+        pass
+    writer.close()
+
+
 async def until_closed(reader: asyncio.StreamReader) -> bytes:
     """What the server sends until it closes the connection, or resets it (closed with bytes unread)."""
     try:
@@ -86,16 +101,7 @@ def test_a_request_head_without_end_is_refused_431_before_it_fills_the_worker(se
         reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
         writer.write(HALF_A_HEAD)
         answer = asyncio.create_task(read_all(reader))
-        line = b"X-Filler: " + b"a" * 8000 + b"\r\n"
-        sent = 0
-        try:
-            while sent < 256 * 1024 * 1024 and not answer.done():  # the worker grew by 256 MB before
-                writer.write(line * 16)
-                await writer.drain()
-                sent += len(line) * 16
-        except ConnectionError:  # the server closed: what it said is still to read
-            pass
-        writer.close()
+        await send_header_lines(writer, answer)
         assert (await answer).startswith(b"HTTP/1.1 431 ") and b"request head is too large" in await answer
         async with User(srv.url) as user:  # other requests are served as ever
             assert count((await user.page()).text) == 0
@@ -120,16 +126,7 @@ def test_a_pipelined_head_without_end_behind_a_stream_ends_its_connection(server
             assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 ")  # the stream is under way
             writer.write(HALF_A_HEAD)
             rest = asyncio.create_task(until_closed(reader))
-            line = b"X-Filler: " + b"a" * 8000 + b"\r\n"
-            sent = 0
-            try:
-                while sent < 256 * 1024 * 1024 and not rest.done():
-                    writer.write(line * 16)
-                    await writer.drain()
-                    sent += len(line) * 16
-            except ConnectionError:
-                pass
-            writer.close()
+            await send_header_lines(writer, rest)
             assert b"HTTP/1.1" not in await rest
 
     run(scenario())
