@@ -34,7 +34,9 @@ class Config:
     memory_limit: int = 1024 * 1024 * 1024
     #: open files (sockets included) a user process may hold before it is killed (0: no limit)
     max_open_files: int = 1024
-    #: bytes a request body may have (413 beyond)
+    #: bytes a request body or a WebSocket message may have: 413 beyond, a WebSocket closed 1009
+    #: (parano's envelope adds 1 KiB: :attr:`max_message_size`). A WebSocket's is served as
+    #: timeout_request_head is (without it, uvicorn's ws_max_size: 16 MiB)
     max_body_size: int = 1024 * 1024
     #: where sessions live: "sqlite" (the runtime directory's, default), "sqlite:///PATH", "memory",
     #: "redis://..." or a SessionStore
@@ -104,6 +106,12 @@ class Config:
         """``spare_processes``, resolved."""
         assert self.spare_processes is not None
         return self.spare_processes
+
+    @property
+    def max_message_size(self) -> int:
+        """Bytes a body or a WebSocket message may have on the wire: ``max_body_size``, and under
+        parano room for the envelope around it (a message too small to hold one is never sent)."""
+        return max(self.max_body_size, 4096) + 1024 if self.parano else self.max_body_size
 
     @classmethod
     def of(cls, settings: dict[str, Any]) -> Config:

@@ -14,7 +14,10 @@ ASGI app never sees such connections, so the limits live in the HTTP protocol:
 - a request's body may pause ``timeout_request_body`` between two reads: the connection
   is closed beyond (the app reads a disconnect);
 - one address may hold ``max_connections_per_address`` connections, WebSockets
-  included: 429 beyond, at once.
+  included: 429 beyond, at once;
+- a WebSocket message may have ``max_body_size`` bytes, as a body (parano's envelope
+  aside): the socket is closed 1009 beyond. uvicorn lets one have 16 MiB, and keeps a
+  message whose last fragment never comes.
 
 :data:`HTTPProtocol` is uvicorn's own protocol (httptools where installed, as uvicorn's
 ``auto``) with these limits, read from the htagweb app it serves: ``app.run()`` and
@@ -25,8 +28,10 @@ gunicorn's ``-k htagweb.workers.UvicornWorker`` choose it.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol as _H11Protocol
@@ -69,11 +74,13 @@ class ConnectionLimits:
     became a WebSocket ends under another protocol, so each address' closed transports
     are dropped when it connects again, and every address' every :data:`SWEEP_EVERY`."""
 
-    def __init__(self, per_address: int, head_timeout: float, head_size: int, body_timeout: float) -> None:
+    def __init__(self, per_address: int, head_timeout: float, head_size: int, body_timeout: float, message_size: int = 0) -> None:
         self.per_address = per_address
         self.head_timeout = head_timeout
         self.head_size = head_size
         self.body_timeout = body_timeout
+        self.message_size = message_size
+        self._websocket_protocol: Callable[..., asyncio.Protocol] | None = None
         self.open: dict[str, set[asyncio.BaseTransport]] = {}
         #: addresses refused since they last were under their limit (told once in the log)
         self.refused: set[str] = set()
@@ -117,6 +124,21 @@ class ConnectionLimits:
             if not held:
                 del self.open[group]
 
+    def websocket_protocol(self, config: UvicornConfig) -> Callable[..., asyncio.Protocol]:
+        """uvicorn's WebSocket protocol, as its HTTP protocol makes one at an upgrade, reading a
+        copy of ``config`` whose ``ws_max_size`` is at most ``message_size``."""
+        if self._websocket_protocol is None:
+            limited = copy.copy(config)
+            limited.ws_max_size = min(config.ws_max_size, self.message_size)
+            protocol_class = config.ws_protocol_class
+            assert protocol_class is not None
+
+            def websocket_protocol(**options: Any) -> asyncio.Protocol:
+                return protocol_class(**{**options, "config": limited})
+
+            self._websocket_protocol = websocket_protocol
+        return self._websocket_protocol
+
     def _prune(self, group: str) -> set[asyncio.BaseTransport]:
         held = {t for t in self.open.pop(group, ()) if not t.is_closing()}
         if held:
@@ -138,14 +160,15 @@ def limits_of(config: UvicornConfig) -> ConnectionLimits | None:
 class _Limited(asyncio.Protocol):
     """uvicorn's HTTP protocol (the class it is mixed into) with :class:`ConnectionLimits`.
     Reads only what uvicorn's protocols have in common: ``config``, ``client``, ``transport``,
-    ``flow`` (its reading paused while the app does not read) and ``cycle`` (the request under
-    way, a new one once a head is parsed)."""
+    ``flow`` (its reading paused while the app does not read), ``cycle`` (the request under
+    way, a new one once a head is parsed) and ``ws_protocol_class`` (what an upgrade makes)."""
 
     config: UvicornConfig
     client: tuple[str, int] | None
     transport: asyncio.Transport
     flow: Any
     cycle: Any
+    ws_protocol_class: Any  # a class for uvicorn; a function that makes one once limited
     limits: ConnectionLimits | None = None
     #: a request's head is awaited: since the connection, or the first byte of a kept-alive one's next request
     awaiting_head = False
@@ -169,6 +192,8 @@ class _Limited(asyncio.Protocol):
         if not self.limits.admit(self._address, transport):
             self._refuse(TOO_MANY)
             return
+        if self.ws_protocol_class is not None and self.limits.message_size:
+            self.ws_protocol_class = self.limits.websocket_protocol(self.config)
         self._await_head()
 
     def _refuse(self, answer: bytes) -> None:

@@ -114,7 +114,7 @@ class ParanoMiddleware:
         credentials: Credentials,
         store: SessionStore,
         ticket_lifetime: float,
-        max_body_size: int,
+        max_message: int,
         debug: bool,
         on_rejection: Callable[[], Awaitable[None]],
     ) -> None:
@@ -126,7 +126,7 @@ class ParanoMiddleware:
         self.ticket_lifetime = ticket_lifetime
         self.debug = debug
         self.on_rejection = on_rejection
-        self.max_message = max(max_body_size, 4096) + 1024
+        self.max_message = max_message
         self.routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
             ("http", "/_htagweb/kx"): self.key_exchange,
             ("http", "/_htagweb/identity"): self.public_identity,

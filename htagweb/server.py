@@ -70,7 +70,7 @@ class WebServer(Starlette):
         # behind a proxy every connection has the proxy's address: the proxy limits per client
         per_address = 0 if config.trust_proxy_headers else config.max_connections_per_address
         self.connection_limits = ConnectionLimits(
-            per_address, config.timeout_request_head, config.max_request_head_size, config.timeout_request_body
+            per_address, config.timeout_request_head, config.max_request_head_size, config.timeout_request_body, config.max_message_size
         )
         #: told the operator that the server's protocol does not apply connection_limits
         self.said_unlimited = False
@@ -101,7 +101,7 @@ class WebServer(Starlette):
                 credentials=Credentials(self.runtime.secrets, self.store.max_age),
                 store=self.store,
                 ticket_lifetime=config.parano_ticket_lifetime,
-                max_body_size=config.max_body_size,
+                max_message=config.max_message_size,
                 debug=config.debug,
                 on_rejection=partial(self.client.count, "parano_rejections"),
             )
@@ -126,7 +126,7 @@ class WebServer(Starlette):
             self.said_unlimited = True
             logger.warning(
                 "this server's connections are not limited (timeout_request_head and _body, max_request_head_size, "
-                "max_connections_per_address): "
+                "max_connections_per_address, max_body_size of a WebSocket message): "
                 "serve it with app.run(), uvicorn --http %s, or gunicorn -k htagweb.workers.UvicornWorker",
                 PROTOCOL_PATH,
             )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uvicorn
+
 from htagweb import connections
 from htagweb.admission import Candidate, NewProcessLimit, address_group, make_room_from
 from htagweb.connections import ConnectionLimits
@@ -96,3 +98,23 @@ def test_an_address_refused_is_said_once_until_it_holds_fewer(caplog):
     assert limits.admit("10.0.0.1", _Transport())
     assert not limits.admit("10.0.0.1", _Transport())
     assert [r.getMessage().split(":")[0] for r in caplog.records] == ["refused connections from 10.0.0.1"] * 2
+
+
+def test_a_websocket_is_made_from_a_copy_of_uvicorn_s_config_with_its_message_limit():
+    made = []
+
+    class Protocol:
+        def __init__(self, config, server_state, app_state):
+            made.append((config, server_state, app_state))
+
+    config = uvicorn.Config(app=None, ws_max_size=16 * 2**20)
+    config.ws_protocol_class = Protocol
+    limits = ConnectionLimits(per_address=1, head_timeout=10, head_size=65536, body_timeout=30, message_size=2**20)
+    make = limits.websocket_protocol(config)
+    assert limits.websocket_protocol(config) is make  # one copy for every connection
+    assert isinstance(make(config=config, server_state="state", app_state={}), Protocol)
+    ((limited, server_state, _),) = made
+    assert (limited.ws_max_size, server_state, config.ws_max_size) == (2**20, "state", 16 * 2**20)
+    config.ws_max_size = 1000  # an operator's lower limit stands
+    ConnectionLimits(1, 10, 65536, 30, message_size=2**20).websocket_protocol(config)(config=config, server_state=None, app_state={})
+    assert made[-1][0].ws_max_size == 1000

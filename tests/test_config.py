@@ -47,3 +47,9 @@ def test_the_command_line_takes_its_defaults_from_config():
     shown = subprocess.run([sys.executable, "-m", "htagweb", "--help"], capture_output=True, text=True, timeout=60).stdout
     assert f"(default {Config.timeout_inactivity:g})" in " ".join(shown.split())
     assert f"(default {Config.timeout_interaction:g})" in " ".join(shown.split())
+
+
+def test_a_message_on_the_wire_has_max_body_size_and_under_parano_room_for_its_envelope():
+    assert Config(max_body_size=10_000).max_message_size == 10_000
+    assert Config(max_body_size=10_000, parano=True).max_message_size == 11_024
+    assert Config(max_body_size=10, parano=True).max_message_size == 4096 + 1024  # a click fits, sealed

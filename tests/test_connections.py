@@ -6,6 +6,7 @@ accounting alone)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from helpers import TLS, User, click, count, server_source
 
 #: what a slow client sends: a request head it never finishes
 HALF_A_HEAD = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+MB = 1024 * 1024
 
 
 def run(coro):
@@ -159,6 +161,57 @@ def test_a_request_body_that_stalls_ends_its_connection_and_one_that_flows_does_
             assert count((await user.page()).text) == 1  # the flowing click ran, the stalled one did not
 
     run(scenario())
+    assert "Traceback" not in srv.log
+
+
+async def message_never_finished(ws, size: int) -> None:
+    """A WebSocket text message sent in 1 MB fragments, ``size`` bytes of them, and never its
+    last: the client still answers the server's pings."""
+
+    async def fragments():
+        yield "{" + " " * (MB - 1)
+        for _ in range(size // MB - 1):
+            yield " " * MB
+        await asyncio.Event().wait()
+
+    await ws.send(fragments())
+
+
+@pytest.mark.parametrize("ws", ["auto", "websockets"])
+def test_websocket_messages_past_max_body_size_close_their_socket_before_they_fill_the_worker(server, ws):
+    """A WebSocket message could have 16 MiB (uvicorn's default), as many as a client liked,
+    and one never finished was held for ever: 20 such messages held 300 MB of a worker.
+    A message has max_body_size bytes, as a request's body; the socket is closed 1009
+    beyond. ``websockets``: uvicorn's older WebSocket protocol, which an operator may choose."""
+    srv = server(server_source("WebServerWS"), "--ws", ws)  # max_body_size: 1 MiB
+    worker = psutil.Process(srv.proc.pid)
+    before = worker.memory_info().rss
+
+    async def scenario():
+        async with User(srv.url) as user, contextlib.AsyncExitStack() as held:
+            assert count((await user.page()).text) == 0
+            sockets = [await held.enter_async_context(user.ws()) for _ in range(20)]
+            for socket in sockets:
+                await socket.recv()
+            sending = [asyncio.create_task(message_never_finished(socket, 15 * MB)) for socket in sockets]
+            for socket in sockets:  # closed while its client sends: the close frame may be lost in a reset
+                with pytest.raises(websockets.ConnectionClosed):
+                    await asyncio.wait_for(socket.recv(), 30)
+            for task in sending:  # a message never finished never ends
+                task.cancel()
+            await asyncio.gather(*sending, return_exceptions=True)
+            async with user.ws() as socket:  # a frame's head that says 15 MB: closed at once, and told why
+                await socket.recv()
+                socket.transport.write(bytes([0x81, 0xFF]) + (15 * MB).to_bytes(8, "big") + os.urandom(4))
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await asyncio.wait_for(socket.recv(), 30)
+                assert closed.value.rcvd.code == 1009  # message too big
+            async with user.ws() as socket:  # a message within the limit is a click as any
+                await socket.recv()
+                assert count((await click(socket, "inc", value="x" * (MB - 4096)))["updates"]["count"]) == 1
+
+    run(scenario())
+    assert worker.memory_info().rss - before < 64 * MB
     assert "Traceback" not in srv.log
 
 
