@@ -42,6 +42,8 @@ logger = logging.getLogger("htagweb")
 RECENT_EVENTS = 256
 #: the longest id kept (htag's client: some 11 characters)
 MAX_CALLBACK_ID = 64
+#: what JSON's decoder raises for text that is not JSON, or nested deeper than the stack allows
+NOT_JSON = (ValueError, RecursionError)
 SSE_HEADERS = {"Cache-Control": "no-cache", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
 CLIENT_SCRIPT = f"<script>{CLIENT_JS}</script>"
 #: what we add to htag's client (htagweb/js/: each file says why)
@@ -179,7 +181,7 @@ class HtagHost:
             msg = _obf_loads((await request.body()).decode(), None)
             if not isinstance(msg, dict):
                 raise ValueError("not a JSON object")
-        except ValueError as exc:
+        except NOT_JSON as exc:
             return PlainTextResponse(f"invalid htag event: {exc}", status_code=400)
         callback_id = _callback_id(msg)
         if callback_id in self.ran:
@@ -235,7 +237,7 @@ class HtagHost:
                 text = message.get("text")
                 try:
                     valid = text is not None and isinstance(json.loads(text), dict)
-                except ValueError:
+                except NOT_JSON:
                     valid = False
                 if not valid:
                     logger.warning("closing a WebSocket that sent an invalid htag frame")
@@ -265,7 +267,7 @@ def _sent_callback_id(body: bytes) -> str | None:
     """The callback id of an event's body, if it reads as one (the handler says why not)."""
     try:
         msg = json.loads(body)
-    except ValueError:
+    except NOT_JSON:
         return None
     return _callback_id(msg) if isinstance(msg, dict) else None
 

@@ -536,7 +536,7 @@ def _request_head(head_bytes: bytes) -> dict[str, Any]:
             and isinstance(head.get("page", ""), str)
         ):
             raise ValueError
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested deeper than the stack allows)
         raise ParanoError("malformed", "bad request head") from None
     return head
 

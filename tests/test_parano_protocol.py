@@ -122,6 +122,8 @@ def test_tampered_truncated_and_replayed_http_messages(parano_server):
             assert await refusal(user, channel, message[:-7]) == "integrity"  # truncated
             assert await refusal(user, channel, message[:25]) == "clear malformed"
             assert await refusal(user, channel, b"\x01" + message[1:]) == "clear malformed"  # another version
+            deep = user.channel(b"H")  # a head nested deeper than the stack: no JSON, as any
+            assert await refusal(user, deep, deep.open_message(b"[" * 100_000 + b"\n")) == "malformed"
             assert "Count: 0" in await user.page()  # none of it reached the app
             assert await refusal(user, channel, message) == "accepted"
             assert await refusal(user, channel, message) == "replay"

@@ -327,6 +327,32 @@ def test_bad_input(server):
     run(scenario())
 
 
+def test_json_nested_deeper_than_the_stack_is_invalid_input_not_a_stopped_app(server):
+    """100 kB of ``[``: Python's JSON decoder raises RecursionError, not ValueError. It
+    escaped as a failure of the app: the user read "The application stopped unexpectedly"
+    and the log had a traceback, though the app ran on."""
+    srv = server(server_source("WebServerWS"))
+    deep = "[" * 100_000
+
+    async def scenario():
+        async with User(srv.url) as user:
+            await user.page()
+            answer = await user.http.post("/event", content=deep, headers={"X-HTAG-TOKEN": user.csrf})
+            assert answer.status_code == 400 and "invalid htag event" in answer.text
+            async with user.ws() as bad:
+                await bad.recv()
+                await bad.send(deep)
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await bad.recv()
+                assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1003, "invalid htag frame")
+            async with user.ws() as good:
+                await good.recv()
+                assert "Count: 1" in (await click(good, "inc"))["updates"]["count"]
+
+    run(scenario())
+    assert "Traceback" not in srv.log
+
+
 BROKEN = "import htag\nraise RuntimeError('boom at import')\n"
 
 
