@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import logging
 import time
@@ -52,8 +51,6 @@ CORS = {"Access-Control-Allow-Origin": "*"}  # answers are sealed for the reques
 SEALED = {**CORS, "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 _DROPPED_INNER = {"cookie", "host", "content-length", "connection", "upgrade", "transfer-encoding"}
 _KEPT_OUTER = {b"host", b"user-agent", b"accept-language"}
-#: the claims of key exchanges seen: a replayed hello is refused before any ECDH
-HELLO_CLAIMS = "kx-hello"
 #: a refused visitor's page reports it (a plaintext beacon anyone can send): one log line per this many seconds at most
 REFUSAL_LOG_INTERVAL = 60.0
 #: what a refused page may say, and what it means for the administrator
@@ -177,10 +174,8 @@ class ParanoMiddleware:
 
     async def key_exchange(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
+            # nothing is stored: a hello sent again gets keys only its private key's holder can use (§2)
             body = await _read_body(receive, MAX_HELLO)
-            # a replay is refused first, for a hash and a store write: not even the point is checked
-            if not await self._claim(HELLO_CLAIMS, hashlib.sha256(body).hexdigest(), time.time() + self.ticket_lifetime):
-                raise ParanoError("replay", "this key exchange was seen before")
             server_hello, _ = key_exchange(ClientHello.parse(body), self.identity, self.sealer, self.ticket_lifetime)
         except ParanoError as exc:
             await self._clear_error("a key exchange", exc, scope, receive, send)
