@@ -63,7 +63,7 @@ from htagweb import manage  # noqa: E402
 
 #: every user of the bench comes from one address: its limit of new processes would refuse the reloads
 OPTIONS = (
-    "runtime_dir=RUNTIME_DIR, timeout_inactivity=0, new_processes_per_minute=0, max_connections_per_address=0,"
+    "runtime_dir=RUNTIME_DIR, timeout_inactivity=0, new_processes_per_minute=0, max_connections_per_address=0, max_processes_per_address=0,"
     " timeout_interaction={timeout}"
 )
 #: the characters of a session id that name it in the server's logs and in ``htagweb ps``

@@ -30,10 +30,11 @@ from htagweb import cipher  # noqa: E402
 # the same flags for both servers; without permessage-deflate, which parano servers
 # should run without (ciphertext does not compress: app.run() turns it off for them)
 ARGS = ("--ws-per-message-deflate", "false")
-# new_processes_per_minute=0, max_connections_per_address=0: every user of a bench comes from 127.0.0.1
+# new_processes_per_minute=0, max_connections_per_address=0, max_processes_per_address=0: every user of a bench comes from 127.0.0.1
 SOURCE = (
     "\nfrom htagweb import WebServerWS\n"
-    "app = WebServerWS(App, runtime_dir=RUNTIME_DIR, new_processes_per_minute=0, max_connections_per_address=0{})\n"
+    "app = WebServerWS(App, runtime_dir=RUNTIME_DIR, new_processes_per_minute=0, max_connections_per_address=0,"
+    " max_processes_per_address=0{})\n"
 )
 
 

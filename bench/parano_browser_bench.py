@@ -29,10 +29,11 @@ from servers import Server, percentile, report  # noqa: E402
 from htagweb.pages import fallback_bundle  # noqa: E402
 
 ARGS = ("--ws-per-message-deflate", "false")  # as parano servers run (bench/RESULTS.md, parano section)
-# new_processes_per_minute=0, max_connections_per_address=0: every user of a bench comes from 127.0.0.1
+# new_processes_per_minute=0, max_connections_per_address=0, max_processes_per_address=0: every user of a bench comes from 127.0.0.1
 SOURCE = (
     "\nfrom htagweb import WebServerWS\n"
-    "app = WebServerWS(App, runtime_dir=RUNTIME_DIR, new_processes_per_minute=0, max_connections_per_address=0{})\n"
+    "app = WebServerWS(App, runtime_dir=RUNTIME_DIR, new_processes_per_minute=0, max_connections_per_address=0,"
+    " max_processes_per_address=0{})\n"
 )
 
 # every operation of the page's crypto backend, timed into window.cryptoMs

@@ -54,11 +54,11 @@ WAKE_UP_CLICKS = 10
 #: new users arriving back to back, in each round
 BACK_TO_BACK = 5
 HTAG_SOURCE = "\nfrom htag import WebApp\napp = WebApp(App).app\n"
-# new_processes_per_minute=0, max_connections_per_address=0: every user of the bench comes from 127.0.0.1
+# new_processes_per_minute=0, max_connections_per_address=0, max_processes_per_address=0: every user of the bench comes from 127.0.0.1
 HTAGWEB_SOURCE = (
     "\nfrom htagweb import WebServerWS\n"
     "app = WebServerWS(App, runtime_dir=RUNTIME_DIR, timeout_inactivity=3600, new_processes_per_minute=0,"
-    " max_connections_per_address=0{options})\n"
+    " max_connections_per_address=0, max_processes_per_address=0{options})\n"
 )
 
 

@@ -30,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runtime_bench import HTAG_SOURCE, htag_python  # noqa: E402
 from servers import Server, http_client, percentile, ws_connect  # noqa: E402
 
-# new_processes_per_minute=0, max_connections_per_address=0: every user of the bench comes from 127.0.0.1
+# new_processes_per_minute=0, max_connections_per_address=0, max_processes_per_address=0: every user of the bench comes from 127.0.0.1
 SOURCE = (
     "\nfrom htagweb import WebServerWS\n"
     "app = WebServerWS(App, runtime_dir=RUNTIME_DIR, max_processes=5000, timeout_inactivity=3600, new_processes_per_minute=0,"
-    " max_connections_per_address=0)\n"
+    " max_connections_per_address=0, max_processes_per_address=0)\n"
 )
 GIB = 2**30
 

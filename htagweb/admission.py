@@ -5,7 +5,8 @@ On the open internet most clients are not users: crawlers, uptime probes,
 scanners. Each cookieless page load would cost a process for ``timeout_inactivity``,
 so a flood of them could fill ``max_processes`` and lock real users out. Hence:
 
-- a limit on new processes per client address and minute (:class:`NewProcessLimit`);
+- a limit on new processes per client address and minute (:class:`NewProcessLimit`), and
+  one on the live processes of an address: at it, the address' own processes make room;
 - at the cap, a process whose page never went live (no WebSocket, SSE stream or event
   since it was served) is *provisional* and makes room first, then the least recently
   active idle process (:func:`make_room_from`); a 503 only when every process is busy.
@@ -72,6 +73,7 @@ class Candidate:
     busy: bool  # a handler is running
     arriving: bool  # given to its user under ARRIVAL_GRACE ago, and has not answered them yet
     last_activity: float  # monotonic time of its last exchange
+    address: str = ""  # its first page's client (address_group), "" if unknown
 
 
 def make_room_from(candidates: Iterable[Candidate]) -> Candidate | None:

@@ -25,6 +25,10 @@ class Config:
     timeout_interaction: float = 60.0
     #: live user processes at most; beyond, new users get a 503 with Retry-After
     max_processes: int = 500
+    #: live user processes of one client address at most (counted as new_processes_per_minute):
+    #: beyond, its own least recently active idle one makes room, so that one address cannot end
+    #: other users' processes (None: a quarter of max_processes, at least 1; 0: no limit)
+    max_processes_per_address: int | None = None
     #: user processes forked ahead of need (asleep, about 1.1 MB each; four woken to rehearse, 4.4 MB):
     #: a crowd of new users that large costs no fork (None: min(50, max_processes // 10))
     spare_processes: int | None = None
@@ -99,6 +103,8 @@ class Config:
     def __post_init__(self) -> None:
         if self.spare_processes is None:  # a small server keeps a tenth of its cap
             object.__setattr__(self, "spare_processes", min(50, self.max_processes // 10))
+        if self.max_processes_per_address is None:  # three quarters always left to the other addresses
+            object.__setattr__(self, "max_processes_per_address", max(1, self.max_processes // 4))
         object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
 
     @property
@@ -112,6 +118,12 @@ class Config:
         """Bytes a body or a WebSocket message may have on the wire: ``max_body_size``, and under
         parano room for the envelope around it (a message too small to hold one is never sent)."""
         return max(self.max_body_size, 4096) + 1024 if self.parano else self.max_body_size
+
+    @property
+    def processes_per_address(self) -> int:
+        """``max_processes_per_address``, resolved."""
+        assert self.max_processes_per_address is not None
+        return self.max_processes_per_address
 
     @classmethod
     def of(cls, settings: dict[str, Any]) -> Config:

@@ -53,3 +53,9 @@ def test_a_message_on_the_wire_has_max_body_size_and_under_parano_room_for_its_e
     assert Config(max_body_size=10_000).max_message_size == 10_000
     assert Config(max_body_size=10_000, parano=True).max_message_size == 11_024
     assert Config(max_body_size=10, parano=True).max_message_size == 4096 + 1024  # a click fits, sealed
+
+
+def test_an_address_holds_a_quarter_of_max_processes_unless_told():
+    assert Config().processes_per_address == 125
+    assert Config(max_processes=3).processes_per_address == 1  # at least one
+    assert Config(max_processes_per_address=0).processes_per_address == 0  # no limit

@@ -6,12 +6,16 @@ active idle ones (with on_destroy), before anyone gets a 503."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 
 import httpx
 import websockets
 from helpers import TLS, User, click, count, pid, server_source
+
+#: every client of a test comes from 127.0.0.1: no limit per address
+ONE_ADDRESS = {"new_processes_per_minute": 0, "max_processes_per_address": 0}
 
 
 def run(coro):
@@ -82,7 +86,7 @@ def test_new_processes_are_limited_per_address(server):
 
 
 def test_provisional_then_least_recently_active_idle_processes_make_room(server):
-    srv = server(server_source("WebServerWS", max_processes=3, spare_processes=0))
+    srv = server(server_source("WebServerWS", max_processes=3, spare_processes=0, max_processes_per_address=0))
 
     async def live_user(user: User):
         process = pid((await user.page()).text)
@@ -121,7 +125,8 @@ def test_provisional_then_least_recently_active_idle_processes_make_room(server)
 
 
 def test_a_503_only_when_every_process_is_busy(server):
-    srv = server(server_source("WebServerWS", max_processes=1, spare_processes=0, metrics=True, shutdown_grace=1))
+    options = {"metrics": True, "shutdown_grace": 1, "max_processes_per_address": 0}
+    srv = server(server_source("WebServerWS", max_processes=1, spare_processes=0, **options))
 
     async def scenario():
         async with User(srv.url) as busy, User(srv.url) as late:
@@ -200,6 +205,39 @@ def test_two_thousand_cookieless_gets_leave_room_for_users(server):
     run(scenario())
 
 
+def test_one_address_at_its_share_of_processes_makes_room_from_its_own(server):
+    """One address opened sessions and kept them active, new_processes_per_minute a minute:
+    at max_processes, each of its new sessions ended the least recently active process,
+    another address' user's. An address holds max_processes_per_address (a quarter of
+    max_processes by default: 2 here); beyond, its own least recently active makes room."""
+    srv = server(server_source("WebServerWS", max_processes=8, spare_processes=0, new_processes_per_minute=0))
+    ws_url = srv.url.replace("http://", "ws://") + "/ws"
+
+    async def scenario():
+        transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2", verify=TLS)
+        async with httpx.AsyncClient(base_url=srv.url, transport=transport) as victim, contextlib.AsyncExitStack() as held:
+            page = await victim.get("/")
+            cookie = "; ".join(f"{k}={v}" for k, v in victim.cookies.items())
+            connecting = websockets.connect(ws_url, additional_headers={"Cookie": cookie}, local_addr=("127.0.0.2", 0))
+            theirs = await held.enter_async_context(connecting)
+            await theirs.recv()
+            assert count((await click(theirs, "inc", callback_id="1"))["updates"]["count"]) == 1
+            flood = []
+            for _ in range(8):  # as many as max_processes, each clicked: more recently active than the victim
+                user = await held.enter_async_context(User(srv.url))
+                flood.append(pid((await user.page()).text))
+                ws = await held.enter_async_context(user.ws())
+                await ws.recv()
+                assert count((await click(ws, "inc"))["updates"]["count"]) == 1
+            await wait_for(lambda: len(destroyed(srv)) >= 6)
+            assert destroyed(srv) == set(flood[:6])  # the flood's own, oldest first
+            assert count((await click(theirs, "inc", callback_id="2"))["updates"]["count"]) == 2
+            assert pid(page.text) not in destroyed(srv)
+
+    run(scenario())
+    srv.wait_log(r"user process evicted: .*room for a new session of the same address, at max_processes_per_address \(2\)")
+
+
 def test_parano_key_exchanges_from_one_address_are_limited_too(server):
     from paranoclient import ParanoUser
 
@@ -223,7 +261,7 @@ def test_a_burst_of_new_users_at_the_cap_is_served_in_turn(server):
     first page (see admission.py): the others wait their turn, and each gets its page
     once a process before it has answered its own."""
     cap, burst = 3, 12
-    srv = server(server_source("WebServerWS", max_processes=cap, spare_processes=0, new_processes_per_minute=0))
+    srv = server(server_source("WebServerWS", max_processes=cap, spare_processes=0, **ONE_ADDRESS))
 
     async def newcomer() -> httpx.Response:
         async with httpx.AsyncClient(base_url=srv.url, verify=TLS) as http:
@@ -246,7 +284,7 @@ def test_a_crowd_arriving_at_the_cap_gets_pages_or_clear_answers(server):
     never a 500. A page that loaded gets its click counted, or is told why not (its WebSocket
     closed with the reason, or refused before it opens when no process can be had)."""
     cap = 8
-    srv = server(server_source("WebServerWS", max_processes=cap, spare_processes=cap, new_processes_per_minute=0))
+    srv = server(server_source("WebServerWS", max_processes=cap, spare_processes=cap, **ONE_ADDRESS))
 
     async def arrive(user: User) -> str:
         page = await user.page()

@@ -126,7 +126,7 @@ def test_the_pool_is_refilled_in_batches_once_a_quarter_is_gone(server):
 
 
 def test_the_pool_keeps_within_max_processes_and_replaces_a_dead_spare(server):
-    srv = server(server_source("WebServerWS", max_processes=3, spare_processes=6))
+    srv = server(server_source("WebServerWS", max_processes=3, spare_processes=6, max_processes_per_address=0))
     forkserver = forkserver_of(srv)
     users = {asyncio.run(arrive(srv.url))}
     pool = wait_for(pool_of(forkserver, users, 2), "no 2 spares (3 processes at most)")

@@ -245,7 +245,8 @@ def test_max_processes_holds_across_code_generations(server):
     ``max_processes`` with the new code's. At the cap, a new user's room is made in the older
     generation first (its least recently active idle process ends, on_destroy runs), not on
     top of it: before, the server held twice the cap after a reload."""
-    source = SERVER.replace("runtime_dir=RUNTIME_DIR", "runtime_dir=RUNTIME_DIR, max_processes=2, spare_processes=0")
+    options = "max_processes=2, spare_processes=0, max_processes_per_address=0"  # every client from 127.0.0.1
+    source = SERVER.replace("runtime_dir=RUNTIME_DIR", f"runtime_dir=RUNTIME_DIR, {options}")
     srv = server(source, "-w", "2", gunicorn=True, files={"appmod.py": APP_MODULE.format(version="version one")})
     master = psutil.Process(srv.proc.pid)
 

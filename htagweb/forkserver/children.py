@@ -114,6 +114,8 @@ class UserChild(Child):
     key: str = ""
     app: str = ""
     label: str = ""
+    #: the client address (address_group) whose page load asked for it ("" if unknown)
+    address: str = ""
     #: where it listens (renamed with its session, see the loop's rotation)
     socket: Path | None = None
     #: why the fork-server is ending it (None: it is not, or not yet)

@@ -24,7 +24,7 @@ from typing import Any
 
 from setproctitle import setproctitle
 
-from ..admission import Candidate, NewProcessLimit, make_room_from
+from ..admission import Candidate, NewProcessLimit, address_group, make_room_from
 from ..appspec import AppSpec
 from ..config import Config
 from ..ends import End
@@ -75,6 +75,7 @@ class Forking:
     label: str
     path: Path
     waiting: list[tuple[Line, Reply]]
+    address: str
 
 
 @dataclass
@@ -483,7 +484,8 @@ class ForkServer:
             return None
         if not self.loader.per_process(source) and app not in self.zygotes.apps:  # "still loading": the front asks again
             return self.zygotes.refusal(app, source)
-        refusal = self._admit(request.client, label)
+        address = address_group(request.client) if request.client else ""
+        refusal = self._admit(request.client, address, label)
         if refusal is not None:
             return refusal
         path = self.runtime.user_socket_path(key)
@@ -491,11 +493,13 @@ class ForkServer:
         if spare is None:
             path.unlink(missing_ok=True)  # a previous process' socket, being replaced
             self.users.replacing(key)
-            forking = self.forking[key] = Forking(key, app, label, path, [(line, reply)])
+            forking = self.forking[key] = Forking(key, app, label, path, [(line, reply)], address)
             asked = user_request(f"htagweb user {app} {label}", key, app, label, source)
             self.zygotes.fork_listening(asked, path, lambda outcome: self._forked(forking, outcome))
             return None
-        child = UserChild(spare.pid, spare.slot, self.runtime.users_dir, pidfd=spare.pidfd, key=key, app=app, label=label, socket=path)
+        child = UserChild(
+            spare.pid, spare.slot, self.runtime.users_dir, pidfd=spare.pidfd, key=key, app=app, label=label, socket=path, address=address
+        )
         self.users.add(child)
         self.lines.after_reply.append(("user process spawned: %s", child))
         return {"ok": True, "pid": child.pid, "spawned": True}
@@ -514,7 +518,9 @@ class ForkServer:
         pid, pidfd, slot, control = outcome
         self.spares.arriving(control)
         key, app, label = forking.key, forking.app, forking.label
-        child = UserChild(pid, slot, self.runtime.users_dir, pidfd=pidfd, key=key, app=app, label=label, socket=forking.path)
+        child = UserChild(
+            pid, slot, self.runtime.users_dir, pidfd=pidfd, key=key, app=app, label=label, socket=forking.path, address=forking.address
+        )
         self.users.add(child)
         for n, (line, reply) in enumerate(forking.waiting):  # the first asked for it; the others found it
             reply.set({"ok": True, "pid": pid, "spawned": n == 0})
@@ -537,13 +543,16 @@ class ForkServer:
             moved += 1
         return moved
 
-    def _admit(self, client: str, label: str) -> dict[str, Any] | None:
+    def _admit(self, client: str, address: str, label: str) -> dict[str, Any] | None:
         """None if a new process may start now (room made if needed), else the refusal."""
         if not self.new_process_limit.admit(client, time.monotonic()):
             self.counters["address_refusals"] += 1
             limit = self.config.new_processes_per_minute
             logger.warning("new process refused: over %d new processes per minute from %s", limit, client)
             return messages.error(429, "Too many new sessions from your address: try again in a minute.")
+        cap = self.config.processes_per_address
+        if address and cap and self.users.of_address(address) + sum(f.address == address for f in self.forking.values()) >= cap:
+            return self._room_of_address(address, cap, label)
         older = self.older.processes()  # after a reload (see census.py)
         others = older + len(self.forking)
         if len(self.users.by_key) + others < self.config.max_processes:  # room, without reading every slot
@@ -562,6 +571,21 @@ class ForkServer:
             logger.warning("max_processes (%d) reached, all busy: refusing a new user process for session %s", live, label)
             return messages.error(503, "The server has reached its limit of live user sessions.")
         self._evict(victim, "")
+        return None
+
+    def _room_of_address(self, address: str, cap: int, label: str) -> dict[str, Any] | None:
+        """``address`` holds its max_processes_per_address: one of its own processes makes room,
+        never another address' (None), else the refusal."""
+        own = [candidate for candidate in self.users.candidates() if candidate.address == address]
+        victim = make_room_from(own)
+        if (victim is None or victim.live) and (len(own) < cap or any(candidate.arriving for candidate in own)):
+            # its processes being forked, or arriving, make room once they have answered their users: a
+            # flood's pages, provisional then, before a live user of the same address (behind one NAT)
+            return messages.error(503, "The server is starting other new sessions: try again in a moment.", retry=True)
+        if victim is None:
+            logger.warning("max_processes_per_address (%d) reached by %s, all busy: refusing session %s", cap, address, label)
+            return messages.error(429, "Too many live sessions from your address, all busy: try again in a moment.")
+        self._evict(victim, f"room for a new session of the same address, at max_processes_per_address ({cap})")
         return None
 
     def _evict(self, victim: Candidate, why: str) -> None:

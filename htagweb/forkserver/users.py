@@ -82,8 +82,12 @@ class UserProcesses:
                 # a spare given while it rehearsed says how far its rehearsal got until it is over
                 unanswered = reading.stage == ARRIVING or reading.state == REHEARSING
                 arriving = unanswered and now - child.started < ARRIVAL_GRACE
-                candidates.append(Candidate(child.key, reading.live, reading.busy_since != 0, arriving, reading.active))
+                candidates.append(Candidate(child.key, reading.live, reading.busy_since != 0, arriving, reading.active, child.address))
         return candidates
+
+    def of_address(self, address: str) -> int:
+        """How many live processes the client ``address`` holds (those ending not counted)."""
+        return sum(child.end is None and child.address == address for child in self.by_key.values())
 
     def chosen(self, prefix: str, app: str | None) -> list[UserChild]:
         """The live processes of the sessions whose id starts with ``prefix`` (of ``app`` only, if given)."""
