@@ -544,15 +544,23 @@ class ForkServer:
         return moved
 
     def _admit(self, client: str, address: str, label: str) -> dict[str, Any] | None:
-        """None if a new process may start now (room made if needed), else the refusal."""
+        """None if a new process may start now (room made if needed), else the refusal. A request
+        told to wait its turn does not count towards new_processes_per_minute: its front asks again."""
+        cap = self.config.processes_per_address
+        own: Candidate | None = None
+        if address and cap and self.users.of_address(address) + sum(f.address == address for f in self.forking.values()) >= cap:
+            room = self._room_of_address(address, cap, label)
+            if not isinstance(room, Candidate):
+                return room
+            own = room
         if not self.new_process_limit.admit(client, time.monotonic()):
             self.counters["address_refusals"] += 1
             limit = self.config.new_processes_per_minute
             logger.warning("new process refused: over %d new processes per minute from %s", limit, client)
             return messages.error(429, "Too many new sessions from your address: try again in a minute.")
-        cap = self.config.processes_per_address
-        if address and cap and self.users.of_address(address) + sum(f.address == address for f in self.forking.values()) >= cap:
-            return self._room_of_address(address, cap, label)
+        if own is not None:
+            self._evict(own, f"room for a new session of the same address, at max_processes_per_address ({cap})")
+            return None
         older = self.older.processes()  # after a reload (see census.py)
         others = older + len(self.forking)
         if len(self.users.by_key) + others < self.config.max_processes:  # room, without reading every slot
@@ -573,9 +581,9 @@ class ForkServer:
         self._evict(victim, "")
         return None
 
-    def _room_of_address(self, address: str, cap: int, label: str) -> dict[str, Any] | None:
-        """``address`` holds its max_processes_per_address: one of its own processes makes room,
-        never another address' (None), else the refusal."""
+    def _room_of_address(self, address: str, cap: int, label: str) -> Candidate | dict[str, Any]:
+        """``address`` holds its max_processes_per_address: which of its own processes is to make
+        room, never another address', else the refusal."""
         own = [candidate for candidate in self.users.candidates() if candidate.address == address]
         victim = make_room_from(own)
         if (victim is None or victim.live) and (len(own) < cap or any(candidate.arriving for candidate in own)):
@@ -585,8 +593,7 @@ class ForkServer:
         if victim is None:
             logger.warning("max_processes_per_address (%d) reached by %s, all busy: refusing session %s", cap, address, label)
             return messages.error(429, "Too many live sessions from your address, all busy: try again in a moment.")
-        self._evict(victim, f"room for a new session of the same address, at max_processes_per_address ({cap})")
-        return None
+        return victim
 
     def _evict(self, victim: Candidate, why: str) -> None:
         child = self.users.by_key[victim.key]
