@@ -25,7 +25,7 @@ class Config:
     timeout_interaction: float = 60.0
     #: live user processes at most; beyond, new users get a 503 with Retry-After
     max_processes: int = 500
-    #: live user processes of one client address at most (counted as new_processes_per_minute):
+    #: live user processes of one client address at most (the address as new_processes_per_minute reads it):
     #: beyond, its own least recently active idle one makes room, so that one address cannot end
     #: other users' processes (None: a quarter of max_processes, at least 1; 0: no limit)
     max_processes_per_address: int | None = None

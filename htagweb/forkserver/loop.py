@@ -64,6 +64,8 @@ RETIRED_LINGER = 5.0
 OPEN_FILES_PER_PROCESS = 2
 #: seconds a stopping fork-server waits for the zygote to tell of its children's ends
 EXITS_WAIT = 2.0
+#: a new user waits for processes that make room once they have answered their own users
+STARTING_OTHERS = "The server is starting other new sessions: try again in a moment."
 
 
 @dataclass
@@ -573,7 +575,7 @@ class ForkServer:
         victim = make_room_from(candidates)
         if victim is None and (self.forking or any(candidate.arriving for candidate in candidates)):
             # they make room once they have answered their users: the front asks again in a moment
-            return messages.error(503, "The server is starting other new sessions: try again in a moment.", retry=True)
+            return messages.error(503, STARTING_OTHERS, retry=True)
         if victim is None:
             live = len(candidates) + others
             logger.warning("max_processes (%d) reached, all busy: refusing a new user process for session %s", live, label)
@@ -589,7 +591,7 @@ class ForkServer:
         if (victim is None or victim.live) and (len(own) < cap or any(candidate.arriving for candidate in own)):
             # its processes being forked, or arriving, make room once they have answered their users: a
             # flood's pages, provisional then, before a live user of the same address (behind one NAT)
-            return messages.error(503, "The server is starting other new sessions: try again in a moment.", retry=True)
+            return messages.error(503, STARTING_OTHERS, retry=True)
         if victim is None:
             logger.warning("max_processes_per_address (%d) reached by %s, all busy: refusing session %s", cap, address, label)
             return messages.error(429, "Too many live sessions from your address, all busy: try again in a moment.")
