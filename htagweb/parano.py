@@ -29,6 +29,7 @@ from .cipher import (
     IdentityKey,
     OpenMessage,
     ParanoError,
+    Ticket,
     TicketSealer,
     control_plaintext,
     data_box,
@@ -47,6 +48,11 @@ MAX_HELLO = 512
 MAX_ANSWER = 64 * 1024 * 1024
 #: seconds a WebSocket may wait, once upgraded, for the message that opens its channel
 OPEN_DEADLINE = 10.0
+#: seconds between an Open's stamp and the server's clock past which it is refused (§4): a channel's
+#: claim needs to outlive its stamp by this much only, not its ticket
+OPEN_WINDOW = 120.0
+#: an Open's stamp is a JavaScript number: past this, it is not an integer there
+MAX_STAMP = 2**53
 CORS = {"Access-Control-Allow-Origin": "*"}  # answers are sealed for the requester's keys, and no cookie exists
 SEALED = {**CORS, "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 _DROPPED_INNER = {"cookie", "host", "content-length", "connection", "upgrade", "transfer-encoding"}
@@ -241,11 +247,11 @@ class ParanoMiddleware:
         try:
             if ticket.expired():
                 raise ParanoError("expired", "the keys of this page expired")
-            plaintext = channel.open(opening.box)
-            if not await self._claim(ticket.kx_id.hex(), opening.channel_id.hex(), ticket.expires):
-                raise ParanoError("replay", "channel already used")
-            head_bytes, _, body = plaintext.partition(b"\n")
+            head_bytes, _, body = channel.open(opening.box).partition(b"\n")
             head = _request_head(head_bytes)
+            replayable_until = _sealed_at(ticket, head, self.ticket_lifetime) + OPEN_WINDOW
+            if not await self._claim(ticket.kx_id.hex(), opening.channel_id.hex(), replayable_until):
+                raise ParanoError("replay", "channel already used")
             inner = self._inner_scope(scope, head, body, await self._session(head))
         except ParanoError as exc:
             raise _Refused(channel, exc) from None
@@ -534,6 +540,21 @@ def _request_head(head_bytes: bytes) -> dict[str, Any]:
     except (ValueError, RecursionError):  # (nested deeper than the stack allows)
         raise ParanoError("malformed", "bad request head") from None
     return head
+
+
+def _sealed_at(ticket: Ticket, head: dict[str, Any], ticket_lifetime: float) -> float:
+    """When the client sealed an Open, by the server's clock: its key exchange, plus its stamp
+    ``age``, the milliseconds since then by the client's clock (§4.2), whatever that clock's
+    offset. One sealed further than OPEN_WINDOW from now is refused ``expired``: nothing runs,
+    and the page re-keys and sends it again."""
+    age = head.get("age")
+    if type(age) is not int or abs(age) > MAX_STAMP:
+        reason = "the request has no stamp: this page's script is older than the server, reload it (a kiosk file: write it again)"
+        raise ParanoError("malformed", reason)
+    sealed_at = ticket.expires - ticket_lifetime + age / 1000
+    if abs(time.time() - sealed_at) > OPEN_WINDOW:
+        raise ParanoError("expired", "this message was sealed too long ago, or the device's clock jumped")
+    return sealed_at
 
 
 def _answer(head: dict[str, Any], body: bytes) -> bytes:

@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +85,9 @@ class ParanoUser:
         self.page_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
         self.events = 0
         self.last_hello = b""
+        self.kx_at = 0.0
+        #: seconds added to the page's clock when it stamps an Open (a clock that jumped); None: no stamp
+        self.clock_shift: float | None = 0.0
 
     async def __aenter__(self) -> ParanoUser:
         return self
@@ -117,6 +121,13 @@ class ParanoUser:
         DSS.new(identity, "fips-186-3", encoding="binary").verify(SHA256.new(cipher.LABEL + b" signature" + th), signature)
         z = key_agreement(eph_priv=key, eph_pub=ECC.import_key(server_pub, curve_name="P-256"), kdf=lambda x: x)
         self.k_c2s, self.k_s2c = cipher.session_keys(z, th)
+        self.kx_at = time.time()
+
+    def stamp(self) -> dict[str, int]:
+        """An Open's stamp (§4.2): milliseconds since the key exchange, by this page's clock."""
+        if self.clock_shift is None:
+            return {}
+        return {"age": round((time.time() + self.clock_shift - self.kx_at) * 1000)}
 
     def channel(self, kind: bytes) -> ClientChannel:
         channel = ClientChannel(kind, self.ticket, self.k_s2c, AESGCM(b"\0" * 32))
@@ -124,8 +135,8 @@ class ParanoUser:
         return channel
 
     def head(self, method: str, path: str, headers: list[list[str]] | None = None, body: bytes = b"") -> bytes:
-        """A request head as the page writes it: credential, page id, and an event number for htag's event POSTs."""
-        fields: dict[str, Any] = {"page": self.page_id}
+        """A request head as the page writes it: credential, page id, stamp, and an event number for htag's event POSTs."""
+        fields: dict[str, Any] = {"page": self.page_id, **self.stamp()}
         if self.credential:
             fields["session"] = self.credential
         if method == "POST" and path.split("?")[0].endswith("/event"):

@@ -21,6 +21,7 @@ import websockets
 from helpers import APP, TLS
 from paranoclient import ParanoUser, head
 
+from htagweb.parano import OPEN_WINDOW
 from htagweb.stores import MemoryStore, SQLiteStore
 
 MARKER = "VICTIM-SECRET-" + os.urandom(5).hex()  # 24 characters, as the placeholder below
@@ -176,7 +177,7 @@ def test_an_event_number_used_again_is_answered_only_for_the_event_that_ran(serv
 
     async def numbered(user: ParanoUser, seq: int, callback_id: str, value: str) -> tuple[int, bytes]:
         body = json.dumps({"id": "session", "event": "click", "data": {"callback_id": callback_id, "value": value}, "fallback": True})
-        fields = {"page": user.page_id, "session": user.credential, "seq": seq}
+        fields = {"page": user.page_id, "session": user.credential, "seq": seq, **user.stamp()}
         channel = user.channel(b"H")
         message = channel.open_message(head("POST", "/counter/event", [["x-htag-token", user.csrf]], body.encode(), **fields))
         return user.answer(channel, await user.send_http(message))
@@ -248,6 +249,63 @@ def test_key_exchanges_leave_nothing_in_the_session_store(server):
                 assert (await user.http.post("/_htagweb/kx", content=hello)).status_code == 200
             assert claims() == before
             assert "Count: 0" in await user.page("/counter")
+
+    run(scenario())
+
+
+def claims_of(srv) -> list[float]:
+    """When each channel claim of the server's store expires."""
+    with contextlib.closing(sqlite3.connect(srv.runtime_dir / "sessions.sqlite3")) as db:
+        return [row[0] for row in db.execute("SELECT expires FROM claims")]
+
+
+def test_a_channel_is_claimed_for_minutes_not_for_its_tickets_day(server):
+    """Every channel was claimed in the session store until its ticket expired (a day), so
+    that a replay of it was refused: any client with a key exchange of its own made the
+    server keep a row a day per request. An Open now says when it was sealed, one sealed
+    further than OPEN_WINDOW from the server's clock is refused, and a claim is kept only
+    as long as its Open could be replayed."""
+    srv = server(secret_app())
+
+    async def scenario():
+        async with ParanoUser(srv.url) as user:
+            assert "Count: 0" in await user.connect("/counter")
+            before = len(claims_of(srv))
+            for _ in range(100):
+                assert (await user.request("GET", "/nowhere"))[0] == 404
+            expiries = claims_of(srv)
+            assert len(expiries) == before + 100  # each channel is claimed: a replay is refused
+            assert max(expiries) <= time.time() + OPEN_WINDOW
+
+    run(scenario())
+
+
+def test_a_channel_sealed_outside_its_window_is_refused_and_runs_nothing(server):
+    """Once its claim is forgotten, a recorded channel is refused by its stamp: one sealed
+    further than OPEN_WINDOW before (or after) the server's clock runs nothing. A page whose
+    clock jumped is told `expired`, sealed: it re-keys and sends again (§6)."""
+    srv = server(secret_app())
+
+    async def click(user: ParanoUser, value: str) -> dict:
+        channel, message = await event_message(user, value)
+        return user.answer_head(channel, await user.send_http(message))
+
+    async def scenario():
+        async with ParanoUser(srv.url) as user:
+            await user.connect("/counter")
+            for shift in (-OPEN_WINDOW - 60, OPEN_WINDOW + 60):
+                user.clock_shift = shift
+                assert (await click(user, f"shifted by {shift}"))["error"]["code"] == "expired"
+            user.clock_shift = None
+            error = (await click(user, "unstamped"))["error"]
+            assert error["code"] == "malformed" and "reload" in error["reason"]
+            user.clock_shift = 0.0
+            _, body = await user.request("GET", "/get")
+            assert "from_app" not in json.loads(body)
+            user.events = 0  # none of them was delivered: the page's next event is its first
+            assert "error" not in await click(user, "on time")
+            _, body = await user.request("GET", "/get")
+            assert json.loads(body)["from_app"] == "on time"
 
     run(scenario())
 

@@ -349,6 +349,28 @@ def test_a_tampered_frame_is_refused_and_the_user_told(server, browser, relay, h
     srv.wait_log(r"parano: refused a WebSocket message: integrity")
 
 
+@pytest.mark.parametrize("jump", [-600_000, 600_000], ids=["back", "ahead"])
+def test_a_page_whose_clock_jumped_re_keys_and_its_click_counts(server, browser, jump):
+    """An Open stamped with a clock that jumped further than OPEN_WINDOW since the key exchange
+    is refused, sealed `expired`, before anything ran: the page re-keys and sends it again."""
+    srv = server(app_source("mk-clock", "WebServer"))
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(srv.url + "/")
+        expect(page.locator("#count")).to_have_text("Count: 0", timeout=15000)
+        page.click("#inc")
+        expect(page.locator("#count")).to_have_text("Count: 1")
+        page.evaluate("(jump) => { const now = Date.now; Date.now = () => now() + jump; }", jump)
+        page.click("#inc")
+        expect(page.locator("#count")).to_have_text("Count: 2")
+        assert page.locator("#htagweb-parano-failure").count() == 0
+    finally:
+        context.close()
+    srv.wait_log(r"parano: refused an HTTP channel: expired: this message was sealed too long ago")
+    assert srv.log.count('"POST /_htagweb/kx HTTP/1.1" 200') == 2
+
+
 KIOSK_APPS = {
     "counter.py": """
 from htag import State, Tag

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from paranoclient import ClientChannel, ParanoUser, click_message, control, text
 
 from htagweb import cipher
+from htagweb.parano import OPEN_WINDOW, _sealed_at
 
 
 def run(coro):
@@ -214,6 +215,19 @@ def test_secret_rotation_keeps_old_tickets():
     assert cipher.TicketSealer([b"new", b"old"]).open(sealed) == ticket
     with pytest.raises(cipher.ParanoError, match="ticket"):
         cipher.TicketSealer([b"new"]).open(sealed)
+
+
+def test_an_opens_stamp_places_it_on_the_servers_clock():
+    lifetime, kx_at = 3600.0, time.time() - 1000  # keys exchanged 1,000 s ago
+    ticket = cipher.Ticket(int(kx_at + lifetime), bytes(16), bytes(32), bytes(32))
+    sealed_at = _sealed_at(ticket, {"age": 999_500}, lifetime)
+    assert abs(sealed_at - (time.time() - 0.5)) < 1.5  # `expires` is rounded down to the second
+    for age in (1_000_000 - (OPEN_WINDOW + 5) * 1000, 1_000_000 + (OPEN_WINDOW + 5) * 1000):
+        with pytest.raises(cipher.ParanoError, match="sealed too long ago"):
+            _sealed_at(ticket, {"age": int(age)}, lifetime)
+    for age in (None, True, 999.5, "999500", 2**53 + 1):
+        with pytest.raises(cipher.ParanoError, match="no stamp"):
+            _sealed_at(ticket, {"age": age}, lifetime)
 
 
 DECODERS = [

@@ -228,7 +228,7 @@
     if (!(await verifySignature(unb64(CFG.identity), signature, th)))
       throw new ParanoFailure("identity", "the server could not prove it holds the expected identity key: refusing to talk to it");
     var keys = await sessionKeys(await backend.ecdh(pair.secret, serverPub), th);
-    var fresh = { ticket: answer.slice(139), expires: expires, c2s: keys.c2s, s2c: keys.s2c, backend: backend.name };
+    var fresh = { ticket: answer.slice(139), expires: expires, at: Date.now(), c2s: keys.c2s, s2c: keys.s2c, backend: backend.name };
     await keep("keys", fresh);
     return fresh;
   }
@@ -237,7 +237,7 @@
     if (renew) { current = null; await keep("keys", null); }
     if (current && current.expires > Date.now() / 1000 + 60) return current;
     var stored = await kept("keys");
-    var usable = stored && stored.backend === backend.name && stored.expires > Date.now() / 1000 + 60;
+    var usable = stored && stored.backend === backend.name && typeof stored.at === "number" && stored.expires > Date.now() / 1000 + 60;
     current = usable ? stored : await keyExchange();
     return current;
   }
@@ -269,8 +269,8 @@
     return ch;
   }
   var pageId = b64url(random(16)), events = 0;  // this page, and its events' numbers (§7)
-  function head(method, path, headers, body, seq) {
-    var fields = { method: method, path: path, headers: headers || [], page: pageId };
+  function head(sess, method, path, headers, body, seq) {  // age: the Open's stamp (§4.2)
+    var fields = { method: method, path: path, headers: headers || [], page: pageId, age: Date.now() - sess.at };
     if (credential) fields.session = credential;
     if (seq) fields.seq = seq;
     return concat(enc.encode(JSON.stringify(fields)), new Uint8Array([10]), body || new Uint8Array(0));
@@ -288,7 +288,7 @@
   async function paranoFetch(method, path, headers, body, seq, bootstrap, resent) {
     var sess = await session(false);
     var ch = await channel(sess, "H");
-    var open = ch.openMessage(await ch.seal(head(method, path, headers, body, seq)));
+    var open = ch.openMessage(await ch.seal(head(sess, method, path, headers, body, seq)));
     var response = await realFetch(origin + "/_htagweb/p/http", Object.assign({ method: "POST",
       headers: { "content-type": "application/octet-stream" }, body: open }, NO_REFERRER));
     if (!response.ok) {
@@ -362,8 +362,9 @@
     real.binaryType = "arraybuffer";
     real.onopen = function () {
       chain = chain.then(async function () {
-        ch = await channel(await session(false), "W");
-        real.send(ch.openMessage(await ch.seal(head("GET", path, [], null))));
+        var sess = await session(false);
+        ch = await channel(sess, "W");
+        real.send(ch.openMessage(await ch.seal(head(sess, "GET", path, [], null))));
       }).catch(function (e) { fail(e); real.close(); });
     };
     real.onmessage = function (event) {
@@ -424,8 +425,8 @@
     self.url = url; self.readyState = 0; self.withCredentials = false; self._closing = null;
     self.close = function () { self.readyState = 2; abort.abort(); };
     (async function () {
-      var ch = await channel(await session(false), "S");
-      var open = ch.openMessage(await ch.seal(head("GET", path, [], null)));
+      var sess = await session(false), ch = await channel(sess, "S");
+      var open = ch.openMessage(await ch.seal(head(sess, "GET", path, [], null)));
       var response = await realFetch(origin + "/_htagweb/p/sse", Object.assign({ method: "POST", body: open, signal: abort.signal,
         headers: { "content-type": "application/octet-stream" } }, NO_REFERRER));
       if (!response.ok) throw unauthenticated(response);
