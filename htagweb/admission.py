@@ -42,26 +42,30 @@ def address_group(address: str) -> str:
 
 
 class NewProcessLimit:
-    """At most ``per_minute`` new processes per client in any 60 seconds (0: no limit)."""
+    """At most ``per_minute`` new processes per client in any 60 seconds (0: no limit).
+    Asking is apart from counting: a client told to wait its turn, or refused for want of
+    room, started no process."""
 
     def __init__(self, per_minute: int) -> None:
         self.per_minute = per_minute
         self._spawns: dict[str, deque[float]] = {}
 
-    def admit(self, address: str, now: float) -> bool:
-        """Whether ``address`` may have one more new process now (counted if so)."""
+    def allows(self, address: str, now: float) -> bool:
+        """Whether ``address`` may have one more new process now."""
         if not self.per_minute or not address:
             return True
-        group = address_group(address)
-        times = self._spawns.setdefault(group, deque())
+        times = self._spawns.get(address_group(address))
         while times and now - times[0] >= WINDOW:
             times.popleft()
-        if len(times) >= self.per_minute:
-            return False
-        times.append(now)
+        return times is None or len(times) < self.per_minute
+
+    def count(self, address: str, now: float) -> None:
+        """A new process started for ``address``."""
+        if not self.per_minute or not address:
+            return
+        self._spawns.setdefault(address_group(address), deque()).append(now)
         if len(self._spawns) > 10000:  # forget the clients that went quiet
             self._spawns = {k: v for k, v in self._spawns.items() if v and now - v[-1] < WINDOW}
-        return True
 
 
 @dataclass(frozen=True)

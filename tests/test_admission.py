@@ -18,13 +18,22 @@ def test_an_ipv6_client_counts_by_its_64_and_a_mapped_ipv4_as_itself():
 
 def test_new_processes_per_address_in_a_sliding_minute():
     limit = NewProcessLimit(2)
-    assert [limit.admit("192.0.2.1", t) for t in (0.0, 1.0, 2.0)] == [True, True, False]
-    assert limit.admit("192.0.2.2", 2.0)  # another address
-    assert not limit.admit("192.0.2.1", 59.9)
-    assert limit.admit("192.0.2.1", 60.0)  # the first spawn left the window
-    assert not limit.admit("192.0.2.1", 60.5)
-    unlimited = NewProcessLimit(0)
-    assert all(unlimited.admit("192.0.2.1", float(t)) for t in range(100))
+
+    def start(address: str, now: float) -> bool:
+        """A new process, where the limit allows it."""
+        if not limit.allows(address, now):
+            return False
+        limit.count(address, now)
+        return True
+
+    assert all(limit.allows("192.0.2.1", t) for t in (0.0, 0.5, 0.9))  # asking counts nothing
+    assert [start("192.0.2.1", t) for t in (0.0, 1.0, 2.0)] == [True, True, False]
+    assert start("192.0.2.2", 2.0)  # another address
+    assert not start("192.0.2.1", 59.9)
+    assert start("192.0.2.1", 60.0)  # the first spawn left the window
+    assert not start("192.0.2.1", 60.5)
+    limit = NewProcessLimit(0)
+    assert all(start("192.0.2.1", float(t)) for t in range(100))
 
 
 def test_provisional_first_then_least_recently_active_never_busy_nor_arriving():

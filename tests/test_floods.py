@@ -125,7 +125,8 @@ def test_provisional_then_least_recently_active_idle_processes_make_room(server)
 
 
 def test_a_503_only_when_every_process_is_busy(server):
-    options = {"metrics": True, "shutdown_grace": 1, "max_processes_per_address": 0}
+    """... and a user refused so is not counted towards new_processes_per_minute: no process started."""
+    options = {"metrics": True, "shutdown_grace": 1, "max_processes_per_address": 0, "new_processes_per_minute": 2}
     srv = server(server_source("WebServerWS", max_processes=1, spare_processes=0, **options))
 
     async def scenario():
@@ -135,9 +136,10 @@ def test_a_503_only_when_every_process_is_busy(server):
                 await ws.recv()
                 await ws.send(json.dumps({"id": "hang", "event": "click", "data": {"callback_id": "h"}}))
                 await wait_for_async(lambda: processes_busy(srv.url))
-                refused = await late.page()
-                assert refused.status_code == 503 and refused.headers["retry-after"] == "30"
-                assert "limit of live user sessions" in refused.text
+                for _ in range(3):  # the user tries again
+                    refused = await late.page()
+                    assert refused.status_code == 503 and refused.headers["retry-after"] == "30"
+                    assert "limit of live user sessions" in refused.text
 
     run(scenario())
 
@@ -275,6 +277,27 @@ def test_a_burst_of_new_users_at_the_cap_is_served_in_turn(server):
     assert not refused, refused
     assert [count(page.text) for page in pages] == [0] * burst
     assert "all busy" not in srv.log
+
+
+def test_new_users_waiting_their_turn_at_the_cap_count_once_towards_the_rate_limit(server):
+    """A burst at max_processes waits its turn: each front asks again until a process before it
+    answered its page. Each of those asks counted towards new_processes_per_minute, and the
+    address was refused (429) long before it had as many new processes as the limit allows."""
+    cap, burst = 3, 12
+    options = {"new_processes_per_minute": burst, "max_processes_per_address": 0}
+    srv = server(server_source("WebServerWS", max_processes=cap, spare_processes=0, **options))
+
+    async def newcomer() -> httpx.Response:
+        async with httpx.AsyncClient(base_url=srv.url, verify=TLS) as http:
+            return await http.get("/")
+
+    async def scenario() -> list[httpx.Response]:
+        return await asyncio.gather(*(newcomer() for _ in range(burst)))
+
+    pages = run(scenario())
+    assert [page.status_code for page in pages] == [200] * burst, [page.text for page in pages if page.status_code != 200]
+    assert [count(page.text) for page in pages] == [0] * burst
+    assert "over 12 new processes per minute" not in srv.log
 
 
 def test_a_crowd_arriving_at_the_cap_gets_pages_or_clear_answers(server):

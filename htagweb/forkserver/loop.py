@@ -546,23 +546,34 @@ class ForkServer:
         return moved
 
     def _admit(self, client: str, address: str, label: str) -> dict[str, Any] | None:
-        """None if a new process may start now (room made if needed), else the refusal. A request
-        told to wait its turn does not count towards new_processes_per_minute: its front asks again."""
-        cap = self.config.processes_per_address
-        own: Candidate | None = None
+        """None if a new process may start now (room made if needed), else the refusal. Only a
+        process that starts counts towards new_processes_per_minute: a request told to wait its
+        turn (its front asks again), or refused for want of room, does not."""
+        now, cap = time.monotonic(), self.config.processes_per_address
+        victim: Candidate | None = None
+        why = ""
         if address and cap and self.users.of_address(address) + sum(f.address == address for f in self.forking.values()) >= cap:
-            room = self._room_of_address(address, cap, label)
-            if not isinstance(room, Candidate):
-                return room
-            own = room
-        if not self.new_process_limit.admit(client, time.monotonic()):
+            own = self._room_of_address(address, cap, label)
+            if isinstance(own, dict):
+                return own
+            victim, why = own, f"room for a new session of the same address, at max_processes_per_address ({cap})"
+        if not self.new_process_limit.allows(client, now):
             self.counters["address_refusals"] += 1
             limit = self.config.new_processes_per_minute
             logger.warning("new process refused: over %d new processes per minute from %s", limit, client)
             return messages.error(429, "Too many new sessions from your address: try again in a minute.")
-        if own is not None:
-            self._evict(own, f"room for a new session of the same address, at max_processes_per_address ({cap})")
-            return None
+        if victim is None:
+            at_cap = self._room_at_cap(label)
+            if isinstance(at_cap, dict):
+                return at_cap
+            victim = at_cap
+        self.new_process_limit.count(client, now)
+        if victim is not None:
+            self._evict(victim, why)
+        return None
+
+    def _room_at_cap(self, label: str) -> Candidate | dict[str, Any] | None:
+        """None if there is room under max_processes, else the process to make room, else the refusal."""
         older = self.older.processes()  # after a reload (see census.py)
         others = older + len(self.forking)
         if len(self.users.by_key) + others < self.config.max_processes:  # room, without reading every slot
@@ -580,8 +591,7 @@ class ForkServer:
             live = len(candidates) + others
             logger.warning("max_processes (%d) reached, all busy: refusing a new user process for session %s", live, label)
             return messages.error(503, "The server has reached its limit of live user sessions.")
-        self._evict(victim, "")
-        return None
+        return victim
 
     def _room_of_address(self, address: str, cap: int, label: str) -> Candidate | dict[str, Any]:
         """``address`` holds its max_processes_per_address: which of its own processes is to make
