@@ -12,7 +12,8 @@ so a flood of them could fill ``max_processes`` and lock real users out. Hence:
   active idle process (:func:`make_room_from`); a 503 only when every process is busy.
   A process given to a user a moment ago that has not answered them yet is *arriving*:
   ending it would refuse that user in place of the new one, so it makes no room, and a new
-  user who finds only such processes (or processes still being forked) waits its turn.
+  user who finds only such processes (or processes still being forked), or else only live
+  ones, waits its turn: they will be provisional in a moment, and make room before anyone live.
 """
 
 from __future__ import annotations

@@ -124,6 +124,39 @@ def test_provisional_then_least_recently_active_idle_processes_make_room(server)
     srv.wait_log(r"user process evicted: pid \d+, .* \(idle for")
 
 
+def test_at_the_cap_a_live_user_is_not_ended_while_new_processes_are_still_answering(server):
+    """At max_processes, a new user found every other process arriving (given to its user a moment
+    ago, its first page not answered yet) and ended the live user's in their place: a burst of
+    cookieless page loads from anywhere ended a live user, whose processes would have been
+    provisional, and so first to make room, a moment later. The newcomer now waits its turn."""
+    source = server_source("WebServerWS", max_processes=2, spare_processes=0, **ONE_ADDRESS) + """
+class SlowFirstPage(Tag.App):
+    def init(self):
+        time.sleep(0.5)  # its first page takes a while: its process is arriving meanwhile
+        Tag.p("slow page")
+
+app.add_app("/slow", SlowFirstPage)
+"""
+    srv = server(source)
+
+    async def newcomer() -> httpx.Response:
+        async with httpx.AsyncClient(base_url=srv.url, verify=TLS) as http:
+            return await http.get("/slow")
+
+    async def scenario():
+        async with User(srv.url) as alice:
+            alice_pid = pid((await alice.page()).text)
+            async with alice.ws() as ws:
+                await ws.recv()
+                assert count((await click(ws, "inc"))["updates"]["count"]) == 1
+                pages = await asyncio.gather(*(newcomer() for _ in range(4)))
+                assert ["slow page" in page.text for page in pages] == [True] * 4
+                assert count((await click(ws, "inc", callback_id="2"))["updates"]["count"]) == 2
+            assert alice_pid not in destroyed(srv)
+
+    run(scenario())
+
+
 def test_a_503_only_when_every_process_is_busy(server):
     """... and a user refused so is not counted towards new_processes_per_minute: no process started."""
     options = {"metrics": True, "shutdown_grace": 1, "max_processes_per_address": 0, "new_processes_per_minute": 2}

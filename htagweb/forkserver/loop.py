@@ -584,8 +584,8 @@ class ForkServer:
         if self.older.make_room(older):  # the front asks again in a moment
             return messages.error(503, "The server is making room for a new session: try again in a moment.", retry=True)
         victim = make_room_from(candidates)
-        if victim is None and (self.forking or any(candidate.arriving for candidate in candidates)):
-            # they make room once they have answered their users: the front asks again in a moment
+        if (victim is None or victim.live) and (self.forking or any(candidate.arriving for candidate in candidates)):
+            # they make room once they have answered their users, before anyone live: the front asks again in a moment
             return messages.error(503, STARTING_OTHERS, retry=True)
         if victim is None:
             live = len(candidates) + others
