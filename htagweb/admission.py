@@ -86,3 +86,10 @@ def make_room_from(candidates: Iterable[Candidate]) -> Candidate | None:
     each the least recently active first; never a busy or an arriving one. None: all are."""
     idle = [c for c in candidates if not c.busy and not c.arriving]
     return min(idle, key=lambda c: (c.live, c.last_activity), default=None)
+
+
+def waits_its_turn(victim: Candidate | None, candidates: Iterable[Candidate], starting: bool) -> bool:
+    """Whether a new user waits rather than end ``victim`` (None: none can be ended): while processes
+    are ``starting`` (being forked) or arriving, they will be provisional in a moment, and make room
+    before anyone live."""
+    return (victim is None or victim.live) and (starting or any(candidate.arriving for candidate in candidates))

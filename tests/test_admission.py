@@ -5,7 +5,7 @@ from __future__ import annotations
 import uvicorn
 
 from htagweb import connections
-from htagweb.admission import Candidate, NewProcessLimit, address_group, make_room_from
+from htagweb.admission import Candidate, NewProcessLimit, address_group, make_room_from, waits_its_turn
 from htagweb.connections import ConnectionLimits
 
 
@@ -127,3 +127,16 @@ def test_a_websocket_is_made_from_a_copy_of_uvicorn_s_config_with_its_message_li
     config.ws_max_size = 1000  # an operator's lower limit stands
     ConnectionLimits(1, 10, 65536, 30, message_size=2**20).websocket_protocol(config)(config=config, server_state=None, app_state={})
     assert made[-1][0].ws_max_size == 1000
+
+
+def test_a_new_user_waits_for_processes_starting_before_ending_anyone_live():
+    live = Candidate("live", live=True, busy=False, arriving=False, last_activity=1.0)
+    provisional = Candidate("provisional", live=False, busy=False, arriving=False, last_activity=2.0)
+    arriving = Candidate("arriving", live=False, busy=False, arriving=True, last_activity=3.0)
+    assert waits_its_turn(live, [live, arriving], starting=False)
+    assert waits_its_turn(live, [live], starting=True)
+    assert waits_its_turn(None, [arriving], starting=False)
+    assert not waits_its_turn(provisional, [live, provisional, arriving], starting=True)  # provisional: ended at once
+    assert not waits_its_turn(live, [live], starting=False)  # nothing to wait for: the least recently active goes
+    assert not waits_its_turn(None, [], starting=False)  # all busy: refused, not told to wait
+

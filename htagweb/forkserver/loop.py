@@ -24,7 +24,7 @@ from typing import Any
 
 from setproctitle import setproctitle
 
-from ..admission import Candidate, NewProcessLimit, address_group, make_room_from
+from ..admission import Candidate, NewProcessLimit, address_group, make_room_from, waits_its_turn
 from ..appspec import AppSpec
 from ..config import Config
 from ..ends import End
@@ -584,8 +584,7 @@ class ForkServer:
         if self.older.make_room(older):  # the front asks again in a moment
             return messages.error(503, "The server is making room for a new session: try again in a moment.", retry=True)
         victim = make_room_from(candidates)
-        if (victim is None or victim.live) and (self.forking or any(candidate.arriving for candidate in candidates)):
-            # they make room once they have answered their users, before anyone live: the front asks again in a moment
+        if waits_its_turn(victim, candidates, starting=bool(self.forking)):  # the front asks again in a moment
             return messages.error(503, STARTING_OTHERS, retry=True)
         if victim is None:
             live = len(candidates) + others
@@ -598,9 +597,8 @@ class ForkServer:
         room, never another address', else the refusal."""
         own = [candidate for candidate in self.users.candidates() if candidate.address == address]
         victim = make_room_from(own)
-        if (victim is None or victim.live) and (len(own) < cap or any(candidate.arriving for candidate in own)):
-            # its processes being forked, or arriving, make room once they have answered their users: a
-            # flood's pages, provisional then, before a live user of the same address (behind one NAT)
+        if waits_its_turn(victim, own, starting=len(own) < cap):
+            # a flood's pages, provisional then, before a live user of the same address (behind one NAT)
             return messages.error(503, STARTING_OTHERS, retry=True)
         if victim is None:
             logger.warning("max_processes_per_address (%d) reached by %s, all busy: refusing session %s", cap, address, label)
