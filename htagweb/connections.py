@@ -126,10 +126,12 @@ class ConnectionLimits:
 
     def websocket_protocol(self, config: UvicornConfig) -> Callable[..., asyncio.Protocol]:
         """uvicorn's WebSocket protocol, as its HTTP protocol makes one at an upgrade, reading a
-        copy of ``config`` whose ``ws_max_size`` is at most ``message_size``."""
+        copy of ``config`` whose ``ws_max_size`` is at most ``message_size``, and ``ws_max_queue``
+        one: uvicorn's older protocol (``--ws websockets``) read on while 32 messages waited."""
         if self._websocket_protocol is None:
             limited = copy.copy(config)
             limited.ws_max_size = min(config.ws_max_size, self.message_size)
+            limited.ws_max_queue = 1
             protocol_class = config.ws_protocol_class
             assert protocol_class is not None
 

@@ -215,6 +215,44 @@ def test_websocket_messages_past_max_body_size_close_their_socket_before_they_fi
     assert "Traceback" not in srv.log
 
 
+@pytest.mark.parametrize("ws", ["auto", "websockets"])
+def test_websocket_messages_sent_faster_than_the_app_takes_them_wait_in_no_queue(server, ws):
+    """While a user's process runs a long handler, its sockets' messages wait. uvicorn's older
+    WebSocket protocol read on until 32 of them waited on each socket: 20 sockets sending whole
+    messages of 1 MiB made a worker grow by 700 MB. Now each socket stops being read at its
+    first waiting message, as under uvicorn's default protocol: a few messages per socket."""
+    # a handler that hangs holds its sockets' tasks: a graceful-shutdown limit, as docs/deploy.md says
+    options = {"timeout_interaction": 600, "shutdown_grace": 1}
+    srv = server(server_source("WebServerWS", **options), "--ws", ws, "--timeout-graceful-shutdown", "2")  # max_body_size: 1 MiB
+    worker = psutil.Process(srv.proc.pid)
+    before = worker.memory_info().rss
+    message = json.dumps({"id": "inc", "event": "click", "data": {"callback_id": "x", "value": "y" * (MB - 4096)}})
+
+    async def scenario():
+        async with User(srv.url) as user, contextlib.AsyncExitStack() as held:
+            assert count((await user.page()).text) == 0
+            sockets = [await held.enter_async_context(user.ws()) for _ in range(20)]
+            for socket in sockets:
+                await socket.recv()
+            await sockets[0].send(json.dumps({"id": "hang", "event": "click", "data": {"callback_id": "h"}}))
+
+            async def flood(socket) -> None:
+                for _ in range(40):
+                    await socket.send(message)
+
+            sending = [asyncio.create_task(flood(socket)) for socket in sockets]
+            await asyncio.wait(sending, timeout=10)  # for the worker to read what it will; not a measurement
+            assert worker.memory_info().rss - before < 20 * 8 * MB
+            for task in sending:
+                task.cancel()
+            await asyncio.gather(*sending, return_exceptions=True)
+            for socket in sockets:  # no closing handshake: the worker reads none of them now
+                socket.transport.abort()
+
+    run(scenario())
+    assert "Traceback" not in srv.log
+
+
 def test_a_server_without_the_limits_says_so_once(server):
     """Under uvicorn's own protocol (``uvicorn server:app``) nothing limits connections: the
     operator reads how to serve with the limits."""
