@@ -18,6 +18,8 @@ import pytest
 import websockets
 from helpers import TLS, User, click, count, server_source
 
+from htagweb.connections import MAX_PIPELINED
+
 #: what a slow client sends: a request head it never finishes
 HALF_A_HEAD = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n"
 MB = 1024 * 1024
@@ -133,6 +135,39 @@ def test_a_pipelined_head_without_end_behind_a_stream_ends_its_connection(server
 
     run(scenario())
     assert worker.memory_info().rss - before < 32 * 1024 * 1024
+    assert "Traceback" not in srv.log
+
+
+def test_pipelined_requests_past_a_few_end_their_connection_before_they_fill_the_worker(server):
+    """uvicorn's httptools protocol parses every request of a read, and keeps each pipelined one,
+    some 3.5 kB: 50 connections sending 4 MB of pipelined GETs each, reading no answer, grew a
+    worker by 1 GB, and a user's page then went unanswered for 30 s. A connection with more than
+    MAX_PIPELINED requests waiting is closed; a few pipelined requests are answered as ever."""
+    srv = server(server_source("WebServerWS"))
+    worker = psutil.Process(srv.proc.pid)
+    before = worker.memory_info().rss
+    request = b"GET /_htagweb/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+    async def scenario():
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        writer.write(request * MAX_PIPELINED + request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        answers = await until_closed(reader)
+        assert answers.count(b"HTTP/1.1 200 ") == MAX_PIPELINED + 1 and answers.count(b'"ok"') == MAX_PIPELINED + 1
+        flood = []
+        for _ in range(50):
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            writer.write(request * (4 * MB // len(request)))
+            flood.append(reader)
+        async with User(srv.url) as user:  # other requests are served as ever
+            assert count((await user.page()).text) == 0
+            async with user.ws() as ws:
+                await ws.recv()
+                assert count((await click(ws, "inc"))["updates"]["count"]) == 1
+        for reader in flood:
+            await until_closed(reader)
+
+    run(scenario())
+    assert worker.memory_info().rss - before < 64 * MB
     assert "Traceback" not in srv.log
 
 
