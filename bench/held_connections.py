@@ -14,6 +14,10 @@ For each: N (1,200) connections from 127.0.0.1, each sending half a request head
 connection closed at once may be reset before its client reads the 429);
 then a newcomer from 127.0.0.2 (page, WebSocket, first click): its time, or its error;
 then, once ``timeout_request_head`` (10 s) has passed, how many it still holds.
+
+Then, on a new server each: 50 connections from 127.0.0.1 each send 4 MB of pipelined
+``GET /_htagweb/health`` and read no answer; 3 s later, how much the worker grew, then the
+newcomer from 127.0.0.2 as above.
 """
 
 from __future__ import annotations
@@ -75,6 +79,26 @@ async def scenario(url: str, port: int, n: int) -> dict[str, float | str]:
     return result
 
 
+async def pipelined(url: str, port: int, worker: psutil.Process) -> dict[str, float | str]:
+    request = b"GET /_htagweb/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    before = worker.memory_info().rss
+    connections = []
+    for _ in range(50):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request * (4 * 1024 * 1024 // len(request)))
+        connections.append((reader, writer))
+    await asyncio.sleep(3)
+    result: dict[str, float | str] = {"pipelined_growth_mb": (worker.memory_info().rss - before) / 2**20}
+    start = time.perf_counter()
+    try:
+        result["pipelined_newcomer_ms"] = await asyncio.wait_for(newcomer(url), 15) * 1000
+    except Exception as exc:
+        result["pipelined_newcomer_ms"] = f"{type(exc).__name__} after {time.perf_counter() - start:.1f} s"
+    for _, writer in connections:
+        writer.transport.abort()
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--connections", type=int, default=1200)
@@ -89,12 +113,15 @@ def main() -> None:
             assert server.proc is not None
             psutil.Process(server.proc.pid).rlimit(psutil.RLIMIT_NOFILE, (args.worker_files, args.worker_files))
             results[name] = asyncio.run(scenario(server.url, server.port, args.connections))
+        with Server(HTAGWEB_SOURCE.format(options=""), http=http) as server:
+            assert server.proc is not None
+            results[name].update(asyncio.run(pipelined(server.url, server.port, psutil.Process(server.proc.pid))))
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     keys = list(next(iter(results.values())))
-    print(f"{'':<16}" + "".join(f"{name:>40}" for name in results))
+    print(f"{'':<22}" + "".join(f"{name:>40}" for name in results))
     for key in keys:
         cells = "".join(f"{v:>40.0f}" if isinstance(v, float) else f"{v:>40}" for v in (r[key] for r in results.values()))
-        print(f"{key:<16}{cells}")
+        print(f"{key:<22}{cells}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
