@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import mmap
 import os
 import secrets
@@ -342,7 +343,7 @@ class RedisStore(SessionStore):
         return int(results[-3])
 
     async def claim(self, sid: str, token: str, expires: float) -> bool:
-        ttl = max(1, int(expires - time.time()))
+        ttl = max(1, math.ceil(expires - time.time()))  # never shorter than asked: a replay is refused until then
         async with self._reached() as client:
             return bool(await client.set(self.prefix + "c:" + sid + ":" + token, "1", nx=True, ex=ttl))
 

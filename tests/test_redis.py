@@ -97,6 +97,27 @@ def test_every_store_forgets_a_rotated_id_and_keeps_an_active_session(redis_url,
     run(touched())
 
 
+def test_a_channel_claim_in_redis_is_kept_no_shorter_than_asked(redis_url):
+    """Redis counts a key's life in whole seconds: rounded down, a claim kept until a parano
+    Open's window closes (crypto/PROTOCOL.md §4) ended up to a second early, and a replay
+    there ran again."""
+    import time
+
+    import redis.asyncio
+
+    from htagweb.stores import RedisStore
+
+    async def scenario():
+        store = RedisStore(redis_url)
+        assert await store.claim("kx", "channel", time.time() + 1.9)
+        client = redis.asyncio.Redis.from_url(redis_url)
+        assert await client.pttl("htagweb:c:kx:channel") > 1800
+        await client.aclose()
+        await store.close()
+
+    run(scenario())
+
+
 STORE_DOWN = "The session store is unavailable"
 
 
