@@ -290,7 +290,7 @@ class RedisStore(SessionStore):
     """Sessions in Redis, shared by several machines (``pip install htagweb[redis]``).
 
     Per session: a hash of its items and a version counter, both expiring
-    ``max_age`` after the last write; channel claims expire with their ticket.
+    ``max_age`` after the last write; channel claims expire once their Open could no longer be replayed (crypto/PROTOCOL.md §4).
     """
 
     def __init__(self, url: str, max_age: float | None = None, prefix: str = "htagweb:") -> None:
