@@ -354,7 +354,7 @@ else:
             if len(self.pipeline) > MAX_PIPELINED and not self.ended:
                 # the request under way is answered (closing now would cut it: uvloop raises on its
                 # writes), then the connection idles out: what comes is dropped
-                logger.debug("closed a connection from %s: over %d pipelined requests", self._address, MAX_PIPELINED)
+                logger.debug("dropped the pipelined requests of a connection from %s: over %d", self._address, MAX_PIPELINED)
                 self.pipeline.clear()
                 self.ended = True
 
