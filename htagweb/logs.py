@@ -14,6 +14,9 @@ import sys
 from typing import TextIO
 
 FORMAT = "%(levelname)s:     %(name)s: %(message)s"
+#: what uvicorn's default WebSocket protocol logs at ERROR, with a traceback, for each text message
+#: that is not UTF-8, before it closes the socket 1007
+NOT_UTF8 = "Invalid UTF-8 sequence received from client."
 #: how htag's error prints begin (htag/runner.py), each followed by a logger.error of the same text
 HTAG_ERROR_PRINTS = ("Error in ", "Error during render/update collection: ")
 
@@ -41,6 +44,24 @@ def configure() -> None:
     htagweb = logging.getLogger("htagweb")
     if htagweb.level == logging.NOTSET:
         htagweb.setLevel(logging.INFO)
+
+
+class ClientFaultFilter(logging.Filter):
+    """uvicorn's ERROR with a traceback for a client's text message that is not UTF-8 becomes a
+    WARNING line: the fault is the client's, and any client can send as many as it likes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == NOT_UTF8 and record.levelno == logging.ERROR:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_client_faults() -> None:
+    """uvicorn's loggers tell a client's fault as a client's (see :class:`ClientFaultFilter`)."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, ClientFaultFilter) for f in logger.filters):
+        logger.addFilter(ClientFaultFilter())
 
 
 class HtagErrorPrintFilter:

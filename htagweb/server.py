@@ -60,6 +60,7 @@ class WebServer(Starlette):
         """``settings``: any field of :class:`htagweb.config.Config` (``timeout_inactivity=60``,
         ``session_store="redis://..."``, ``parano=True``...), documented there."""
         logs.quiet_htag()  # before any user process is forked: they inherit it
+        logs.quiet_client_faults()
         server_id = self._identity(app)
         self.config = config = Config.of({**settings, "http_only": self.http_only, "server_id": server_id})
         samesite_attribute(config.cookie_samesite)  # a wrong value fails here, not at the first request

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -351,6 +352,33 @@ def test_json_nested_deeper_than_the_stack_is_invalid_input_not_a_stopped_app(se
 
     run(scenario())
     assert "Traceback" not in srv.log
+
+
+@pytest.mark.parametrize("ws", ["auto", "websockets"])
+def test_a_text_frame_that_is_not_utf8_closes_its_socket_without_a_traceback(server, ws):
+    """uvicorn's default WebSocket protocol logs a traceback at ERROR for each text message that
+    is not UTF-8 (then closes the socket 1007): any client could write as many into the log as
+    it liked. It is a WARNING line, as any other invalid frame."""
+    srv = server(server_source("WebServerWS"), "--ws", ws)
+
+    async def scenario():
+        async with User(srv.url) as user:
+            await user.page()
+            for _ in range(3):
+                async with user.ws() as bad:
+                    await bad.recv()
+                    key = os.urandom(4)
+                    payload = bytes(c ^ key[i % 4] for i, c in enumerate(b"\xdd\xff{"))
+                    bad.transport.write(bytes([0x81, 0x80 | len(payload)]) + key + payload)  # a text frame, not UTF-8
+                    with pytest.raises(websockets.ConnectionClosed) as closed:
+                        await bad.recv()
+                    assert closed.value.rcvd.code == 1007  # invalid frame payload data
+            async with user.ws() as good:
+                await good.recv()
+                assert "Count: 1" in (await click(good, "inc"))["updates"]["count"]
+
+    run(scenario())
+    assert "Traceback" not in srv.log and "ERROR" not in srv.log
 
 
 BROKEN = "import htag\nraise RuntimeError('boom at import')\n"
