@@ -212,6 +212,15 @@ async def message_never_finished(ws, size: int) -> None:
     await ws.send(fragments())
 
 
+async def twenty_sockets(user: User, held: contextlib.AsyncExitStack) -> list:
+    """``user``'s page, then 20 of its WebSockets, open until ``held`` closes."""
+    assert count((await user.page()).text) == 0
+    sockets = [await held.enter_async_context(user.ws()) for _ in range(20)]
+    for socket in sockets:
+        await socket.recv()
+    return sockets
+
+
 @pytest.mark.parametrize("ws", ["auto", "websockets"])
 def test_websocket_messages_past_max_body_size_close_their_socket_before_they_fill_the_worker(server, ws):
     """A WebSocket message could have 16 MiB (uvicorn's default), as many as a client liked,
@@ -224,10 +233,7 @@ def test_websocket_messages_past_max_body_size_close_their_socket_before_they_fi
 
     async def scenario():
         async with User(srv.url) as user, contextlib.AsyncExitStack() as held:
-            assert count((await user.page()).text) == 0
-            sockets = [await held.enter_async_context(user.ws()) for _ in range(20)]
-            for socket in sockets:
-                await socket.recv()
+            sockets = await twenty_sockets(user, held)
             sending = [asyncio.create_task(message_never_finished(socket, 15 * MB)) for socket in sockets]
             for socket in sockets:  # closed while its client sends: the close frame may be lost in a reset
                 with pytest.raises(websockets.ConnectionClosed):
@@ -265,10 +271,7 @@ def test_websocket_messages_sent_faster_than_the_app_takes_them_wait_in_no_queue
 
     async def scenario():
         async with User(srv.url) as user, contextlib.AsyncExitStack() as held:
-            assert count((await user.page()).text) == 0
-            sockets = [await held.enter_async_context(user.ws()) for _ in range(20)]
-            for socket in sockets:
-                await socket.recv()
+            sockets = await twenty_sockets(user, held)
             await sockets[0].send(json.dumps({"id": "hang", "event": "click", "data": {"callback_id": "h"}}))
 
             async def flood(socket) -> None:
