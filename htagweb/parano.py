@@ -49,8 +49,9 @@ MAX_ANSWER = 64 * 1024 * 1024
 #: seconds a WebSocket may wait, once upgraded, for the message that opens its channel
 OPEN_DEADLINE = 10.0
 #: seconds between an Open's stamp and the server's clock past which it is refused (§4): a channel's
-#: claim needs to outlive its stamp by this much only, not its ticket
-OPEN_WINDOW = 120.0
+#: claim needs to outlive its stamp by this much only, not its ticket. Room for a body of 1 MiB
+#: (max_body_size) sent at 3.5 kB/s: the stamp is the sealing's, the check after the body came
+OPEN_WINDOW = 300.0
 #: an Open's stamp is a JavaScript number: past this, it is not an integer there
 MAX_STAMP = 2**53
 CORS = {"Access-Control-Allow-Origin": "*"}  # answers are sealed for the requester's keys, and no cookie exists
