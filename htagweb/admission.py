@@ -43,28 +43,28 @@ def address_group(address: str) -> str:
 
 
 class NewProcessLimit:
-    """At most ``per_minute`` new processes per client in any 60 seconds (0: no limit).
-    Asking is apart from counting: a client told to wait its turn, or refused for want of
-    room, started no process."""
+    """At most ``per_minute`` new processes per client in any 60 seconds (0: no limit). A client
+    is its :func:`address_group`, which the caller has worked out already. Asking is apart from
+    counting: a client told to wait its turn, or refused for want of room, started no process."""
 
     def __init__(self, per_minute: int) -> None:
         self.per_minute = per_minute
         self._spawns: dict[str, deque[float]] = {}
 
-    def allows(self, address: str, now: float) -> bool:
-        """Whether ``address`` may have one more new process now."""
-        if not self.per_minute or not address:
+    def allows(self, group: str, now: float) -> bool:
+        """Whether the client ``group`` may have one more new process now."""
+        if not self.per_minute or not group:
             return True
-        times = self._spawns.get(address_group(address))
+        times = self._spawns.get(group)
         while times and now - times[0] >= WINDOW:
             times.popleft()
         return times is None or len(times) < self.per_minute
 
-    def count(self, address: str, now: float) -> None:
-        """A new process started for ``address``."""
-        if not self.per_minute or not address:
+    def count(self, group: str, now: float) -> None:
+        """A new process started for the client ``group``."""
+        if not self.per_minute or not group:
             return
-        self._spawns.setdefault(address_group(address), deque()).append(now)
+        self._spawns.setdefault(group, deque()).append(now)
         if len(self._spawns) > 10000:  # forget the clients that went quiet
             self._spawns = {k: v for k, v in self._spawns.items() if v and now - v[-1] < WINDOW}
 

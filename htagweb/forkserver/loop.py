@@ -557,7 +557,7 @@ class ForkServer:
             if isinstance(own, dict):
                 return own
             victim, why = own, f"room for a new session of the same address, at max_processes_per_address ({cap})"
-        if not self.new_process_limit.allows(client, now):
+        if not self.new_process_limit.allows(address, now):
             self.counters["address_refusals"] += 1
             limit = self.config.new_processes_per_minute
             logger.warning("new process refused: over %d new processes per minute from %s", limit, client)
@@ -567,7 +567,7 @@ class ForkServer:
             if isinstance(at_cap, dict):
                 return at_cap
             victim = at_cap
-        self.new_process_limit.count(client, now)
+        self.new_process_limit.count(address, now)
         if victim is not None:
             self._evict(victim, why)
         return None
